@@ -1,0 +1,16 @@
+"""Protocol versions, kept apart from the package version (specs/ is the authority)."""
+
+from __future__ import annotations
+
+#: Version of the nanny protocol described in specs/protocol.md.
+PROTOCOL_VERSION = "1.0"
+#: Version of the log channel format described in specs/log-channel.md.
+LOG_FORMAT_VERSION = 1
+#: Jupyter messaging protocol version the nanny's own messages declare.
+JUPYTER_PROTOCOL_VERSION = "5.4"
+
+
+def is_compatible(version: str) -> bool:
+    """True when a peer's ``major.minor`` protocol version shares our major version."""
+    major, _, _ = version.partition(".")
+    return major == PROTOCOL_VERSION.partition(".")[0]
