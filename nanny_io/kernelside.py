@@ -1,0 +1,106 @@
+"""Kernel-side helper: write output-synchronisation delimiters around user code.
+
+For kernel authors; needs nothing beyond the standard library and nanny_io_proto.
+Call :func:`emit_begin` before running an execute_request's code and :func:`emit_end` after
+it (before publishing ``status: idle``), or wrap the code in :func:`delimited`.
+See specs/output-sync.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from nanny_io_proto.delimiters import ENV_VAR, begin_marker, end_marker, is_valid_msg_id
+
+__all__ = ["ENV_VAR", "delimited", "emit_begin", "emit_end", "requested"]
+
+_libc_fflush: Callable[[Any], int] | None = None
+_libc_looked_up = False
+
+
+def requested() -> bool:
+    """Whether the nanny asked this kernel for delimiters (``JUPYTER_NANNY_DELIMITERS=1``)."""
+    return os.environ.get(ENV_VAR) == "1"
+
+
+def emit_begin(msg_id: str) -> bool:
+    """Flush buffered output, then write the BEGIN delimiter to fds 1 and 2.
+
+    Returns False (and writes nothing) when ``msg_id`` cannot be carried by a delimiter;
+    the nanny then attributes output by timing instead.
+    """
+    if not is_valid_msg_id(msg_id):
+        return False
+    _emit(begin_marker(msg_id))
+    return True
+
+
+def emit_end(msg_id: str) -> bool:
+    """Flush buffered output, then write the END delimiter to fds 1 and 2."""
+    if not is_valid_msg_id(msg_id):
+        return False
+    _emit(end_marker(msg_id))
+    return True
+
+
+@contextlib.contextmanager
+def delimited(msg_id: str) -> Iterator[None]:
+    """Run the body between BEGIN and END delimiters; END is written even if it raises."""
+    emit_begin(msg_id)
+    try:
+        yield
+    finally:
+        emit_end(msg_id)
+
+
+def _emit(marker: bytes) -> None:
+    # Output buffered before the marker must reach the pipe before it, or it would be
+    # attributed to the wrong request.
+    _flush_python()
+    _flush_libc()
+    for fd in (1, 2):
+        _write_all(fd, marker)
+
+
+def _flush_python() -> None:
+    seen: set[int] = set()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if stream is None or id(stream) in seen:
+            continue
+        seen.add(id(stream))
+        with contextlib.suppress(Exception):  # closed, detached or exotic replacements
+            stream.flush()
+
+
+def _flush_libc() -> None:
+    """fflush(NULL): C libraries' stdio buffers (block-buffered on a pipe) go out first."""
+    global _libc_fflush, _libc_looked_up
+    if not _libc_looked_up:
+        _libc_looked_up = True
+        if os.name == "posix":
+            with contextlib.suppress(Exception):
+                import ctypes
+
+                fflush = ctypes.CDLL(None).fflush
+                fflush.argtypes = [ctypes.c_void_p]
+                fflush.restype = ctypes.c_int
+                _libc_fflush = fflush
+    if _libc_fflush is not None:
+        with contextlib.suppress(Exception):
+            _libc_fflush(None)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # A delimiter (<= 151 bytes, under PIPE_BUF) goes out in one atomic write on a pipe;
+    # the loop only matters for odd fds (short writes). A missing or broken fd is ignored:
+    # the kernel must keep working without a nanny.
+    while data:
+        try:
+            n = os.write(fd, data)  # EINTR is retried by Python itself (PEP 475)
+        except OSError:
+            return
+        data = data[n:]

@@ -1,0 +1,258 @@
+"""Tests for nanny_io_proto.lines: line assembly and incremental UTF-8 decoding."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nanny_io_proto.errors import LocalProtocolError, MalformedMessage
+from nanny_io_proto.lines import FLAG_NO_EOL, LineAssembler, StreamDecoder
+
+Record = tuple[bytes, int]
+
+
+def assemble(chunks: Iterable[bytes], max_line: int = 65536) -> list[Record]:
+    """Feed chunks, check per-feed invariants, flush at the end."""
+    asm = LineAssembler(max_line)
+    records: list[Record] = []
+    fed = 0
+    for chunk in chunks:
+        records.extend(asm.feed(chunk))
+        fed += len(chunk)
+        assert sum(len(d) for d, _ in records) + asm.pending == fed
+        assert asm.pending <= max_line
+    records.extend(asm.flush())
+    assert asm.pending == 0
+    return records
+
+
+def check_records(records: Sequence[Record], data: bytes, max_line: int) -> None:
+    assert b"".join(d for d, _ in records) == data
+    for i, (d, flags) in enumerate(records):
+        assert 0 < len(d) <= max_line
+        if flags == 0:
+            assert d.endswith(b"\n") and d.count(b"\n") == 1
+        else:
+            assert flags == FLAG_NO_EOL and b"\n" not in d
+            # Only the final record (a flushed partial line) may be shorter than a cut piece.
+            if i < len(records) - 1:
+                assert len(d) >= max_line - 3
+
+
+def split_at(data: bytes, cuts: Sequence[int]) -> list[bytes]:
+    bounds = [0, *sorted(cuts), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+# --- LineAssembler ------------------------------------------------------------------------
+
+
+def test_complete_lines_and_partial() -> None:
+    asm = LineAssembler()
+    assert asm.feed(b"a\nbb\nc") == [(b"a\n", 0), (b"bb\n", 0)]
+    assert asm.pending == 1
+    assert asm.feed(b"cc") == []
+    assert asm.feed(b"\n\n") == [(b"ccc\n", 0), (b"\n", 0)]
+    assert asm.pending == 0
+    assert asm.feed(b"") == []
+
+
+def test_flush_semantics() -> None:
+    asm = LineAssembler()
+    assert asm.flush() == []
+    asm.feed(b"done\n")
+    assert asm.flush() == []
+    asm.feed(b"prompt> ")
+    assert asm.flush() == [(b"prompt> ", FLAG_NO_EOL)]
+    assert asm.pending == 0
+    assert asm.flush() == []
+    # After a flush the rest of the line starts a new record.
+    assert asm.feed(b"yes\n") == [(b"yes\n", 0)]
+
+
+def test_crlf_and_other_line_breaks_are_not_split() -> None:
+    data = b"a\r\nb\rc\x0bd\x1c\n"
+    assert assemble([data]) == [(b"a\r\n", 0), (b"b\rc\x0bd\x1c\n", 0)]
+
+
+def test_over_long_line_is_cut() -> None:
+    data = b"0123456789" * 2 + b"abcde\n"
+    assert assemble([data], max_line=10) == [
+        (b"0123456789", FLAG_NO_EOL),
+        (b"0123456789", FLAG_NO_EOL),
+        (b"abcde\n", 0),
+    ]
+
+
+def test_line_of_exactly_max_line() -> None:
+    assert assemble([b"123456789\n"], max_line=10) == [(b"123456789\n", 0)]
+    assert assemble([b"1234567890\n"], max_line=10) == [
+        (b"1234567890", FLAG_NO_EOL),
+        (b"\n", 0),
+    ]
+
+
+def test_partial_line_is_cut_without_newline() -> None:
+    asm = LineAssembler(10)
+    assert asm.feed(b"x" * 10) == []  # may still fit: held
+    assert asm.pending == 10
+    assert asm.feed(b"y") == [(b"x" * 10, FLAG_NO_EOL)]
+    assert asm.pending == 1
+    assert asm.flush() == [(b"y", FLAG_NO_EOL)]
+
+
+@pytest.mark.parametrize(
+    ("char", "piece"),
+    [("\u00e9", 10), ("\u20ac", 9), ("\U0001f600", 8)],  # 2-, 3- and 4-byte characters
+)
+def test_cut_backs_off_to_a_character_boundary(char: str, piece: int) -> None:
+    data = (char * 20 + "\n").encode()
+    records = assemble([data], max_line=10)
+    for d, flags in records[:-1]:
+        assert flags == FLAG_NO_EOL and len(d) == piece
+        d.decode("utf-8")  # every piece is whole characters
+    check_records(records, data, 10)
+
+
+def test_invalid_utf8_is_cut_at_max_line() -> None:
+    data = b"\x80" * 25 + b"\n"
+    assert [len(d) for d, _ in assemble([data], max_line=10)] == [10, 10, 6]
+
+
+def test_every_split_position() -> None:
+    text = "line one\n" + "\u20ac" * 7 + "x\n\nlast \U0001f600 partial"
+    data = (text + "\n" + "z" * 30 + "\n" + text).encode()
+    for max_line in (12, 65536):
+        expected = assemble([data], max_line)
+        check_records(expected, data, max_line)
+        for i in range(len(data) + 1):
+            assert assemble(split_at(data, [i]), max_line) == expected, (max_line, i)
+
+
+def test_byte_by_byte_long_line_is_not_quadratic() -> None:
+    data = b"q" * 70000 + b"\n"
+    records = assemble([data[i : i + 1] for i in range(len(data))])
+    assert records == [(b"q" * 65536, FLAG_NO_EOL), (b"q" * 4464 + b"\n", 0)]
+
+
+def test_max_line_validation() -> None:
+    for bad in (0, 3, -1, 2.5, "10"):
+        with pytest.raises(LocalProtocolError):
+            LineAssembler(bad)  # type: ignore[arg-type]
+    assert LineAssembler(4).max_line == 4
+
+
+line_bytes = st.lists(
+    st.one_of(
+        st.binary(max_size=30),
+        st.sampled_from([b"\n", b"\r\n", "\u20ac".encode(), "\U0001f600".encode(), b"\x80"]),
+    ),
+    max_size=20,
+).map(b"".join)
+
+
+@st.composite
+def chunked(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
+    data = draw(line_bytes)
+    cuts = draw(st.lists(st.integers(0, len(data)), max_size=8))
+    return data, split_at(data, cuts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunked(), st.integers(4, 40))
+def test_chunking_does_not_change_records(case: tuple[bytes, list[bytes]], max_line: int) -> None:
+    data, chunks = case
+    whole = assemble([data], max_line)
+    check_records(whole, data, max_line)
+    assert assemble(chunks, max_line) == whole
+    assert assemble([bytes([b]) for b in data], max_line) == whole
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=200), st.integers(4, 30))
+def test_pieces_of_valid_text_decode_alone(text: str, max_line: int) -> None:
+    data = text.encode()  # st.text() draws no lone surrogates
+    records = assemble([data], max_line)
+    check_records(records, data, max_line)
+    for d, _ in records:
+        d.decode("utf-8")
+
+
+@settings(max_examples=150, deadline=None)
+@given(chunked(), st.integers(4, 40))
+def test_flush_midway_keeps_concatenation(case: tuple[bytes, list[bytes]], max_line: int) -> None:
+    data, chunks = case
+    asm = LineAssembler(max_line)
+    records: list[Record] = []
+    for chunk in chunks:
+        records.extend(asm.feed(chunk))
+        records.extend(asm.flush())  # a timer firing after every read
+    assert b"".join(d for d, _ in records) == data
+    assert all(0 < len(d) <= max_line for d, _ in records)
+
+
+# --- StreamDecoder --------------------------------------------------------------------------
+
+MIXED = "".join(
+    "\u00e9\u00df" + "\u20ac\u4e2d" + "\U0001f600\U00010348" + "ascii\n" for _ in range(300)
+)
+
+
+def test_mixed_multibyte_text_in_odd_pieces() -> None:
+    data = MIXED.encode()
+    assert len(data) > 6000
+    for size in (1, 2, 3, 5, 7, 11, 13, 97, 4095):
+        dec = StreamDecoder()
+        text = "".join(dec.decode(data[i : i + size]) for i in range(0, len(data), size))
+        text += dec.decode(b"", final=True)
+        assert text == MIXED, size
+        assert "\ufffd" not in text
+
+
+def test_invalid_bytes_are_replaced() -> None:
+    dec = StreamDecoder()
+    assert dec.decode(b"a\xffb") == "a\ufffdb"
+    assert dec.decode(b"\xe2\x82") == ""  # the start of a euro sign waits
+    assert dec.decode(b"", final=True) == "\ufffd"  # and is replaced at the end
+    assert dec.decode(b"ok") == "ok"  # final resets the decoder
+
+
+def test_strict_decoder_raises_remote_error() -> None:
+    dec = StreamDecoder("strict")
+    with pytest.raises(MalformedMessage):
+        dec.decode(b"\xff")
+    assert dec.decode(b"fine") == "fine"
+
+
+def test_unknown_error_handler() -> None:
+    with pytest.raises(LocalProtocolError):
+        StreamDecoder("no-such-handler")
+
+
+def test_reset_drops_partial_character() -> None:
+    dec = StreamDecoder()
+    assert dec.decode(b"\xf0\x9f") == ""
+    dec.reset()
+    assert dec.decode(b"x") == "x"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300), st.lists(st.integers(0, 1200), max_size=10))
+def test_text_round_trips_under_any_chunking(text: str, cuts: list[int]) -> None:
+    data = text.encode()
+    dec = StreamDecoder()
+    chunks = split_at(data, [c for c in cuts if c <= len(data)])
+    assert "".join(dec.decode(c) for c in chunks) + dec.decode(b"", final=True) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.lists(st.integers(0, 200), max_size=10))
+def test_arbitrary_bytes_decode_like_whole(data: bytes, cuts: list[int]) -> None:
+    dec = StreamDecoder()
+    chunks = split_at(data, [c for c in cuts if c <= len(data)])
+    got = "".join(dec.decode(c) for c in chunks) + dec.decode(b"", final=True)
+    assert got == data.decode("utf-8", "replace")
