@@ -22,7 +22,7 @@ class Signer:
 
     def __init__(self, key: bytes | str, scheme: str = "hmac-sha256") -> None:
         if isinstance(key, str):
-            key = key.encode("ascii")
+            key = key.encode("utf-8")  # as jupyter_client encodes the connection key
         kind, _, digest = scheme.partition("-")
         if kind != "hmac" or digest not in hashlib.algorithms_available:
             raise LocalProtocolError(f"unsupported signature scheme {scheme!r}; use 'hmac-sha256'")
