@@ -1,0 +1,328 @@
+"""``nanny-io``: the command line. It parses arguments into configuration and calls the code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from nanny_io_proto.connection_files import (
+    ConnectionInfo,
+    NannyConnectionInfo,
+    decode_connection_file,
+    encode_connection_file,
+)
+from nanny_io_proto.errors import ConnectionFileError
+
+from . import __version__
+from .discovery import (
+    KernelNotFound,
+    NannyState,
+    iter_states,
+    resolve_kernel,
+    runtime_dir,
+    state_summary,
+    write_private,
+)
+from .launcher import KernelSpecError, find_kernelspec, free_ipc_ports, free_tcp_ports
+
+log = logging.getLogger("nanny_io")
+
+
+class CLIError(Exception):
+    """An error the user can fix; printed as one line, no traceback."""
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="[nanny-io %(levelname)s] %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# ---------------------------------------------------------------------- start
+
+
+def _adopt_or_allocate(args: argparse.Namespace) -> tuple[NannyConnectionInfo, Path, bool]:
+    """The frontend-facing connection info: adopted from an existing file, or fresh."""
+    path = Path(args.connection_file).expanduser() if args.connection_file else None
+    if path is not None and path.is_file():
+        try:
+            info = decode_connection_file(path.read_bytes())
+        except ConnectionFileError as exc:
+            raise CLIError(f"cannot use connection file {str(path)!r}: {exc}") from None
+        kernel_id = args.kernel_id or getattr(info, "kernel_id", "") or uuid.uuid4().hex
+        log_ports = (
+            (info.log_port, info.log_replay_port)
+            if isinstance(info, NannyConnectionInfo) and info.log_port
+            else None
+        )
+        if log_ports is None:
+            taken = {
+                info.shell_port,
+                info.iopub_port,
+                info.stdin_port,
+                info.control_port,
+                info.hb_port,
+            }
+            log_ports = tuple(_free_ports(info.transport, info.ip, 2, taken))
+        base = info.to_dict() if type(info) is ConnectionInfo else info.standard().to_dict()
+        base["kernel_name"] = base.get("kernel_name") or args.kernel_name
+        return (
+            NannyConnectionInfo.from_dict(
+                {
+                    **base,
+                    "kernel_id": kernel_id,
+                    "log_port": log_ports[0],
+                    "log_replay_port": log_ports[1],
+                }
+            ),
+            path,
+            False,
+        )
+    kernel_id = args.kernel_id or uuid.uuid4().hex
+    ip = args.ip
+    if args.transport == "ipc" and ip in ("127.0.0.1", ""):
+        ip = str(runtime_dir() / f"kernel-{kernel_id}-ipc")
+    ports = _free_ports(args.transport, ip, 7, set())
+    info = NannyConnectionInfo(
+        transport=args.transport,
+        ip=ip,
+        shell_port=ports[0],
+        iopub_port=ports[1],
+        stdin_port=ports[2],
+        control_port=ports[3],
+        hb_port=ports[4],
+        key=str(uuid.uuid4()),
+        signature_scheme="hmac-sha256",
+        kernel_name=args.kernel_name,
+        kernel_id=kernel_id,
+        log_port=ports[5],
+        log_replay_port=ports[6],
+    )
+    return info, path or runtime_dir() / f"kernel-{kernel_id}.json", True
+
+
+def _free_ports(transport: str, ip: str, count: int, taken: set[int]) -> list[int]:
+    if transport == "ipc":
+        return free_ipc_ports(ip, count, taken)
+    ports = [p for p in free_tcp_ports(ip, count + len(taken)) if p not in taken]
+    return ports[:count]
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from .guardian import GuardianHandle
+    from .launcher import make_private_dir
+    from .nanny import Nanny, NannyConfig
+
+    try:
+        spec = find_kernelspec(args.kernel_name)
+    except KernelSpecError as exc:
+        raise CLIError(str(exc)) from None
+    frontend, conn_path, owned = _adopt_or_allocate(args)
+    private_dir = make_private_dir(runtime_dir(), frontend.kernel_id)
+    used = {
+        frontend.shell_port,
+        frontend.iopub_port,
+        frontend.stdin_port,
+        frontend.control_port,
+        frontend.hb_port,
+        frontend.log_port,
+        frontend.log_replay_port,
+    }
+    kernel_ports = _free_ports(frontend.transport, frontend.ip, 3, used)
+    conn_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(conn_path, encode_connection_file(frontend))
+    state_path = NannyState(frontend.kernel_id, spec.name, str(conn_path), 0, 0.0).path
+    cleanup = [str(private_dir), str(state_path)] + ([str(conn_path)] if owned else [])
+    guardian = GuardianHandle.start(cleanup)
+    config = NannyConfig(
+        spec=spec,
+        frontend=frontend,
+        connection_file=conn_path,
+        private_dir=private_dir,
+        kernel_ports=(kernel_ports[0], kernel_ports[1], kernel_ports[2]),
+        owns_connection_file=owned,
+        shutdown_grace=args.shutdown_grace,
+    )
+    print(f"kernel_id: {frontend.kernel_id}", flush=True)
+    print(f"connection_file: {conn_path}", flush=True)
+    try:
+        return asyncio.run(Nanny(config, guardian).run())
+    finally:
+        guardian.close()
+
+
+# ---------------------------------------------------------------------- list and control verbs
+
+
+def _format_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    now = time.time()
+    rows = [state_summary(state, alive, now) for state, alive in iter_states(clean_stale=True)]
+    if args.json:
+        print(json.dumps(rows, indent=None if args.compact else 1))
+        return 0
+    if not rows:
+        print("no kernels are running under nanny-io")
+        return 0
+    header = ("KERNEL ID", "NAME", "STATUS", "INC", "NANNY", "KERNEL", "UPTIME", "MEMORY")
+    table = [header] + [
+        (
+            r["kernel_id"],
+            r["kernel_name"],
+            r["status"],
+            str(r["incarnation"]),
+            str(r["nanny_pid"]),
+            str(r["kernel_pid"] or "-"),
+            f"{r['uptime']:.0f}s" if r["uptime"] is not None else "-",
+            _format_bytes(r["memory"]),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _control(
+    args: argparse.Namespace,
+    msg_type: str,
+    content: dict[str, object],
+    timeout: float = 10.0,
+    wait_for: str | None = None,
+) -> dict[str, object]:
+    from .control_client import ControlTimeout, request
+
+    try:
+        ref = resolve_kernel(args.kernel)
+    except KernelNotFound as exc:
+        raise CLIError(str(exc)) from None
+    try:
+        reply = request(ref.info, msg_type, content, timeout=timeout, wait_for=wait_for)
+    except ControlTimeout as exc:
+        raise CLIError(f"kernel {ref.info.kernel_id}: {exc}; is its nanny running?") from None
+    if reply.content.get("status") != "ok":
+        raise CLIError(f"kernel {ref.info.kernel_id}: {reply.content.get('evalue', 'failed')}")
+    return reply.content
+
+
+def cmd_interrupt(args: argparse.Namespace) -> int:
+    _control(args, "interrupt_request", {})
+    print("interrupted")
+    return 0
+
+
+def cmd_signal(args: argparse.Namespace) -> int:
+    signum: object = int(args.signal) if args.signal.isdigit() else args.signal
+    reply = _control(args, "signal_request", {"signum": signum})
+    print(f"sent {reply.get('signal_name')} ({reply.get('signum')})")
+    return 0
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    _control(
+        args,
+        "shutdown_request",
+        {"restart": args.restart},
+        timeout=60.0,
+        wait_for="kernel_restarted" if args.restart else None,
+    )
+    print("restarted" if args.restart else "shut down")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nanny-io",
+        description="Run Jupyter kernels under a nanny that captures and serves their logs.",
+    )
+    parser.add_argument("--version", action="version", version=f"nanny-io {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "start",
+        help="start a kernel under a nanny (runs in the foreground)",
+        description="Start a kernel from its kernelspec under a nanny and serve "
+        "it until it is shut down (Ctrl-C shuts it down cleanly).",
+    )
+    p.add_argument("kernel_name", metavar="KERNEL_NAME", help="kernelspec name, e.g. python3")
+    p.add_argument(
+        "--connection-file",
+        metavar="PATH",
+        help="where to write the frontend-facing connection file (an existing file "
+        "is adopted: its ports and key are used)",
+    )
+    p.add_argument(
+        "--ip", default="127.0.0.1", help="address frontends connect to (default: 127.0.0.1)"
+    )
+    p.add_argument("--transport", choices=("tcp", "ipc"), default="tcp")
+    p.add_argument("--kernel-id", metavar="ID", help="kernel id (default: a new uuid)")
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long a kernel may take to exit after shutdown_request before its "
+        "process tree is terminated (default: 5)",
+    )
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("list", help="list kernels running under nanny-io on this machine")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--compact", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_list)
+
+    kernel_help = "kernel id, unique id prefix, or connection file"
+    p = sub.add_parser("interrupt", help="interrupt a kernel (works for remote kernels)")
+    p.add_argument("kernel", metavar="KERNEL", help=kernel_help)
+    p.set_defaults(func=cmd_interrupt)
+
+    p = sub.add_parser("signal", help="send any signal to a kernel's process group")
+    p.add_argument("kernel", metavar="KERNEL", help=kernel_help)
+    p.add_argument("signal", metavar="SIGNAL", help="a name such as SIGUSR1 (or USR1) or a number")
+    p.set_defaults(func=cmd_signal)
+
+    p = sub.add_parser("shutdown", help="shut a kernel down (or restart it)")
+    p.add_argument("kernel", metavar="KERNEL", help=kernel_help)
+    p.add_argument("--restart", action="store_true", help="relaunch on the same ports and key")
+    p.set_defaults(func=cmd_shutdown)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except CLIError as exc:
+        print(f"nanny-io: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The guardian: a tiny forked process that is the parent of every kernel incarnation.
+
+Why it exists: a process killed with SIGKILL runs no cleanup code, so the nanny cannot
+promise "no orphans" by itself. The guardian is forked before the nanny starts any thread,
+marks itself a *child subreaper* (Linux), and spawns each kernel in its own session. Every
+process of the kernel's tree therefore stays a descendant of the guardian, even when an
+intermediate parent exits. When the nanny's end of the socket pair closes — clean exit,
+crash or SIGKILL — the guardian terminates the whole tree (SIGTERM, then SIGKILL for
+anything that ignores it), removes the nanny's private files and exits.
+
+Protocol (SOCK_SEQPACKET, one JSON object per packet, file descriptors as SCM_RIGHTS):
+nanny → guardian: ``{"op": "spawn", "argv", "env", "cwd"}`` with fds [stdout, stderr],
+``{"op": "exit"}``; guardian → nanny: ``{"event": "spawned", "pid"}``,
+``{"event": "spawn_failed", "error"}``, ``{"event": "exited", "pid", "status"}`` (the raw
+wait status of a kernel process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import psutil
+
+PR_SET_CHILD_SUBREAPER = 36
+_MAX_PACKET = 1 << 20
+#: How long the tree gets to exit after SIGTERM before everything left is SIGKILLed.
+TERM_GRACE = 1.0
+#: Signals whose disposition the guardian changes and a kernel must get back as default.
+_RESET_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGPIPE,
+    signal.SIGCHLD,
+    signal.SIGXFSZ,
+    signal.SIGQUIT,
+)
+
+
+def _set_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):  # not Linux: process groups are the fallback
+        return False
+
+
+def _send(sock: socket.socket, obj: Mapping[str, object], fds: Sequence[int] = ()) -> None:
+    data = json.dumps(obj).encode()
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.send(data)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _signal_all(procs: Iterable[psutil.Process], signum: int) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signum)
+
+
+class _Guardian:
+    """The loop that runs in the forked guardian process."""
+
+    def __init__(self, sock: socket.socket, cleanup_paths: Sequence[str]) -> None:
+        self.sock = sock
+        self.cleanup_paths = list(cleanup_paths)
+        self.kernels: set[int] = set()
+        self.selector = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe()
+
+    def run(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        _set_subreaper()
+        self.selector.register(self.sock, selectors.EVENT_READ, "sock")
+        self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
+        running = True
+        while running:
+            for key, _ in self.selector.select(timeout=1.0):
+                if key.data == "wake":
+                    with contextlib.suppress(BlockingIOError, InterruptedError):
+                        os.read(self.wake_r, 4096)
+                else:
+                    running = self._handle_packet()
+            self._reap()
+        self._kill_tree()
+        self._cleanup_files()
+
+    def _handle_packet(self) -> bool:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, _MAX_PACKET, 4)
+        except OSError:
+            return False
+        if not data:  # the nanny is gone
+            return False
+        try:
+            request = json.loads(data)
+            op = request["op"]
+        except (ValueError, KeyError, TypeError):
+            op = None
+        try:
+            if op == "spawn":
+                self._spawn(request, fds)
+            elif op == "exit":
+                return False
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return True
+
+    def _spawn(self, request: Mapping[str, object], fds: Sequence[int]) -> None:
+        try:
+            argv = [str(a) for a in request["argv"]]  # type: ignore[attr-defined]
+            env = {str(k): str(v) for k, v in request["env"].items()}  # type: ignore[attr-defined]
+            cwd = request.get("cwd")
+            path = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
+            actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+            for target, fd in zip((1, 2), fds, strict=False):
+                actions.append((os.POSIX_SPAWN_DUP2, fd, target))
+            old_cwd = os.getcwd()
+            if cwd:
+                os.chdir(str(cwd))
+            try:
+                pid = os.posix_spawn(
+                    path,
+                    argv,
+                    env,
+                    file_actions=actions,
+                    setsid=True,
+                    setsigdef=_RESET_SIGNALS,
+                    setsigmask=(),
+                )
+            finally:
+                os.chdir(old_cwd)
+        except (OSError, KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+            _send(self.sock, {"event": "spawn_failed", "error": str(exc)})
+            return
+        self.kernels.add(pid)
+        _send(self.sock, {"event": "spawned", "pid": pid})
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.kernels:
+                self.kernels.discard(pid)
+                with contextlib.suppress(OSError):
+                    _send(self.sock, {"event": "exited", "pid": pid, "status": status})
+
+    def _kill_tree(self) -> None:
+        me = os.getpid()
+        _signal_all(_descendants(me), signal.SIGTERM)
+        deadline = time.monotonic() + TERM_GRACE
+        while time.monotonic() < deadline and _descendants(me):
+            self._reap()
+            time.sleep(0.02)
+        # SIGKILL until nothing is left: a dying process may still fork, so look again.
+        for _ in range(500):
+            procs = _descendants(me)
+            if not procs:
+                break
+            _signal_all(procs, signal.SIGKILL)
+            self._reap()
+            time.sleep(0.01)
+        self._reap()
+
+    def _cleanup_files(self) -> None:
+        for path in self.cleanup_paths:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+
+@dataclass
+class GuardianHandle:
+    """The nanny's side of the guardian: its pid and the socket to talk to it."""
+
+    pid: int
+    sock: socket.socket
+
+    @classmethod
+    def start(cls, cleanup_paths: Sequence[str] = ()) -> GuardianHandle:
+        """Fork the guardian. Call before any thread exists (zmq context, event loop)."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the forked child
+            code = 0
+            try:
+                parent.close()
+                _Guardian(child, cleanup_paths).run()
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        child.close()
+        return cls(pid, parent)
+
+    def send_spawn(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: str | None,
+        stdout_fd: int,
+        stderr_fd: int,
+    ) -> None:
+        """Ask for a kernel process; the answer arrives as a ``spawned`` or ``spawn_failed``."""
+        _send(
+            self.sock,
+            {"op": "spawn", "argv": list(argv), "env": dict(env), "cwd": cwd},
+            [stdout_fd, stderr_fd],
+        )
+
+    def receive(self) -> dict[str, object] | None:
+        """One event from the guardian (blocking unless the socket is non-blocking).
+
+        ``None`` means the guardian is gone.
+        """
+        try:
+            data = self.sock.recv(_MAX_PACKET)
+        except BlockingIOError:
+            raise
+        except OSError:
+            return None
+        if not data:
+            return None
+        event: dict[str, object] = json.loads(data)
+        return event
+
+    def descendants(self) -> list[psutil.Process]:
+        """Every live process of the kernel trees, orphans included."""
+        return _descendants(self.pid)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask the guardian to kill what is left, clean up and exit; wait for it."""
+        with contextlib.suppress(OSError):
+            _send(self.sock, {"op": "exit"})
+        self.sock.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pid, _ = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid:
+                return
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.pid, 0)
+                return
+            time.sleep(0.01)
+
+
+def wait_status_to_returncode(status: int) -> int:
+    """A raw wait status as a Popen-style returncode (negative: killed by that signal)."""
+    return os.waitstatus_to_exitcode(status)
+
+
+__all__ = ["TERM_GRACE", "GuardianHandle", "wait_status_to_returncode"]

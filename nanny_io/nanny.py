@@ -1,0 +1,725 @@
+"""The nanny: launches the kernel, proxies control and iopub, reports death, shuts down.
+
+One ``Nanny`` per kernel, on the kernel's machine, on one asyncio loop. Shell and stdin are
+direct between frontends and the kernel; control and iopub pass through here; the heartbeat
+is answered here. Every background task is owned by the nanny and awaited at exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+import zmq.asyncio
+
+from nanny_io_proto.connection_files import (
+    ConnectionInfo,
+    NannyConnectionInfo,
+    encode_connection_file,
+    kernel_facing,
+)
+from nanny_io_proto.control import (
+    KernelDied,
+    KernelRestarted,
+    KernelStarted,
+    LastWords,
+    dead_status_content,
+    describe_exit,
+    error_reply_content,
+    exit_details,
+    interrupt_reply_content,
+    parse_shutdown_request,
+    parse_signal_request,
+    shutdown_reply_content,
+    signal_name,
+    signal_reply_content,
+)
+from nanny_io_proto.errors import RemoteProtocolError
+from nanny_io_proto.messages import Message, peek_header, split_identities
+from nanny_io_proto.streams import Stream
+
+from .capture import PipeReader, make_pipe
+from .discovery import NannyState, write_private
+from .guardian import GuardianHandle, wait_status_to_returncode
+from .heartbeat import Heartbeat
+from .launcher import KernelSpecInfo, format_argv, kernel_env
+from .session import NannySession
+
+log = logging.getLogger("nanny_io")
+
+SIGNALS: dict[str, int] = {s.name: int(s.value) for s in signal.Signals}
+SIGNAL_NAMES: dict[int, str] = {number: name for name, number in reversed(SIGNALS.items())}
+_LOOPBACK_IPS = {"127.0.0.1", "localhost", "::1"}
+
+
+class KernelStartError(Exception):
+    """The kernel could not be started; the message includes the tail of its stderr."""
+
+
+@dataclass(frozen=True)
+class NannyConfig:
+    """Everything ``nanny-io start`` decided before the nanny runs (configuration is data)."""
+
+    spec: KernelSpecInfo
+    frontend: NannyConnectionInfo
+    connection_file: Path
+    private_dir: Path
+    kernel_ports: tuple[int, int, int]  # control, iopub, hb: the kernel-facing private ports
+    owns_connection_file: bool = True
+    cwd: str | None = None
+    shutdown_grace: float = 5.0  # after shutdown_request, before SIGTERM
+    term_grace: float = 2.0  # after SIGTERM, before SIGKILL
+    startup_timeout: float = 60.0
+    echo_output: bool = True  # echo the kernel's stdout/stderr on the nanny's stderr
+
+    @property
+    def kernel_id(self) -> str:
+        return self.frontend.kernel_id
+
+
+@dataclass
+class Incarnation:
+    """One launch of the kernel process."""
+
+    number: int
+    pid: int
+    exited: asyncio.Future[int]
+    readers: list[PipeReader]
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def alive(self) -> bool:
+        return not self.exited.done()
+
+
+class OutputTail:
+    """The newest lines of each stream, kept for start errors and a dead kernel's last words."""
+
+    def __init__(self, max_lines: int = 200) -> None:
+        self._lines: deque[tuple[str, str]] = deque(maxlen=max_lines)
+        self._partial: dict[str, bytes] = {}
+
+    def feed(self, stream: Stream, data: bytes) -> None:
+        buf = self._partial.get(stream.value, b"") + data
+        *lines, rest = buf.split(b"\n")
+        for line in lines[-self._lines.maxlen :] if self._lines.maxlen else lines:
+            self._lines.append((stream.value, line.decode("utf-8", "replace")))
+        self._partial[stream.value] = rest[-4096:]
+
+    def lines(self, streams: tuple[str, ...] = ("stderr", "log")) -> list[tuple[str, str]]:
+        out = [(s, t) for s, t in self._lines if s in streams]
+        out += [
+            (s, p.decode("utf-8", "replace"))
+            for s, p in self._partial.items()
+            if p and s in streams
+        ]
+        return out
+
+
+class Nanny:
+    """Runs one kernel under supervision until it is shut down."""
+
+    def __init__(self, config: NannyConfig, guardian: GuardianHandle) -> None:
+        self.config = config
+        self.guardian = guardian
+        self.spec = config.spec
+        self.frontend = config.frontend
+        self.session = NannySession(self.frontend.key, self.frontend.signature_scheme)
+        ip = self.frontend.ip
+        control, iopub, hb = config.kernel_ports
+        self.kernel_info: ConnectionInfo = kernel_facing(
+            self.frontend, ip=ip, control_port=control, iopub_port=iopub, hb_port=hb
+        )
+        self.kernel_connection_file = config.private_dir / "kernel.json"
+        self.ctx = zmq.asyncio.Context()
+        self.incarnation: Incarnation | None = None
+        self.incarnations = 0
+        self.tail = OutputTail()
+        self.stats: dict[str, int] = {"control_rejected": 0, "control_forwarded": 0}
+        self.current_parent: dict[str, Any] = {}  # the execute_request running now
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stop = asyncio.Event()
+        self._iopub_seen = asyncio.Event()  # the current incarnation's iopub has spoken
+        self._shutting_down = False
+        self._spawn_reply: asyncio.Future[dict[str, Any]] | None = None
+        self._shutdown_replied: deque[str] = deque(maxlen=64)
+        self._k_control: zmq.asyncio.Socket | None = None
+        self._k_iopub: zmq.asyncio.Socket | None = None
+        self._last_state_save = 0.0
+        self._state_save_pending = False
+        self.state = NannyState(
+            kernel_id=config.kernel_id,
+            kernel_name=self.spec.name,
+            connection_file=str(config.connection_file),
+            nanny_pid=os.getpid(),
+            nanny_started=psutil.Process().create_time(),
+        )
+
+    # ------------------------------------------------------------------ sockets
+
+    def _kernel_url(self, channel: str) -> str:
+        url = self.kernel_info.url(channel)
+        return url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//*:", "//127.0.0.1:")
+
+    def _secure(self, sock: zmq.Socket) -> None:
+        """Make a frontend-facing socket a CurveZMQ server when the connection info has keys."""
+        if self.frontend.curve_secretkey and self.frontend.curve_publickey:
+            sock.curve_secretkey = self.frontend.curve_secretkey.encode()
+            sock.curve_publickey = self.frontend.curve_publickey.encode()
+            sock.curve_server = True
+
+    def _bind(self, socket_type: int, channel: str) -> zmq.asyncio.Socket:
+        sock = self.ctx.socket(socket_type)
+        sock.linger = 1000
+        self._secure(sock)
+        sock.bind(self.frontend.url(channel))
+        return sock
+
+    def _setup_frontend_sockets(self) -> None:
+        if self.frontend.ip not in _LOOPBACK_IPS and not self.frontend.curve_secretkey:
+            log.warning(
+                "frontend-facing sockets bind to %r without CurveZMQ: messages are signed but "
+                "not encrypted; prefer 127.0.0.1 with an SSH tunnel, or provision curve keys",
+                self.frontend.ip,
+            )
+        self.f_control = self._bind(zmq.ROUTER, "control")
+        self.f_control.router_mandatory = 0
+        self.f_iopub = self._bind(zmq.XPUB, "iopub")
+        self.f_iopub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        # The log channel is bound now so its ports are fixed for the nanny's life.
+        self.f_log = self._bind(zmq.PUB, "log")
+        self.f_log_replay = self._bind(zmq.ROUTER, "log_replay")
+        self.heartbeat = Heartbeat(
+            zmq.Context.shadow(self.ctx.underlying), self.frontend.url("hb"), configure=self._secure
+        )
+        self.heartbeat.start()
+
+    def _connect_kernel_sockets(self) -> None:
+        """The nanny's sockets to the kernel's private control and iopub ports.
+
+        They live as long as the nanny: every incarnation binds the same private ports, so
+        ZeroMQ reconnects them by itself (XSUB resends its subscription on reconnect), and no
+        socket is closed under a task still reading it.
+        """
+        self._k_control = self.ctx.socket(zmq.DEALER)
+        self._k_control.linger = 0
+        self._k_control.connect(self._kernel_url("control"))
+        self._k_iopub = self.ctx.socket(zmq.XSUB)
+        self._k_iopub.linger = 0
+        self._k_iopub.connect(self._kernel_url("iopub"))
+        self._k_iopub.send(b"\x01")  # everything: the nanny forwards and watches it all
+
+    # ------------------------------------------------------------------ task ownership
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal task %s failed", task.get_name(), exc_info=task.exception())
+            self._stop.set()
+
+    # ------------------------------------------------------------------ main
+
+    async def run(self) -> int:
+        """Serve until the kernel is shut down; the exit status for the CLI."""
+        loop = asyncio.get_running_loop()
+        write_private(self.kernel_connection_file, encode_connection_file(self.kernel_info))
+        self._setup_frontend_sockets()
+        self.guardian.sock.setblocking(False)
+        loop.add_reader(self.guardian.sock, self._guardian_readable)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.request_stop)
+        status = 0
+        try:
+            self._connect_kernel_sockets()
+            self._spawn(self._serve_kernel_control(), "kernel-control")
+            self._spawn(self._serve_kernel_iopub(), "kernel-iopub")
+            await self._launch()
+            self._spawn(self._serve_control(), "control")
+            self._spawn(self._serve_iopub_subscriptions(), "iopub-subscriptions")
+            await self._stop.wait()
+        except KernelStartError as exc:
+            log.error("%s", exc)
+            status = 1
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+            await self._teardown()
+        return status
+
+    def request_stop(self) -> None:
+        """Shut the kernel down cleanly, then stop (SIGINT / SIGTERM to the nanny)."""
+        if not self._shutting_down:
+            log.info("shutting down the kernel")
+            self._spawn(self._shutdown(None, restart=False), "shutdown")
+
+    async def _teardown(self) -> None:
+        loop = asyncio.get_running_loop()
+        inc = self.incarnation
+        if inc is not None and inc.alive:
+            await self._terminate_tree(inc)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(self.guardian.sock)
+        if inc is not None:
+            for reader in inc.readers:
+                reader.close()
+        self.heartbeat.stop()
+        self.ctx.destroy(linger=0)
+        self.guardian.close()
+        self.state.remove()
+        if self.config.owns_connection_file:
+            with contextlib.suppress(OSError):
+                self.config.connection_file.unlink()
+
+    # ------------------------------------------------------------------ the guardian
+
+    def _guardian_readable(self) -> None:
+        while True:
+            try:
+                event = self.guardian.receive()
+            except BlockingIOError:
+                return
+            if event is None:
+                log.error("the guardian process is gone; stopping")
+                with contextlib.suppress(ValueError, OSError):
+                    asyncio.get_running_loop().remove_reader(self.guardian.sock)
+                self._stop.set()
+                return
+            kind = event.get("event")
+            if kind in ("spawned", "spawn_failed"):
+                if self._spawn_reply is not None and not self._spawn_reply.done():
+                    self._spawn_reply.set_result(event)
+            elif kind == "exited":
+                inc = self.incarnation
+                status = event.get("status")
+                if inc is not None and inc.pid == event.get("pid") and isinstance(status, int):
+                    self._on_exit(inc, wait_status_to_returncode(status))
+
+    def _on_exit(self, inc: Incarnation, returncode: int) -> None:
+        if inc.exited.done():
+            return
+        inc.exited.set_result(returncode)
+        if not self._shutting_down:
+            self._spawn(self._report_death(inc, returncode), "report-death")
+
+    # ------------------------------------------------------------------ launching
+
+    def _on_output(self, stream: Stream, data: bytes) -> None:
+        self.tail.feed(stream, data)
+        if self.config.echo_output:
+            with contextlib.suppress(OSError):
+                os.write(sys.stderr.fileno(), data)
+
+    async def _launch(self) -> Incarnation:
+        """Start the next incarnation and wait until it answers kernel_info."""
+        loop = asyncio.get_running_loop()
+        number = self.incarnations + 1
+        env = kernel_env(self.spec, {})
+        argv = format_argv(self.spec, str(self.kernel_connection_file))
+        out_r, out_w = make_pipe()
+        err_r, err_w = make_pipe()
+        self._spawn_reply = loop.create_future()
+        try:
+            self.guardian.send_spawn(argv, env, self.config.cwd, out_w, err_w)
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        reply = await self._spawn_reply
+        if reply.get("event") != "spawned":
+            os.close(out_r)
+            os.close(err_r)
+            raise KernelStartError(
+                f"cannot start kernel {self.spec.name!r} ({' '.join(argv)}): {reply.get('error')}"
+            )
+        pid = int(reply["pid"])  # type: ignore[arg-type]
+        readers = [
+            PipeReader(out_r, Stream.STDOUT, self._on_output),
+            PipeReader(err_r, Stream.STDERR, self._on_output),
+        ]
+        inc = Incarnation(number, pid, loop.create_future(), readers)
+        self.incarnation = inc
+        self.incarnations = number
+        for reader in readers:
+            reader.start(loop)
+        self.current_parent = {}
+        self._iopub_seen.clear()
+        self._save_state("starting", inc)
+        ready = await self._wait_ready(inc)
+        if not ready:
+            if inc.alive:
+                await self._terminate_tree(inc)
+                raise KernelStartError(
+                    f"kernel {self.spec.name!r} did not answer kernel_info within "
+                    f"{self.config.startup_timeout:g} s{self._stderr_tail()}"
+                )
+            if number == 1:
+                code = inc.exited.result()
+                exit_code, signum, name = exit_details(code, SIGNAL_NAMES)
+                raise KernelStartError(
+                    f"kernel {self.spec.name!r} {describe_exit(exit_code, signum, name)} "
+                    f"during startup{self._stderr_tail()}"
+                )
+            return inc  # a restarted kernel that died at once is reported as a death
+        self.heartbeat.resume()
+        self._save_state("running", inc)
+        if number == 1:
+            event: KernelStarted | KernelRestarted = KernelStarted(number, pid)
+            await self._publish("kernel_started", event.to_content())
+        else:
+            event = KernelRestarted(number, pid)
+            await self._publish("kernel_restarted", event.to_content())
+        log.info("kernel %s (incarnation %d, pid %d) is ready", self.config.kernel_id, number, pid)
+        return inc
+
+    def _stderr_tail(self) -> str:
+        lines = [text for _, text in self.tail.lines(("stderr",))][-20:]
+        if not lines:
+            return " (it wrote nothing on stderr)"
+        return "; last lines of its stderr:\n" + "\n".join(f"    {line}" for line in lines)
+
+    async def _wait_ready(self, inc: Incarnation) -> bool:
+        """Probe with kernel_info_request on shell until shell replies and iopub has spoken.
+
+        False when the kernel exits first or ``startup_timeout`` passes.
+        """
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(self._kernel_url("shell"))
+        deadline = time.monotonic() + self.config.startup_timeout
+        try:
+            while inc.alive and time.monotonic() < deadline:
+                await sock.send_multipart(self.session.frames("kernel_info_request", {}))
+                recv = asyncio.ensure_future(sock.recv_multipart())
+                done, _ = await asyncio.wait(
+                    {recv, inc.exited}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
+                )
+                if recv in done:
+                    try:
+                        msg = self.session.decode(recv.result())
+                    except RemoteProtocolError:
+                        continue
+                    if msg.msg_type != "kernel_info_reply":
+                        continue
+                    # Shell answers; iopub must be connected too, or the first cell's output
+                    # would be published before the nanny's subscription reached the kernel.
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._iopub_seen.wait(), 0.5)
+                        return True
+                else:
+                    recv.cancel()
+            return False
+        finally:
+            sock.close(linger=0)
+
+    def _save_state(self, status: str, inc: Incarnation | None) -> None:
+        self.state.status = status
+        if inc is not None:
+            self.state.kernel_pid = inc.pid
+            self.state.incarnation = inc.number
+            self.state.started_at = inc.started_at
+        self._last_state_save = time.monotonic()
+        try:
+            self.state.save()
+        except OSError as exc:
+            log.warning("cannot write state file %s: %s", self.state.path, exc)
+
+    # ------------------------------------------------------------------ death and shutdown
+
+    async def _report_death(self, inc: Incarnation, returncode: int) -> None:
+        """Drain, clean up the tree, then tell every frontend how the kernel died."""
+        for reader in inc.readers:
+            reader.drain()
+        await self._kill_remaining()
+        for reader in inc.readers:
+            reader.drain()
+        await self._flush_kernel_iopub()
+        exit_code, signum, name = exit_details(returncode, SIGNAL_NAMES)
+        reason = describe_exit(exit_code, signum, name)
+        words = LastWords.from_tail(self.tail.lines())
+        died = KernelDied(exit_code, signum, name, inc.number, reason, words.lines)
+        parent = self.current_parent
+        log.error("kernel %s (incarnation %d) %s", self.config.kernel_id, inc.number, reason)
+        self.heartbeat.pause()
+        self._save_state("dead", inc)
+        await self._publish("kernel_died", died.to_content(), parent)
+        await self._publish("status", dead_status_content(), parent)
+        self.current_parent = {}
+
+    async def _flush_kernel_iopub(self, limit: float = 0.25) -> None:
+        """Let the forwarder pass on what the dead kernel published before it died.
+
+        The exit is noticed at once, possibly before the kernel's last iopub messages (its
+        ``busy`` for the fatal request, its last output) are forwarded; a death report must
+        come after them. Waits until the socket has been quiet for 20 ms, at most ``limit``.
+        """
+        sock = self._k_iopub
+        if sock is None:
+            return
+        deadline = time.monotonic() + limit
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= 0.02:
+                return
+            await asyncio.sleep(0.005)
+
+    async def _kill_remaining(self) -> None:
+        """SIGKILL whatever is left of the kernel trees (orphans included) and wait."""
+        for _ in range(200):
+            procs = self.guardian.descendants()
+            if not procs:
+                return
+            for proc in procs:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            await asyncio.sleep(0.01)
+        log.warning("processes of the kernel tree survive SIGKILL: %s", self.guardian.descendants())
+
+    async def _terminate_tree(self, inc: Incarnation) -> None:
+        """SIGTERM the whole tree, give it ``term_grace``, then SIGKILL what is left."""
+        for proc in self.guardian.descendants():
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(inc.exited), self.config.term_grace)
+        await self._kill_remaining()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(inc.exited), 5.0)
+
+    async def _shutdown(
+        self, request: Message | None, restart: bool, frames: list[bytes] | None = None
+    ) -> None:
+        """Shut the kernel down (and relaunch it when ``restart``), whatever it takes."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        inc = self.incarnation
+        try:
+            if inc is not None and inc.alive:
+                self._save_state("shutting-down", inc)
+                assert self._k_control is not None
+                if frames is not None:  # the frontend's own request, verified, as it came
+                    await self._k_control.send_multipart(frames)
+                else:
+                    content = {"restart": restart}
+                    await self._k_control.send_multipart(
+                        self.session.frames("shutdown_request", content)
+                    )
+                try:
+                    await asyncio.wait_for(asyncio.shield(inc.exited), self.config.shutdown_grace)
+                except asyncio.TimeoutError:
+                    log.warning(
+                        "kernel did not exit within %gs of shutdown_request; "
+                        "terminating its process tree",
+                        self.config.shutdown_grace,
+                    )
+                    await self._terminate_tree(inc)
+                for reader in inc.readers:
+                    reader.drain()
+            await self._kill_remaining()
+            if request is not None and request.msg_id not in self._shutdown_replied:
+                await self.f_control.send_multipart(
+                    self.session.frames(
+                        "shutdown_reply",
+                        shutdown_reply_content(restart),
+                        request,
+                        request.identities,
+                    )
+                )
+            if inc is not None:
+                for reader in inc.readers:
+                    reader.close()
+            if restart:
+                self._save_state("restarting", inc)
+                self._shutting_down = False
+                await self._launch()
+            else:
+                self._stop.set()
+        finally:
+            self._shutting_down = False if restart else self._shutting_down
+
+    # ------------------------------------------------------------------ channels
+
+    async def _publish(
+        self, msg_type: str, content: dict[str, Any], parent: dict[str, Any] | None = None
+    ) -> None:
+        await self.f_iopub.send_multipart(self.session.frames(msg_type, content, parent or {}))
+
+    async def _serve_control(self) -> None:
+        """Frontend control ROUTER: verify everything, act on nanny messages, forward the rest."""
+        while True:
+            frames = await self.f_control.recv_multipart()
+            try:
+                msg = self.session.decode(frames)
+            except RemoteProtocolError as exc:
+                self.stats["control_rejected"] += 1
+                log.warning(
+                    "dropped a control message: %s (%d dropped so far)",
+                    exc,
+                    self.stats["control_rejected"],
+                )
+                self._count_rejection()
+                continue
+            try:
+                await self._handle_control(msg, frames)
+            except RemoteProtocolError as exc:
+                await self._reply_error(msg, "ValueError", str(exc))
+
+    def _count_rejection(self) -> None:
+        """Record the rejection count in the state file (at most once a second)."""
+        self.state.rejected_messages = self.stats["control_rejected"]
+        if self._state_save_pending:
+            return
+        self._state_save_pending = True
+        delay = max(0.0, 1.0 - (time.monotonic() - self._last_state_save))
+        asyncio.get_running_loop().call_later(delay, self._deferred_state_save)
+
+    def _deferred_state_save(self) -> None:
+        self._state_save_pending = False
+        self._save_state(self.state.status, None)
+
+    async def _reply_error(self, msg: Message, ename: str, evalue: str) -> None:
+        reply_type = msg.msg_type.replace("_request", "_reply")
+        await self.f_control.send_multipart(
+            self.session.frames(reply_type, error_reply_content(ename, evalue), msg, msg.identities)
+        )
+
+    async def _handle_control(self, msg: Message, frames: list[bytes]) -> None:
+        inc = self.incarnation
+        kind = msg.msg_type
+        if kind == "shutdown_request":
+            restart = parse_shutdown_request(msg.content).restart
+            self._spawn(self._shutdown(msg, restart, frames), "shutdown")
+            return
+        if inc is None or not inc.alive:
+            await self._reply_error(msg, "KernelDead", "the kernel is not running; restart it")
+            return
+        if kind == "interrupt_request" and self.spec.interrupt_mode != "message":
+            self._signal_group(inc, signal.SIGINT)
+            await self.f_control.send_multipart(
+                self.session.frames(
+                    "interrupt_reply", interrupt_reply_content(), msg, msg.identities
+                )
+            )
+            return
+        if kind == "signal_request":
+            signum = parse_signal_request(msg.content, SIGNALS)
+            if not self._signal_group(inc, signum):
+                await self._reply_error(msg, "ProcessLookupError", "the kernel is gone")
+                return
+            await self.f_control.send_multipart(
+                self.session.frames(
+                    "signal_reply",
+                    signal_reply_content(signum, signal_name(signum, SIGNALS)),
+                    msg,
+                    msg.identities,
+                )
+            )
+            return
+        assert self._k_control is not None
+        self.stats["control_forwarded"] += 1
+        await self._k_control.send_multipart(frames)
+
+    def _signal_group(self, inc: Incarnation, signum: int) -> bool:
+        """Signal the kernel's process group, as jupyter_client's local provisioner does."""
+        try:
+            os.killpg(inc.pid, signum)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            os.kill(inc.pid, signum)
+        return True
+
+    async def _serve_kernel_control(self) -> None:
+        """Kernel control replies back to the frontend that asked (its identity leads)."""
+        sock = self._k_control
+        assert sock is not None
+        while True:
+            frames = await sock.recv_multipart()
+            idents, rest = _safe_split(frames)
+            if not idents:
+                continue  # a reply to the nanny's own request
+            with contextlib.suppress(RemoteProtocolError):
+                header = peek_header(frames)
+                if header.get("msg_type") == "shutdown_reply" and len(rest) > 2:
+                    parent = json.loads(rest[2])
+                    self._shutdown_replied.append(parent.get("msg_id", ""))
+            await self.f_control.send_multipart(frames)
+
+    async def _serve_kernel_iopub(self) -> None:
+        """Forward the kernel's iopub to every frontend, watching busy/idle for attribution."""
+        sock = self._k_iopub
+        assert sock is not None
+        while True:
+            frames = await sock.recv_multipart()
+            self._iopub_seen.set()
+            _, rest = _safe_split(frames)
+            if len(rest) >= 5:
+                try:
+                    header = json.loads(rest[1])
+                    kind = header.get("msg_type")
+                except (ValueError, AttributeError):
+                    kind = None
+                if kind == "iopub_welcome":
+                    continue  # the nanny greets its own subscribers
+                if kind == "status":
+                    self._track_status(rest)
+            await self.f_iopub.send_multipart(frames)
+
+    def _track_status(self, rest: list[bytes]) -> None:
+        try:
+            parent = json.loads(rest[2])
+            state = json.loads(rest[4]).get("execution_state")
+        except (ValueError, AttributeError):
+            return
+        if not isinstance(parent, dict):
+            return
+        if state == "busy" and parent.get("msg_type") == "execute_request":
+            self.current_parent = parent
+        elif state == "idle" and parent.get("msg_id") == self.current_parent.get("msg_id"):
+            self.current_parent = {}
+
+    async def _serve_iopub_subscriptions(self) -> None:
+        """Greet each new iopub subscriber (JEP 65) and pass subscriptions to the kernel."""
+        while True:
+            event = await self.f_iopub.recv()
+            if not event or event[0] != 1:
+                continue
+            topic = bytes(event[1:])
+            idents = (topic,) if topic else ()
+            await self.f_iopub.send_multipart(
+                self.session.frames(
+                    "iopub_welcome", {"subscription": topic.decode("utf-8", "replace")}, {}, idents
+                )
+            )
+            if self._k_iopub is not None and topic:
+                await self._k_iopub.send(event)
+
+
+def _safe_split(frames: list[bytes]) -> tuple[tuple[bytes, ...], list[bytes]]:
+    try:
+        return split_identities(frames)
+    except RemoteProtocolError:
+        return (), []
