@@ -181,6 +181,17 @@ class Nanny:
             sock.curve_publickey = self.frontend.curve_publickey.encode()
             sock.curve_server = True
 
+    def _kernel_socket(self, socket_type: int, channel: str) -> zmq.asyncio.Socket:
+        """A socket connected to the kernel; a CurveZMQ client when the kernel is a server."""
+        sock = self.ctx.socket(socket_type)
+        sock.linger = 0
+        if self.frontend.curve_secretkey and self.frontend.curve_publickey:
+            sock.curve_secretkey = self.frontend.curve_secretkey.encode()
+            sock.curve_publickey = self.frontend.curve_publickey.encode()
+            sock.curve_serverkey = self.frontend.curve_publickey.encode()
+        sock.connect(self._kernel_url(channel))
+        return sock
+
     def _bind(self, socket_type: int, channel: str) -> zmq.asyncio.Socket:
         sock = self.ctx.socket(socket_type)
         sock.linger = 1000
@@ -214,12 +225,8 @@ class Nanny:
         ZeroMQ reconnects them by itself (XSUB resends its subscription on reconnect), and no
         socket is closed under a task still reading it.
         """
-        self._k_control = self.ctx.socket(zmq.DEALER)
-        self._k_control.linger = 0
-        self._k_control.connect(self._kernel_url("control"))
-        self._k_iopub = self.ctx.socket(zmq.XSUB)
-        self._k_iopub.linger = 0
-        self._k_iopub.connect(self._kernel_url("iopub"))
+        self._k_control = self._kernel_socket(zmq.DEALER, "control")
+        self._k_iopub = self._kernel_socket(zmq.XSUB, "iopub")
         self._k_iopub.send(b"\x01")  # everything: the nanny forwards and watches it all
 
     # ------------------------------------------------------------------ task ownership
@@ -403,9 +410,7 @@ class Nanny:
 
         False when the kernel exits first or ``startup_timeout`` passes.
         """
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.connect(self._kernel_url("shell"))
+        sock = self._kernel_socket(zmq.DEALER, "shell")
         deadline = time.monotonic() + self.config.startup_timeout
         try:
             while inc.alive and time.monotonic() < deadline:

@@ -319,3 +319,55 @@ def test_kernel_tree_is_in_its_own_process_group(nanny: NannyProcess) -> None:
     assert os.getpgid(kernel.pid) == kernel.pid
     assert os.getpgid(kernel.pid) != os.getpgid(nanny.proc.pid)
     assert kernel.environ().get("PYTHONUNBUFFERED") == "1"
+
+
+def _connection_file_with_curve(path, kernel_name: str = "python3") -> tuple[str, str]:
+    import json
+
+    from nanny_io.launcher import free_tcp_ports
+
+    public, secret = zmq.curve_keypair()
+    ports = free_tcp_ports("127.0.0.1", 5)
+    info = dict(
+        zip(
+            ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"),
+            ports,
+            strict=True,
+        )
+    )
+    info.update(
+        transport="tcp",
+        ip="127.0.0.1",
+        key="a-test-key",
+        signature_scheme="hmac-sha256",
+        kernel_name=kernel_name,
+        curve_publickey=public.decode(),
+        curve_secretkey=secret.decode(),
+    )
+    path.write_text(json.dumps(info))
+    return public.decode(), secret.decode()
+
+
+def test_curve_keys_in_the_connection_info_encrypt_frontend_sockets(nanny_factory, tmp_path):
+    conn = tmp_path / "curve.json"
+    public, _ = _connection_file_with_curve(conn)
+    nanny = nanny_factory("python3", "--connection-file", str(conn))
+    assert nanny.connection_file == conn
+    kc = nanny.client()  # jupyter_client reads the keys and becomes a CURVE client
+    assert _execute(kc, "print('secret')")[1] == "secret\n"
+    info = kc.get_connection_info()
+    assert info["curve_publickey"] in (public, public.encode())
+    ctx = zmq.Context()
+    plain = ctx.socket(zmq.REQ)
+    plain.linger = 0
+    plain.connect(f"tcp://127.0.0.1:{info['hb_port']}")
+    plain.send(b"ping")
+    assert not plain.poll(1500)  # a client without the keys gets nothing
+    plain.close()
+    ctx.term()
+
+
+def test_binding_a_public_ip_without_curve_warns(nanny_factory):
+    nanny = nanny_factory("python3", "--ip", "0.0.0.0")
+    nanny.client()
+    assert "without CurveZMQ" in nanny.stderr
