@@ -1,0 +1,487 @@
+"""The late joiner, without I/O: subscribe, replay history, buffer live, repair gaps.
+
+:class:`LogSubscription` is the reference implementation of the recipe in
+specs/log-channel.md. The caller owns the SUB and DEALER sockets: it feeds decoded live
+messages to :meth:`~LogSubscription.receive_live`, decoded replay answers to
+:meth:`~LogSubscription.receive_replay`, sends what :meth:`~LogSubscription.requests_to_send`
+returns, and gets back events with every record exactly once, in seq order.
+
+How gaps are found: every live batch carries ``prev_seqs``, the last seq of each stream
+before it. For the streams we follow, ``max(prev_seqs[s] for s in ours)`` is the seq of the
+record just before the batch in *our* part of the log, so a lost message shows up even when
+we filter streams. Ticks carry the same numbers for a lost tail.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Literal
+
+from .errors import LocalProtocolError
+from .logrecords import TICK_TOPIC, LogRecord, RecordBatch, Tick, topic_for
+from .replay import (
+    ReplayBatch,
+    ReplayEnd,
+    ReplayRequest,
+    ReplayResponse,
+    ReplayTruncated,
+)
+from .streams import Stream
+
+__all__ = [
+    "Alive",
+    "EpochChanged",
+    "Event",
+    "Gap",
+    "LogSubscription",
+    "Records",
+    "ReplayFailed",
+    "SubscriptionStats",
+    "Truncated",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """Records to show, in seq order, continuing exactly where the previous event stopped."""
+
+    records: tuple[LogRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Records of our streams with seq in this range were lost: the store no longer has them."""
+
+    first_missing: int
+    last_missing: int
+
+
+@dataclass(frozen=True, slots=True)
+class Truncated:
+    """The history asked for at start begins before the store's oldest record."""
+
+    oldest_seq: int
+    lost: int  # seqs before oldest_seq that were asked for and are gone (all streams)
+
+
+@dataclass(frozen=True, slots=True)
+class EpochChanged:
+    """The nanny process restarted: seqs start again at 1; history is re-requested."""
+
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class Alive:
+    """A heartbeat tick: the nanny is alive (tell the kernel's state from ``tick``)."""
+
+    tick: Tick
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayFailed:
+    """The replay server refused a request; delivery goes on (with a Gap for a repair)."""
+
+    code: str
+    message: str
+
+
+Event = Records | Gap | Truncated | EpochChanged | Alive | ReplayFailed
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStats:
+    """A snapshot of counters, for status lines and tests."""
+
+    delivered: int  # records delivered
+    duplicates: int  # records dropped because they were already delivered
+    repairs: int  # repair requests issued
+    gaps: int  # Gap events
+    buffered: int  # records waiting for earlier ones
+    stale: int  # messages ignored (old epoch, unknown request, unwanted stream)
+
+
+@dataclass(slots=True)
+class _Segment:
+    """Records in seq order whose predecessor among our streams is ``link``."""
+
+    link: int
+    records: tuple[LogRecord, ...]
+
+
+@dataclass(slots=True)
+class _Pending:
+    kind: Literal["initial", "repair"]
+    since: int  # the request's since_seq (1 when it had none)
+    until: int | None
+    link: int  # predecessor of the next batch of the answer
+    sent: int = 0
+
+
+_SEQ = attrgetter("seq")
+
+
+@dataclass(slots=True)
+class _Counters:
+    delivered: int = 0
+    duplicates: int = 0
+    repairs: int = 0
+    gaps: int = 0
+    stale: int = 0
+
+
+class LogSubscription:
+    """Follow a nanny's log: history first, then live, each record once, in seq order.
+
+    ``streams``: the streams to follow (None: all). ``since_seq``: start at this seq;
+    ``last``: start with only the last N records (at most one of them; neither: everything
+    the store holds, with a Truncated event if older records were already dropped).
+    ``make_nonce``: returns a fresh random string for each request (e.g. ``uuid4().hex``).
+    """
+
+    def __init__(
+        self,
+        *,
+        make_nonce: Callable[[], str],
+        streams: Iterable[Stream] | None = None,
+        since_seq: int | None = None,
+        last: int | None = None,
+        request_prefix: str = "r",
+    ) -> None:
+        if since_seq is not None and last is not None:
+            raise LocalProtocolError("give since_seq or last, not both")
+        if since_seq is not None and (type(since_seq) is not int or since_seq < 1):
+            raise LocalProtocolError(f"since_seq must be an integer >= 1, got {since_seq!r}")
+        if last is not None and (type(last) is not int or last < 0):
+            raise LocalProtocolError(f"last must be an integer >= 0, got {last!r}")
+        wanted = None if streams is None else tuple(dict.fromkeys(streams))
+        if wanted is not None and (not wanted or not all(isinstance(s, Stream) for s in wanted)):
+            raise LocalProtocolError(f"streams must be None or some Streams, got {streams!r}")
+        self._streams: tuple[Stream, ...] | None = (
+            None if wanted is None or set(wanted) == set(Stream) else wanted
+        )
+        self._since = since_seq
+        self._last = last
+        self._make_nonce = make_nonce
+        self._prefix = request_prefix
+        self._counter = 0
+        self._started = False
+        self._established = False  # the current epoch's first answer has ended
+        self._anchor = False  # live-only fallback: the next live message sets the cursor
+        self._epoch: str | None = None
+        self._retired: set[str] = set()
+        self._cursor = 0  # every record of ours with seq <= cursor was delivered or reported
+        self._segments: list[_Segment] = []  # sorted by first seq unless _unsorted
+        self._unsorted = False
+        self._held: list[tuple[str, _Segment]] = []  # live batches before establishment
+        self._target = 0  # latest seq of ours the nanny says it published (from ticks)
+        self._target_epoch: str | None = None
+        self._outstanding: dict[str, _Pending] = {}
+        self._queue: list[ReplayRequest] = []
+        self._n = _Counters()
+
+    # -- what the caller asks ----------------------------------------------------------------
+
+    @property
+    def topics(self) -> tuple[bytes, ...]:
+        """SUB topics to subscribe to: our streams' topics and the tick."""
+        streams = tuple(Stream) if self._streams is None else self._streams
+        return (*(topic_for(s) for s in streams), TICK_TOPIC)
+
+    @property
+    def streams(self) -> tuple[Stream, ...] | None:
+        return self._streams
+
+    @property
+    def epoch(self) -> str | None:
+        """The nanny run whose records we deliver (None until the first answer)."""
+        return self._epoch
+
+    @property
+    def last_seq(self) -> int:
+        """Every record of ours up to this seq has been delivered or reported lost."""
+        return self._cursor
+
+    @property
+    def caught_up(self) -> bool:
+        """History was delivered and nothing is missing or waiting right now."""
+        return (
+            self._established
+            and not self._outstanding
+            and not self._segments
+            and self._target <= self._cursor
+        )
+
+    def statistics(self) -> SubscriptionStats:
+        n = self._n
+        buffered = sum(len(s.records) for s in self._segments)
+        buffered += sum(len(s.records) for _, s in self._held)
+        return SubscriptionStats(n.delivered, n.duplicates, n.repairs, n.gaps, buffered, n.stale)
+
+    def start(self) -> ReplayRequest:
+        """The history request to send once the SUB socket is connected and subscribed."""
+        if self._started:
+            raise LocalProtocolError("the subscription was already started")
+        self._started = True
+        if self._last is not None:
+            return self._request("initial", since=None, until=None, last=self._last, link=-1)
+        since = 1 if self._since is None else self._since
+        self._cursor = since - 1
+        return self._request("initial", since=since, until=None, last=None, link=since - 1)
+
+    def requests_to_send(self) -> list[ReplayRequest]:
+        """Requests (gap repairs, history after an epoch change) to send now; then forgotten."""
+        queue, self._queue = self._queue, []
+        return queue
+
+    # -- feeding -----------------------------------------------------------------------------
+
+    def receive_live(self, item: RecordBatch | Tick) -> list[Event]:
+        """Feed one decoded message from the SUB socket, in the order received."""
+        events: list[Event] = []
+        if item.epoch in self._retired:
+            self._n.stale += 1
+            return events
+        if isinstance(item, Tick):
+            return self._receive_tick(item, events)
+        if self._streams is not None and item.stream not in self._streams:
+            self._n.stale += 1
+            return events
+        seg = _Segment(item.prev_seqs.latest(self._streams), item.records)
+        if self._anchor:  # live-only fallback: start from the first thing we see
+            self._anchor = False
+            self._epoch = item.epoch
+            self._cursor = seg.link
+        if not self._established:
+            self._held.append((item.epoch, seg))
+            return events
+        if item.epoch != self._epoch:
+            self._change_epoch(item.epoch, events)
+            self._held.append((item.epoch, seg))
+            return events
+        self._add(seg)
+        self._deliver(events)
+        self._maybe_repair()
+        return events
+
+    def receive_replay(self, item: ReplayResponse) -> list[Event]:
+        """Feed one decoded message from the replay socket."""
+        events: list[Event] = []
+        rid = item.request_id
+        if rid is None and len(self._outstanding) == 1:
+            rid = next(iter(self._outstanding))
+        pend = self._outstanding.get(rid) if rid is not None else None
+        if pend is None or rid is None:
+            self._n.stale += 1
+            return events
+        if isinstance(item, (ReplayBatch, ReplayEnd)) and not self._answer_epoch(
+            item.epoch, pend, events
+        ):
+            return events
+        if isinstance(item, ReplayBatch):
+            self._add(_Segment(pend.link, item.records))
+            pend.link = max(pend.link, item.records[-1].seq)
+            pend.sent += len(item.records)
+        elif isinstance(item, ReplayTruncated):
+            gone = pend.since + item.lost - 1
+            if pend.kind == "initial":
+                events.append(Truncated(item.oldest_seq, item.lost))
+            elif gone > self._cursor:
+                self._gap(self._cursor + 1, gone, events)
+            self._cursor = max(self._cursor, gone)
+            pend.link = max(pend.link, gone)
+        elif isinstance(item, ReplayEnd):
+            del self._outstanding[rid]
+            self._deliver(events)
+            upto = item.last_seq if pend.until is None else min(pend.until, item.last_seq)
+            if item.complete and pend.link <= self._cursor:
+                self._cursor = max(self._cursor, upto)
+                if pend.until is not None and pend.until > self._cursor:
+                    # the server's store ends before what it published: never ask again
+                    self._gap(self._cursor + 1, pend.until, events)
+                    self._cursor = pend.until
+            elif not item.complete and item.sent == 0 and upto > self._cursor:
+                self._gap(self._cursor + 1, upto, events)  # no progress: never loop
+                self._cursor = upto
+            elif not item.complete:
+                self._target = max(self._target, upto)  # more to fetch: repair asks for it
+            if pend.kind == "initial":
+                self._establish()
+        else:  # ReplayError
+            del self._outstanding[rid]
+            events.append(ReplayFailed(item.code, item.message))
+            if pend.kind == "repair":
+                hi = pend.until if pend.until is not None else self._target
+                if hi > self._cursor:
+                    self._gap(self._cursor + 1, hi, events)
+                    self._cursor = hi
+            else:
+                self._live_only()
+        self._deliver(events)
+        self._maybe_repair()
+        return events
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _request(
+        self,
+        kind: Literal["initial", "repair"],
+        *,
+        since: int | None,
+        until: int | None,
+        last: int | None,
+        link: int,
+    ) -> ReplayRequest:
+        self._counter += 1
+        rid = f"{self._prefix}{self._counter}"
+        req = ReplayRequest(
+            request_id=rid,
+            nonce=self._make_nonce(),
+            since_seq=since,
+            until_seq=until,
+            last=last,
+            streams=self._streams,
+        )
+        self._outstanding[rid] = _Pending(kind, 1 if since is None else since, until, link)
+        return req
+
+    def _receive_tick(self, tick: Tick, events: list[Event]) -> list[Event]:
+        if self._anchor:
+            self._anchor = False
+            self._epoch = tick.epoch
+            self._cursor = tick.last_seqs.latest(self._streams)
+        if self._established and tick.epoch != self._epoch:
+            self._change_epoch(tick.epoch, events)
+        events.append(Alive(tick))
+        tail = tick.last_seqs.latest(self._streams)
+        if tick.epoch != self._target_epoch:
+            self._target_epoch, self._target = tick.epoch, tail
+        else:
+            self._target = max(self._target, tail)
+        if self._established:
+            self._maybe_repair()
+        return events
+
+    def _answer_epoch(self, epoch: str, pend: _Pending, events: list[Event]) -> bool:
+        """Whether a replay answer's epoch lets us use it (adopting or changing epochs)."""
+        if epoch == self._epoch:
+            return True
+        if pend.kind == "initial" and not self._established:
+            if self._epoch is not None:  # we guessed the new epoch from live; the server knows
+                events.append(EpochChanged(self._epoch, epoch))
+                self._retired.add(self._epoch)
+            self._epoch = epoch
+            return True
+        if epoch in self._retired:
+            self._n.stale += 1
+            return False
+        self._change_epoch(epoch, events)  # the nanny restarted under a repair
+        return False
+
+    def _change_epoch(self, new: str, events: list[Event]) -> None:
+        """Forget everything of the old run and ask for the new run's whole history."""
+        old = self._epoch
+        if old is not None:
+            events.append(EpochChanged(old, new))
+            self._retired.add(old)
+        self._epoch = new
+        self._established = False
+        self._anchor = False
+        self._cursor = 0
+        self._segments.clear()
+        self._unsorted = False
+        self._held.clear()
+        self._outstanding.clear()
+        self._queue.clear()
+        self._target, self._target_epoch = 0, None
+        self._queue.append(self._request("initial", since=1, until=None, last=None, link=0))
+
+    def _establish(self) -> None:
+        """The first answer ended: live batches held meanwhile may now be delivered."""
+        self._established = True
+        for epoch, seg in self._held:
+            if epoch == self._epoch:
+                self._add(seg)
+        self._n.stale += sum(1 for epoch, _ in self._held if epoch != self._epoch)
+        self._held.clear()
+        if self._target_epoch != self._epoch:
+            self._target, self._target_epoch = 0, None
+
+    def _live_only(self) -> None:
+        """History is unavailable: follow live from the first batch or tick we have."""
+        self._established = True
+        held = self._held
+        if not held:
+            self._anchor = True
+            return
+        epoch = held[-1][0]
+        if self._epoch is None:
+            self._epoch = epoch
+        mine = [seg for e, seg in held if e == self._epoch]
+        self._n.stale += len(held) - len(mine)
+        held.clear()
+        if mine:
+            self._cursor = min(seg.link for seg in mine)
+            for seg in mine:
+                self._add(seg)
+        else:
+            self._anchor = True
+
+    def _add(self, seg: _Segment) -> None:
+        segs = self._segments
+        if segs and segs[-1].records[0].seq > seg.records[0].seq:
+            self._unsorted = True
+        segs.append(seg)
+
+    def _gap(self, first: int, last: int, events: list[Event]) -> None:
+        self._n.gaps += 1
+        events.append(Gap(first, last))
+
+    def _deliver(self, events: list[Event]) -> None:
+        """Deliver every segment that continues the cursor, in seq order."""
+        segs = self._segments
+        if not segs:
+            return
+        if self._unsorted:  # a stall appends in order, so this stays rare and cheap
+            segs.sort(key=lambda s: s.records[0].seq)
+            self._unsorted = False
+        cursor = self._cursor
+        i = 0
+        for seg in segs:
+            recs = seg.records
+            if recs[-1].seq <= cursor:
+                self._n.duplicates += len(recs)
+                i += 1
+                continue
+            link = seg.link
+            if recs[0].seq <= cursor:
+                cut = bisect_right(recs, cursor, key=_SEQ)
+                self._n.duplicates += cut
+                recs = recs[cut:]
+                link = cursor
+            if link > cursor:
+                break
+            events.append(Records(recs))
+            self._n.delivered += len(recs)
+            cursor = recs[-1].seq
+            i += 1
+        del segs[:i]
+        self._cursor = cursor
+
+    def _maybe_repair(self) -> None:
+        """Ask for what is missing after the cursor, one repair at a time."""
+        if not self._established or self._anchor or self._outstanding:
+            return
+        lo = self._cursor + 1
+        if self._segments:
+            hi = self._segments[0].link
+        elif self._target >= lo:
+            hi = self._target
+        else:
+            return
+        self._n.repairs += 1
+        self._queue.append(self._request("repair", since=lo, until=hi, last=None, link=lo - 1))

@@ -1,0 +1,428 @@
+"""The late-joiner state machine against a simulated nanny and a lossy PUB channel."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from nanny_io_proto.errors import LocalProtocolError
+from nanny_io_proto.logrecords import (
+    LogPublisher,
+    LogRecord,
+    Stream,
+    Tick,
+    decode_log_message,
+)
+from nanny_io_proto.replay import (
+    ReplayEnd,
+    ReplayError,
+    ReplayRequest,
+    decode_replay_request,
+    decode_replay_response,
+    encode_replay_request,
+    encode_replay_response,
+    plan_replay,
+    replay_answer,
+)
+from nanny_io_proto.signing import DigestHistory, Signer
+from nanny_io_proto.subscription import (
+    Alive,
+    EpochChanged,
+    Event,
+    Gap,
+    LogSubscription,
+    Records,
+    ReplayFailed,
+    Truncated,
+)
+
+KEY = Signer(b"a-secret-key")
+
+
+class Nanny:
+    """A store, a publisher and a replay server, exchanging real (encoded) frames."""
+
+    def __init__(self, epoch: str = "ep1", batch_records: int = 3) -> None:
+        self.epoch = epoch
+        self.records: list[LogRecord] = []
+        self.oldest = 1
+        self.pub = LogPublisher(epoch, KEY, max_records=batch_records)
+        self.history = DigestHistory()
+
+    def produce(self, stream: Stream, n: int = 1) -> list[list[bytes]]:
+        start = len(self.records) + 1
+        new = [
+            LogRecord(s, s, 1, stream, b"%s %d\n" % (stream.value.encode(), s))
+            for s in range(start, start + n)
+        ]
+        self.records += new
+        return self.pub.publish(new)
+
+    def tick(self) -> list[bytes]:
+        return self.pub.tick(time_ns=0, incarnation=1, kernel_state="running")
+
+    def evict(self, oldest: int) -> None:
+        self.oldest = max(self.oldest, min(oldest, len(self.records) + 1))
+
+    def serve(self, frames: list[bytes], max_records: int = 4) -> list[list[bytes]]:
+        req = decode_replay_request(frames, KEY, self.history)
+        plan = plan_replay(req, self.oldest, len(self.records))
+        held = [
+            r
+            for r in self.records[self.oldest - 1 :]
+            if plan.first_seq <= r.seq <= plan.last_seq
+            and (plan.streams is None or r.stream in plan.streams)
+        ]
+        answer = replay_answer(plan, self.epoch, held, max_records=max_records)
+        return [encode_replay_response(m, KEY) for m in answer]
+
+
+class Client:
+    """Drives a LogSubscription the way a frontend would, recording every event."""
+
+    def __init__(self, nanny: Nanny, **kwargs: object) -> None:
+        nonces = itertools.count()
+        self.nanny = nanny
+        self.sub = LogSubscription(make_nonce=lambda: f"n{next(nonces)}", **kwargs)  # type: ignore[arg-type]
+        self.live: list[list[bytes]] = []  # in flight on PUB -> SUB
+        self.replay: list[list[bytes]] = []  # in flight on ROUTER -> DEALER
+        self.events: list[Event] = []
+        self.sent: list[ReplayRequest] = []
+
+    def start(self) -> None:
+        self._send(self.sub.start())
+
+    def _send(self, req: ReplayRequest) -> None:
+        self.sent.append(req)
+        self.replay += self.nanny.serve(encode_replay_request(req, KEY))
+
+    def _after(self, events: list[Event]) -> None:
+        self.events += events
+        for req in self.sub.requests_to_send():
+            self._send(req)
+
+    def feed_live(self, index: int = 0) -> None:
+        self._after(self.sub.receive_live(decode_log_message(self.live.pop(index), KEY)))
+
+    def feed_replay(self) -> None:
+        self._after(self.sub.receive_replay(decode_replay_response(self.replay.pop(0), KEY)))
+
+    def drain(self) -> None:
+        for _ in range(10_000):
+            if self.live:
+                self.feed_live()
+            elif self.replay:
+                self.feed_replay()
+            else:
+                return
+        raise AssertionError("the subscription does not settle")
+
+    def delivered(self) -> list[LogRecord]:
+        return [r for e in self.events if isinstance(e, Records) for r in e.records]
+
+    def seqs(self) -> list[int]:
+        return [r.seq for r in self.delivered()]
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+# -- the property ------------------------------------------------------------------------------
+
+STEPS = ["produce", "produce", "tick", "live", "live", "reorder", "replay", "replay", "evict"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_every_available_record_once_in_order_gaps_reported(data: st.DataObject) -> None:
+    streams = data.draw(st.one_of(st.none(), st.sets(st.sampled_from(list(Stream)), min_size=1)))
+    since = data.draw(st.one_of(st.none(), st.integers(1, 20)))
+    nanny = Nanny(batch_records=data.draw(st.integers(1, 4)))
+    client = Client(nanny, streams=streams, since_seq=since)
+    steps = data.draw(st.lists(st.sampled_from(STEPS), min_size=10, max_size=80))
+    start_at = data.draw(st.integers(0, len(steps)))
+    for i, step in enumerate(steps):
+        if i == start_at:
+            client.start()
+        if step == "produce":
+            stream = data.draw(st.sampled_from(list(Stream)))
+            for frames in nanny.produce(stream, data.draw(st.integers(1, 5))):
+                client.live += [frames] * data.draw(st.sampled_from([0, 0, 1, 1, 1, 2]))
+        elif step == "tick" and data.draw(st.booleans()):
+            client.live.append(nanny.tick())
+        elif step == "live" and client.live:
+            client.feed_live()
+        elif step == "reorder" and client.live:
+            client.feed_live(data.draw(st.integers(0, len(client.live) - 1)))
+        elif step == "replay" and client.replay:
+            client.feed_replay()
+        elif step == "evict":
+            nanny.evict(data.draw(st.integers(1, len(nanny.records) + 1)))
+    if start_at == len(steps):
+        client.start()
+    client.drain()
+    client.live.append(nanny.tick())  # the next tick always reveals a lost tail
+    client.drain()
+
+    wanted = set(Stream) if streams is None else streams
+    first = since or 1
+    ours = [r for r in nanny.records if r.stream in wanted and r.seq >= first]
+    got = client.delivered()
+    seqs = [r.seq for r in got]
+    assert seqs == sorted(set(seqs)), "strictly increasing, each once"
+    assert all(r == nanny.records[r.seq - 1] for r in got)
+    lost: set[int] = set()
+    for gap in client.of(Gap):
+        lost |= set(range(gap.first_missing, gap.last_missing + 1))
+    for trunc in client.of(Truncated):
+        lost |= set(range(first, first + trunc.lost))
+    assert not lost & set(seqs), "nothing is both delivered and reported lost"
+    for r in ours:
+        assert r.seq in lost or r.seq in seqs, f"record {r.seq} neither delivered nor reported"
+        if r.seq >= nanny.oldest:  # never evicted: must have arrived
+            assert r.seq in seqs
+    assert client.sub.caught_up
+    stats = client.sub.statistics()
+    assert stats.buffered == 0
+    event(f"repairs: {min(stats.repairs, 3)}, gaps: {bool(lost)}, dups: {stats.duplicates > 0}")
+    assert client.sub.last_seq >= (ours[-1].seq if ours else 0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_lossless_channel_needs_no_repairs_even_when_filtering(data: st.DataObject) -> None:
+    streams = data.draw(st.one_of(st.none(), st.sets(st.sampled_from(list(Stream)), min_size=1)))
+    nanny = Nanny(batch_records=data.draw(st.integers(1, 4)))
+    client = Client(nanny, streams=streams)
+    plan = data.draw(
+        st.lists(
+            st.tuples(st.sampled_from(list(Stream)), st.integers(1, 4), st.booleans()), max_size=20
+        )
+    )
+    start_at = data.draw(st.integers(0, len(plan)))
+    for i, (stream, n, tick) in enumerate(plan):
+        if i == start_at:
+            client.start()
+        client.live += nanny.produce(stream, n) + ([nanny.tick()] if tick else [])
+        client.drain()
+    if start_at == len(plan):
+        client.start()
+    client.drain()
+    wanted = set(Stream) if streams is None else streams
+    assert client.seqs() == [r.seq for r in nanny.records if r.stream in wanted]
+    stats = client.sub.statistics()
+    assert (stats.repairs, stats.gaps) == (0, 0)
+
+
+# -- the recipe, step by step -----------------------------------------------------------------
+
+
+def test_live_buffered_during_replay_and_overlap_dropped() -> None:
+    nanny = Nanny()
+    client = Client(nanny)
+    nanny.produce(Stream.STDOUT, 5)  # before we connected: only replay has them
+    client.start()  # the answer covers 1..5
+    client.live += nanny.produce(Stream.STDERR, 2)  # 6, 7 arrive live ...
+    client.feed_live()
+    assert client.events == []  # ... and wait for the history
+    client.drain()
+    assert client.seqs() == [1, 2, 3, 4, 5, 6, 7]
+    assert client.sub.statistics().repairs == 0
+    assert client.sub.caught_up
+
+
+def test_records_published_before_the_replay_are_dropped_as_duplicates() -> None:
+    nanny = Nanny()
+    client = Client(nanny)
+    client.live += nanny.produce(Stream.STDOUT, 4)  # live copies of 1..4, in flight
+    client.start()  # and the history 1..4
+    client.drain()
+    assert client.seqs() == [1, 2, 3, 4]
+    assert client.sub.statistics().duplicates == 4
+
+
+def test_lost_live_batch_is_repaired_with_since_and_until() -> None:
+    nanny = Nanny(batch_records=2)
+    client = Client(nanny)
+    client.start()
+    client.drain()
+    batches = nanny.produce(Stream.STDOUT, 6)  # [1,2] [3,4] [5,6]
+    client.live += [batches[0], batches[2]]  # the middle one is lost at the HWM
+    client.feed_live()
+    client.feed_live()
+    assert client.seqs() == [1, 2]  # 5, 6 wait for the repair
+    assert client.sent[-1] == ReplayRequest("r2", "n1", since_seq=3, until_seq=4)
+    client.drain()
+    assert client.seqs() == [1, 2, 3, 4, 5, 6]
+
+
+def test_tick_reveals_a_lost_tail() -> None:
+    nanny = Nanny()
+    client = Client(nanny)
+    client.start()
+    client.drain()
+    nanny.produce(Stream.LOG, 3)  # all lost
+    client.live.append(nanny.tick())
+    client.feed_live()
+    assert isinstance(client.events[-1], Alive)
+    assert client.sent[-1].since_seq == 1 and client.sent[-1].until_seq == 3
+    client.drain()
+    assert client.seqs() == [1, 2, 3]
+
+
+def test_filtered_subscription_sees_no_false_gaps_and_finds_real_ones() -> None:
+    nanny = Nanny(batch_records=10)
+    client = Client(nanny, streams=[Stream.STDOUT])
+    assert client.sub.topics == (b"stdout", b"tick")
+    client.start()
+    client.drain()
+    out1 = nanny.produce(Stream.STDOUT, 2)  # 1, 2
+    nanny.produce(Stream.STDERR, 3)  # 3..5: not subscribed, never arrive
+    out2 = nanny.produce(Stream.STDOUT, 1)  # 6
+    client.live += out1 + out2
+    client.drain()
+    assert client.seqs() == [1, 2, 6]
+    assert client.sub.statistics().repairs == 0
+    nanny.produce(Stream.STDOUT, 1)  # 7: lost
+    nanny.produce(Stream.STDERR, 1)  # 8
+    client.live += nanny.produce(Stream.STDOUT, 1)  # 9, prev stdout is 7
+    client.feed_live()
+    assert client.sent[-1] == ReplayRequest(
+        "r2", "n1", since_seq=7, until_seq=7, streams=(Stream.STDOUT,)
+    )
+    client.drain()
+    assert client.seqs() == [1, 2, 6, 7, 9]
+    assert all(r.stream is Stream.STDOUT for r in client.delivered())
+
+
+def test_initial_history_truncated_and_repair_gap() -> None:
+    nanny = Nanny(batch_records=1)
+    nanny.produce(Stream.STDOUT, 10)
+    nanny.evict(8)
+    client = Client(nanny)
+    client.start()
+    client.drain()
+    assert client.of(Truncated) == [Truncated(oldest_seq=8, lost=7)]
+    assert client.seqs() == [8, 9, 10]
+    out = nanny.produce(Stream.STDOUT, 4)  # 11..14; 11 and 12 lost, then evicted
+    nanny.evict(13)
+    client.live += out[2:]
+    client.drain()
+    assert client.of(Gap) == [Gap(11, 12)]
+    assert client.seqs() == [8, 9, 10, 13, 14]
+
+
+def test_last_n_starts_from_the_last_records() -> None:
+    nanny = Nanny()
+    nanny.produce(Stream.STDOUT, 3)
+    nanny.produce(Stream.STDERR, 3)
+    client = Client(nanny, last=2, streams=[Stream.STDOUT])
+    client.start()
+    client.drain()
+    assert client.seqs() == [2, 3]
+    client.live += nanny.produce(Stream.STDOUT, 1)
+    client.drain()
+    assert client.seqs() == [2, 3, 7]
+    zero = Client(nanny, last=0)
+    zero.start()
+    zero.drain()
+    assert zero.seqs() == [] and zero.sub.last_seq == 7
+
+
+def test_since_seq_skips_older_records() -> None:
+    nanny = Nanny()
+    nanny.produce(Stream.STDOUT, 5)
+    client = Client(nanny, since_seq=4)
+    client.start()
+    client.drain()
+    assert client.seqs() == [4, 5] and client.of(Truncated) == []
+
+
+def test_epoch_change_resets_and_rerequests() -> None:
+    old = Nanny("epochA")
+    client = Client(old)
+    old.produce(Stream.STDOUT, 3)
+    client.start()
+    client.drain()
+    stale = old.produce(Stream.STDOUT, 1)  # still in flight when the nanny restarts
+    new = Nanny("epochB")
+    client.nanny = new
+    new.produce(Stream.NANNY, 1)
+    client.live += new.produce(Stream.STDOUT, 2)
+    client.feed_live()
+    assert client.events[-1] == EpochChanged("epochA", "epochB")
+    assert client.sent[-1].since_seq == 1 and client.sub.epoch == "epochB"
+    client.drain()
+    assert client.seqs() == [1, 2, 3, 1, 2, 3]
+    assert client.delivered()[-1].data == b"stdout 3\n"
+    client.live += stale  # the old run's message arrives late: ignored
+    client.feed_live()
+    assert client.sub.statistics().stale == 1 and client.seqs()[-1] == 3
+
+
+def test_replay_error_on_repair_reports_a_gap_and_moves_on() -> None:
+    nanny = Nanny(batch_records=1)
+    client = Client(nanny)
+    client.start()
+    client.drain()
+    out = nanny.produce(Stream.STDOUT, 3)
+    client.live += [out[0], out[2]]
+    client.feed_live()
+    client.feed_live()
+    rid = client.sent[-1].request_id
+    client.replay = [encode_replay_response(ReplayError(rid, "busy", "try later"), KEY)]
+    client.feed_replay()
+    assert client.events[-3:-1] == [ReplayFailed("busy", "try later"), Gap(2, 2)]
+    assert client.seqs() == [1, 3]
+
+
+def test_replay_error_on_start_falls_back_to_live_only() -> None:
+    nanny = Nanny()
+    nanny.produce(Stream.STDOUT, 5)
+    client = Client(nanny)
+    req = client.sub.start()
+    client.live += nanny.produce(Stream.STDOUT, 2)  # 6, 7
+    client.replay = [encode_replay_response(ReplayError(None, "busy", "full"), KEY)]
+    client.feed_replay()
+    assert client.events == [ReplayFailed("busy", "full")]
+    assert req.request_id == "r1"
+    client.drain()
+    assert client.seqs() == [6, 7]
+
+
+def test_stale_and_unknown_answers_are_ignored() -> None:
+    nanny = Nanny()
+    client = Client(nanny)
+    client.start()
+    client.drain()
+    end = encode_replay_response(ReplayEnd("r99", "ep1", 5, 0, True), KEY)
+    assert client.sub.receive_replay(decode_replay_response(end, KEY)) == []
+    assert client.sub.statistics().stale == 1
+
+
+def test_ticks_are_reported_and_kernel_state_visible() -> None:
+    nanny = Nanny()
+    client = Client(nanny)
+    client.live.append(nanny.pub.tick(time_ns=5, incarnation=2, kernel_state="dead"))
+    client.start()
+    client.drain()
+    (alive,) = client.of(Alive)
+    assert isinstance(alive.tick, Tick) and alive.tick.kernel_state == "dead"
+
+
+def test_constructor_and_start_validation() -> None:
+    with pytest.raises(LocalProtocolError):
+        LogSubscription(make_nonce=str, since_seq=1, last=1)
+    with pytest.raises(LocalProtocolError):
+        LogSubscription(make_nonce=str, since_seq=0)
+    with pytest.raises(LocalProtocolError):
+        LogSubscription(make_nonce=str, streams=[])
+    sub = LogSubscription(make_nonce=lambda: "n", streams=list(Stream))
+    assert sub.streams is None  # all of them
+    assert sub.topics == (b"stdout", b"stderr", b"log", b"nanny", b"tick")
+    sub.start()
+    with pytest.raises(LocalProtocolError):
+        sub.start()
