@@ -1,4 +1,9 @@
-"""Reading the kernel's stdout/stderr pipes without ever blocking the event loop or the kernel."""
+"""Capture: the kernel's stdout/stderr pipes and log FIFO, read without ever blocking.
+
+Nothing waits on a reader here: pipes are drained into the store as fast as the kernel
+writes, and everything downstream (frontends, log subscribers, the nanny's own stderr)
+either keeps up or drops with a notice.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,29 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import queue
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
+from nanny_io_proto.delimiters import Begin, DelimiterScanner, End, Output
+from nanny_io_proto.lines import LineAssembler
 from nanny_io_proto.streams import Stream
+
+from .store import LogStore
 
 #: Largest single read; big reads keep the per-byte cost low under heavy output.
 READ_SIZE = 1 << 20
 #: Pipe capacity asked for with F_SETPIPE_SZ (the kernel caps it at pipe-max-size).
 PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+#: The most one drain() reads before it lets the event loop run again.
+DRAIN_LIMIT = 16 * PIPE_SIZE
+#: A partial line is stored after this long without its newline (prompts, progress bars).
+PARTIAL_LINE_DELAY = 0.05
+#: Longer lines are stored as several records flagged FLAG_NO_EOL.
+MAX_LINE = 64 * 1024
 
 
 def make_pipe(size: int = PIPE_SIZE) -> tuple[int, int]:
@@ -42,10 +61,17 @@ class PipeReader:
     may hold it open after the kernel died), so it is not taken as the kernel's exit.
     """
 
-    def __init__(self, fd: int, stream: Stream, on_data: Callable[[Stream, bytes], None]) -> None:
+    def __init__(
+        self,
+        fd: int,
+        stream: Stream,
+        on_data: Callable[[Stream, bytes], None],
+        on_eof: Callable[[], None] | None = None,
+    ) -> None:
         self.fd = fd
         self.stream = stream
         self._on_data = on_data
+        self._on_eof = on_eof
         self._loop: asyncio.AbstractEventLoop | None = None
         self.eof = False
         self.bytes_read = 0
@@ -70,14 +96,21 @@ class PipeReader:
         if not data:
             self.eof = True
             self._stop_watching()
+            if self._on_eof is not None:
+                self._on_eof()
             return False
         self.bytes_read += len(data)
         self._on_data(self.stream, data)
         return True
 
-    def drain(self) -> None:
-        """Read until the pipe is empty right now (or at EOF)."""
-        while self._read_once():
+    def drain(self, limit: int = DRAIN_LIMIT) -> None:
+        """Read until the pipe is empty right now (or at EOF), at most ``limit`` bytes.
+
+        The bound matters: a subprocess that writes without pause would otherwise keep a
+        drain going forever.
+        """
+        start = self.bytes_read
+        while self.bytes_read - start < limit and self._read_once():
             pass
 
     def _stop_watching(self) -> None:
@@ -92,3 +125,136 @@ class PipeReader:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def make_log_fifo(directory: Path, size: int = PIPE_SIZE) -> tuple[Path, int, int]:
+    """Create the kernel log FIFO (0600) and open it before the kernel starts.
+
+    Returns ``(path, read_fd, keep_fd)``. The read end is opened first and non-blocking, so
+    a kernel that opens the log at import time never waits for a reader. ``keep_fd`` is a
+    write end the nanny holds: with it, the FIFO never reports EOF when the kernel's last
+    writer closes (which would otherwise make poll() report HUP forever: a busy loop), and
+    later writers (a reopened log, subprocesses) reach the same reader.
+    """
+    path = directory / "kernel.log"
+    os.mkfifo(path, 0o600)
+    read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    keep_fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(read_fd, _F_SETPIPE_SZ, size)
+    return path, read_fd, keep_fd
+
+
+class EchoWriter:
+    """Echoes captured output on the nanny's stderr from a thread, dropping when it lags.
+
+    A terminal or log collector that reads slowly must never stall capture: the queue is
+    bounded and what does not fit is counted and announced instead of waited for.
+    """
+
+    def __init__(self, fd: int, max_chunks: int = 1024) -> None:
+        self._fd = fd
+        self._queue: queue.Queue[bytes | None] = queue.Queue(max_chunks)
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="nanny-io-echo", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._queue.put_nowait(data)
+        except queue.Full:
+            self.dropped += len(data)
+
+    def _run(self) -> None:
+        reported = 0
+        while (data := self._queue.get()) is not None:
+            if self.dropped > reported:
+                note = f"[nanny-io: {self.dropped - reported} bytes of output not echoed]\n"
+                data = note.encode() + data
+                reported = self.dropped
+            with contextlib.suppress(OSError):
+                while data:
+                    data = data[os.write(self._fd, data) :]
+
+    def close(self) -> None:
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=1)
+        self._thread.join(timeout=2)
+
+
+class StreamPipeline:
+    """One stream's way into the store: delimiters out, lines assembled, records appended.
+
+    ``on_stored(stream, first_seq, last_seq)`` runs after each append; ``on_output`` gets the
+    bytes meant for humans (delimiters removed), ``on_marker`` each delimiter found.
+    """
+
+    def __init__(
+        self,
+        stream: Stream,
+        store: LogStore,
+        *,
+        incarnation: Callable[[], int],
+        on_stored: Callable[[Stream, int, int], None],
+        on_output: Callable[[Stream, bytes], None] | None = None,
+        on_marker: Callable[[Stream, Begin | End], None] | None = None,
+        partial_delay: float = PARTIAL_LINE_DELAY,
+        max_line: int = MAX_LINE,
+    ) -> None:
+        self.stream = stream
+        self.store = store
+        self._incarnation = incarnation
+        self._on_stored = on_stored
+        self._on_output = on_output
+        self._on_marker = on_marker
+        # Only stdout and stderr carry delimiters; the log FIFO is stored as written.
+        self._scanner = DelimiterScanner() if stream in (Stream.STDOUT, Stream.STDERR) else None
+        self._lines = LineAssembler(max_line)
+        self._partial_delay = partial_delay
+        self._timer: asyncio.TimerHandle | None = None
+
+    def feed(self, stream: Stream, data: bytes) -> None:
+        """The PipeReader callback: everything read from the pipe or FIFO."""
+        if self._scanner is None:
+            self._store(data)
+            return
+        for event in self._scanner.feed(data):
+            if type(event) is Output:
+                self._store(event.data)
+                if self._on_output is not None:
+                    self._on_output(self.stream, event.data)
+            elif self._on_marker is not None:
+                self._on_marker(self.stream, event)  # type: ignore[arg-type]
+
+    def _store(self, data: bytes) -> None:
+        pieces = self._lines.feed(data)
+        if pieces:
+            first, last = self.store.append(
+                self.stream, self._incarnation(), time.time_ns(), pieces
+            )
+            self._on_stored(self.stream, first, last)
+        if self._lines.pending and self._timer is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: flushed at EOF instead
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(self._partial_delay, self.flush_partial)
+
+    def flush_partial(self) -> None:
+        """Store a trailing partial line now (a prompt without newline must show up)."""
+        self._timer = None
+        pieces = self._lines.flush()
+        if pieces:
+            first, last = self.store.append(
+                self.stream, self._incarnation(), time.time_ns(), pieces
+            )
+            self._on_stored(self.stream, first, last)
+
+    def flush(self) -> None:
+        """Release everything held back: a partial delimiter becomes output, then lines."""
+        if self._scanner is not None:
+            for event in self._scanner.flush():
+                self._store(event.data)
+                if self._on_output is not None:
+                    self._on_output(self.stream, event.data)
+        if self._timer is not None:
+            self._timer.cancel()
+        self.flush_partial()

@@ -19,18 +19,22 @@ from nanny_io_proto.connection_files import (
     encode_connection_file,
 )
 from nanny_io_proto.errors import ConnectionFileError
+from nanny_io_proto.streams import Stream
 
 from . import __version__
 from .discovery import (
     KernelNotFound,
     NannyState,
     iter_states,
+    prune_spills,
     resolve_kernel,
     runtime_dir,
+    spill_path,
     state_summary,
     write_private,
 )
 from .launcher import KernelSpecError, find_kernelspec, free_ipc_ports, free_tcp_ports
+from .store import DEFAULT_MAX_BYTES, DEFAULT_SPILL_BYTES
 
 log = logging.getLogger("nanny_io")
 
@@ -117,6 +121,18 @@ def _free_ports(transport: str, ip: str, count: int, taken: set[int]) -> list[in
     return ports[:count]
 
 
+def _size(text: str) -> int:
+    """``64M``, ``512k``, ``1G`` or plain bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64M)") from None
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     from .guardian import GuardianHandle
     from .launcher import make_private_dir
@@ -151,7 +167,13 @@ def cmd_start(args: argparse.Namespace) -> int:
         kernel_ports=(kernel_ports[0], kernel_ports[1], kernel_ports[2]),
         owns_connection_file=owned,
         shutdown_grace=args.shutdown_grace,
+        echo_output=not args.quiet,
+        ring_bytes=args.ring_size,
+        spill_dir=None if args.no_spill else spill_path(frontend.kernel_id),
+        spill_bytes=args.spill_size,
+        rate_limit=args.rate_limit,
     )
+    prune_spills()
     print(f"kernel_id: {frontend.kernel_id}", flush=True)
     print(f"connection_file: {conn_path}", flush=True)
     try:
@@ -224,6 +246,28 @@ def _control(
     return reply.content
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    from .tail import TailOptions, run_tail
+
+    streams = tuple(Stream(s) for s in args.stream) if args.stream else None
+    opts = TailOptions(
+        kernel=args.kernel,
+        lines=args.lines,
+        follow=args.follow,
+        streams=streams,
+        since_seq=args.since,
+        json=args.json,
+        wait=args.wait,
+    )
+    try:
+        return run_tail(opts)
+    except KernelNotFound as exc:
+        raise CLIError(str(exc)) from None
+    except BrokenPipeError:  # `nanny-io tail ... | head`
+        sys.stdout = None  # type: ignore[assignment]
+        return 0
+
+
 def cmd_interrupt(args: argparse.Namespace) -> int:
     _control(args, "interrupt_request", {})
     print("interrupted")
@@ -287,6 +331,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a kernel may take to exit after shutdown_request before its "
         "process tree is terminated (default: 5)",
     )
+    p.add_argument(
+        "--ring-size",
+        type=_size,
+        default=DEFAULT_MAX_BYTES,
+        metavar="BYTES",
+        help="memory for the log store, e.g. 64M (default: 64M)",
+    )
+    p.add_argument(
+        "--spill-size",
+        type=_size,
+        default=DEFAULT_SPILL_BYTES,
+        metavar="BYTES",
+        help="disk for the log history kept after exit, e.g. 64M (default: 64M)",
+    )
+    p.add_argument(
+        "--no-spill",
+        action="store_true",
+        help="keep the log in memory only (no history after the nanny exits)",
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=_size,
+        default=None,
+        metavar="BYTES",
+        help="most captured output per second sent to frontends; the excess is "
+        "dropped with a notice (it is still stored)",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="do not echo the kernel's output on this terminal",
+    )
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser("list", help="list kernels running under nanny-io on this machine")
@@ -295,6 +372,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     kernel_help = "kernel id, unique id prefix, or connection file"
+    p = sub.add_parser(
+        "tail",
+        help="show a kernel's log (like journalctl -f with -f)",
+        description="Show the last lines of a kernel's log: stdout, stderr, its "
+        "$JUPYTER_KERNEL_LOG and the nanny's own events. Reads the "
+        "on-disk history when the nanny has exited.",
+    )
+    p.add_argument("kernel", metavar="KERNEL", help=kernel_help)
+    p.add_argument(
+        "-n",
+        "--lines",
+        type=int,
+        default=10,
+        metavar="N",
+        help="how many records of history to show first (default: 10)",
+    )
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
+    p.add_argument(
+        "--stream",
+        action="append",
+        choices=[s.value for s in Stream],
+        help="only this stream (repeatable)",
+    )
+    p.add_argument(
+        "--since",
+        type=int,
+        metavar="SEQ",
+        help="start at this sequence number instead of the last N",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line: seq, time, stream, text, incarnation",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for a kernel that has not started yet, and follow it across nanny restarts",
+    )
+    p.set_defaults(func=cmd_tail)
+
     p = sub.add_parser("interrupt", help="interrupt a kernel (works for remote kernels)")
     p.add_argument("kernel", metavar="KERNEL", help=kernel_help)
     p.set_defaults(func=cmd_interrupt)

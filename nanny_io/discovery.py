@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -43,6 +44,23 @@ def state_dir() -> Path:
     path = runtime_dir() / "nanny-io"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def spill_path(kernel_id: str) -> Path:
+    """Where a kernel's log history is kept on disk, readable after its nanny exits."""
+    return state_dir() / f"spill-{kernel_id}"
+
+
+def prune_spills(max_age: float = 7 * 24 * 3600) -> None:
+    """Remove log histories of kernels that stopped more than ``max_age`` seconds ago."""
+    running = {s.kernel_id for s, alive in iter_states(clean_stale=False) if alive}
+    now = time.time()
+    for path in state_dir().glob("spill-*"):
+        kernel_id = path.name.removeprefix("spill-")
+        with contextlib.suppress(OSError):
+            newest = max((f.stat().st_mtime for f in path.iterdir()), default=path.stat().st_mtime)
+            if kernel_id not in running and now - newest > max_age:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def write_private(path: Path, data: bytes) -> None:

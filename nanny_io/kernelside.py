@@ -104,3 +104,44 @@ def _write_all(fd: int, data: bytes) -> None:
         except OSError:
             return
         data = data[n:]
+
+
+# ---------------------------------------------------------------------- ipykernel / IPython
+
+
+def _current_msg_id(shell: Any) -> str | None:
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None:
+        return None
+    try:
+        parent = kernel.get_parent("shell")
+    except TypeError:  # older ipykernel: get_parent() takes no channel
+        parent = kernel.get_parent()
+    except Exception:
+        return None
+    header = (parent or {}).get("header") or {}
+    msg_id = header.get("msg_id")
+    return msg_id if isinstance(msg_id, str) else None
+
+
+def load_ipython_extension(shell: Any) -> None:
+    """Make ipykernel write delimiters around every cell (``%load_ext nanny_io.kernelside``).
+
+    Enable it for a kernelspec with ``--IPKernelApp.extensions=nanny_io.kernelside`` in argv.
+    It only writes when the nanny asked for delimiters, so the kernel works anywhere.
+    """
+    if not requested():
+        return
+    current: list[str] = []
+
+    def before(*_: Any) -> None:
+        msg_id = _current_msg_id(shell)
+        if msg_id and emit_begin(msg_id):
+            current.append(msg_id)
+
+    def after(*_: Any) -> None:
+        while current:
+            emit_end(current.pop())
+
+    shell.events.register("pre_run_cell", before)
+    shell.events.register("post_run_cell", after)

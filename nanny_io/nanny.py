@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -47,16 +48,22 @@ from nanny_io_proto.control import (
     signal_name,
     signal_reply_content,
 )
+from nanny_io_proto.delimiters import ENV_VAR as DELIMITERS_ENV
+from nanny_io_proto.delimiters import Begin, End
 from nanny_io_proto.errors import RemoteProtocolError
+from nanny_io_proto.logrecords import nanny_event_data
 from nanny_io_proto.messages import Message, peek_header, split_identities
 from nanny_io_proto.streams import Stream
 
-from .capture import PipeReader, make_pipe
+from .capture import EchoWriter, PipeReader, StreamPipeline, make_log_fifo, make_pipe
 from .discovery import NannyState, write_private
+from .forwarding import OutputForwarder
 from .guardian import GuardianHandle, wait_status_to_returncode
 from .heartbeat import Heartbeat
 from .launcher import KernelSpecInfo, format_argv, kernel_env
+from .logchannel import LogChannel
 from .session import NannySession
+from .store import DEFAULT_MAX_BYTES, DEFAULT_SPILL_BYTES, LogStore, Spill
 
 log = logging.getLogger("nanny_io")
 
@@ -83,7 +90,17 @@ class NannyConfig:
     shutdown_grace: float = 5.0  # after shutdown_request, before SIGTERM
     term_grace: float = 2.0  # after SIGTERM, before SIGKILL
     startup_timeout: float = 60.0
-    echo_output: bool = True  # echo the kernel's stdout/stderr on the nanny's stderr
+    echo_output: bool = True  # without capture opt-in: echo stdout/stderr on our stderr
+    ring_bytes: int = DEFAULT_MAX_BYTES  # the in-memory log store's bound
+    spill_dir: Path | None = None  # on-disk history; None: memory only
+    spill_bytes: int = DEFAULT_SPILL_BYTES
+    rate_limit: float | None = None  # bytes/s of captured output forwarded to frontends
+    end_wait: float = 2.0  # how long idle waits for a kernel's END delimiters
+
+    @property
+    def capture(self) -> bool:
+        """Whether captured stdout/stderr go to frontends (the kernelspec opted in)."""
+        return self.spec.capture_stdstreams
 
     @property
     def kernel_id(self) -> str:
@@ -105,30 +122,6 @@ class Incarnation:
         return not self.exited.done()
 
 
-class OutputTail:
-    """The newest lines of each stream, kept for start errors and a dead kernel's last words."""
-
-    def __init__(self, max_lines: int = 200) -> None:
-        self._lines: deque[tuple[str, str]] = deque(maxlen=max_lines)
-        self._partial: dict[str, bytes] = {}
-
-    def feed(self, stream: Stream, data: bytes) -> None:
-        buf = self._partial.get(stream.value, b"") + data
-        *lines, rest = buf.split(b"\n")
-        for line in lines[-self._lines.maxlen :] if self._lines.maxlen else lines:
-            self._lines.append((stream.value, line.decode("utf-8", "replace")))
-        self._partial[stream.value] = rest[-4096:]
-
-    def lines(self, streams: tuple[str, ...] = ("stderr", "log")) -> list[tuple[str, str]]:
-        out = [(s, t) for s, t in self._lines if s in streams]
-        out += [
-            (s, p.decode("utf-8", "replace"))
-            for s, p in self._partial.items()
-            if p and s in streams
-        ]
-        return out
-
-
 class Nanny:
     """Runs one kernel under supervision until it is shut down."""
 
@@ -147,7 +140,39 @@ class Nanny:
         self.ctx = zmq.asyncio.Context()
         self.incarnation: Incarnation | None = None
         self.incarnations = 0
-        self.tail = OutputTail()
+        self.epoch = uuid.uuid4().hex
+        spill = None
+        if config.spill_dir is not None:
+            spill = Spill(config.spill_dir, epoch=self.epoch, max_total_bytes=config.spill_bytes)
+        self.store = LogStore(epoch=self.epoch, max_bytes=config.ring_bytes, spill=spill)
+        self.pipelines = {
+            stream: StreamPipeline(
+                stream,
+                self.store,
+                incarnation=lambda: self.incarnations,
+                on_stored=self._on_stored,
+                on_output=self._on_output,
+                on_marker=self._on_marker,
+            )
+            for stream in (Stream.STDOUT, Stream.STDERR, Stream.LOG)
+        }
+        self.forwarder = (
+            OutputForwarder(self._send_stream, rate_limit=config.rate_limit)
+            if config.capture
+            else None
+        )
+        self.echo = (
+            EchoWriter(sys.stderr.fileno()) if config.echo_output and not config.capture else None
+        )
+        self.log_channel: LogChannel | None = None
+        self.last_parent: dict[str, Any] = {}  # the latest execute_request seen busy
+        self._parents: dict[str, dict[str, Any]] = {}  # msg_id -> parent header, bounded
+        self._open_markers: dict[Stream, str] = {}  # stream -> msg_id between BEGIN and END
+        self._marker_closed = asyncio.Event()
+        self._idle_parent: dict[str, Any] = {}
+        self.fifo_path: Path | None = None
+        self._fifo_reader: PipeReader | None = None
+        self._fifo_keep = -1
         self.stats: dict[str, int] = {"control_rejected": 0, "control_forwarded": 0}
         self.current_parent: dict[str, Any] = {}  # the execute_request running now
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -166,6 +191,7 @@ class Nanny:
             connection_file=str(config.connection_file),
             nanny_pid=os.getpid(),
             nanny_started=psutil.Process().create_time(),
+            spill_dir=str(config.spill_dir) if config.spill_dir else None,
         )
 
     # ------------------------------------------------------------------ sockets
@@ -211,8 +237,12 @@ class Nanny:
         self.f_iopub = self._bind(zmq.XPUB, "iopub")
         self.f_iopub.setsockopt(zmq.XPUB_VERBOSE, 1)
         # The log channel is bound now so its ports are fixed for the nanny's life.
-        self.f_log = self._bind(zmq.PUB, "log")
+        self.f_log = self._bind(zmq.XPUB, "log")
+        self.f_log.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscriber, to greet each
         self.f_log_replay = self._bind(zmq.ROUTER, "log_replay")
+        self.log_channel = LogChannel(
+            self.f_log, self.f_log_replay, self.store, self.session.signer
+        )
         self.heartbeat = Heartbeat(
             zmq.Context.shadow(self.ctx.underlying), self.frontend.url("hb"), configure=self._secure
         )
@@ -250,6 +280,7 @@ class Nanny:
         loop = asyncio.get_running_loop()
         write_private(self.kernel_connection_file, encode_connection_file(self.kernel_info))
         self._setup_frontend_sockets()
+        self._open_log_fifo(loop)
         self.guardian.sock.setblocking(False)
         loop.add_reader(self.guardian.sock, self._guardian_readable)
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -257,6 +288,10 @@ class Nanny:
         status = 0
         try:
             self._connect_kernel_sockets()
+            assert self.log_channel is not None
+            self._spawn(self.log_channel.serve_ticks(), "log-ticks")
+            self._spawn(self.log_channel.serve_subscriptions(), "log-subscriptions")
+            self._spawn(self.log_channel.serve_replay(), "log-replay")
             self._spawn(self._serve_kernel_control(), "kernel-control")
             self._spawn(self._serve_kernel_iopub(), "kernel-iopub")
             await self._launch()
@@ -289,8 +324,21 @@ class Nanny:
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(self.guardian.sock)
         if inc is not None:
+            self._drain_output(inc)
             for reader in inc.readers:
                 reader.close()
+        for pipeline in self.pipelines.values():
+            pipeline.flush()
+        self._nanny_event("stopped", "nanny stopped")
+        if self._fifo_reader is not None:
+            self._fifo_reader.close()
+        if self._fifo_keep >= 0:
+            os.close(self._fifo_keep)
+            self._fifo_keep = -1
+        if self.store.spill is not None:
+            self.store.spill.close()
+        if self.echo is not None:
+            self.echo.close()
         self.heartbeat.stop()
         self.ctx.destroy(linger=0)
         self.guardian.close()
@@ -332,17 +380,107 @@ class Nanny:
 
     # ------------------------------------------------------------------ launching
 
+    # ------------------------------------------------------------------ capture
+
+    def _open_log_fifo(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The $JUPYTER_KERNEL_LOG FIFO, open for reading before any kernel starts."""
+        path, read_fd, keep_fd = make_log_fifo(self.config.private_dir)
+        self.fifo_path, self._fifo_keep = path, keep_fd
+        self._fifo_reader = PipeReader(read_fd, Stream.LOG, self.pipelines[Stream.LOG].feed)
+        self._fifo_reader.start(loop)
+
+    def _on_stored(self, stream: Stream, first_seq: int, last_seq: int) -> None:
+        if self.log_channel is not None:
+            self.log_channel.stored(stream, first_seq, last_seq)
+
     def _on_output(self, stream: Stream, data: bytes) -> None:
-        self.tail.feed(stream, data)
-        if self.config.echo_output:
-            with contextlib.suppress(OSError):
-                os.write(sys.stderr.fileno(), data)
+        """Captured stdout/stderr (delimiters removed): to frontends, or echoed locally."""
+        if self.forwarder is not None:
+            self.forwarder.add(stream, data, self._attribution(stream))
+        elif self.echo is not None:
+            self.echo.write(data)
+
+    def _on_marker(self, stream: Stream, marker: Begin | End) -> None:
+        if isinstance(marker, Begin):
+            self._open_markers[stream] = marker.msg_id
+            self._parent_for(marker.msg_id)
+        elif self._open_markers.get(stream) == marker.msg_id:
+            del self._open_markers[stream]
+            self._marker_closed.set()
+
+    def _parent_for(self, msg_id: str) -> dict[str, Any]:
+        """The parent header of ``msg_id``: as seen on iopub, or a minimal stand-in."""
+        parent = self._parents.get(msg_id)
+        if parent is None:
+            parent = self._remember_parent({"msg_id": msg_id, "msg_type": "execute_request"})
+        return parent
+
+    def _remember_parent(self, parent: dict[str, Any]) -> dict[str, Any]:
+        msg_id = parent.get("msg_id", "")
+        known = self._parents.get(msg_id)
+        if known is not None and len(known) >= len(parent):
+            return known
+        self._parents[msg_id] = parent
+        while len(self._parents) > 256:
+            del self._parents[next(iter(self._parents))]
+        return parent
+
+    def _attribution(self, stream: Stream) -> dict[str, Any]:
+        """Which request produced output read now on ``stream`` (specs/output-sync.md)."""
+        msg_id = self._open_markers.get(stream)
+        if msg_id is not None:
+            return self._parent_for(msg_id)
+        return self.current_parent or self.last_parent
+
+    def _send_stream(self, name: str, text: str, parent: dict[str, Any]) -> None:
+        frames = self.session.frames("stream", {"name": name, "text": text}, parent)
+        self.f_iopub.send_multipart(frames)
+
+    def _drain_output(self, inc: Incarnation | None) -> None:
+        """Read everything already in the pipes and push it all the way out."""
+        if inc is not None:
+            for reader in inc.readers:
+                reader.drain()
+        if self._fifo_reader is not None:
+            self._fifo_reader.drain()
+
+    async def _drain_before_idle(self, parent: dict[str, Any]) -> None:
+        """Forward every byte the request wrote before its ``status: idle`` is forwarded.
+
+        Bytes written before the kernel sent idle are already in the pipes. A kernel that
+        writes delimiters gets until its END delimiters arrive (bounded by ``end_wait``).
+        """
+        inc = self.incarnation
+        self._drain_output(inc)
+        msg_id = parent.get("msg_id")
+        deadline = time.monotonic() + self.config.end_wait
+        while msg_id in self._open_markers.values() and time.monotonic() < deadline:
+            self._marker_closed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    self._marker_closed.wait(), max(0.0, deadline - time.monotonic())
+                )
+            self._drain_output(inc)
+        for stream, open_id in list(self._open_markers.items()):
+            if open_id == msg_id:  # END never came: stop attributing to a finished request
+                del self._open_markers[stream]
+        if self.forwarder is not None:
+            self.forwarder.flush(parent)
+
+    def _nanny_event(self, event: str, text: str, **details: Any) -> None:
+        """Record a nanny event on the log channel's ``nanny`` stream."""
+        data = nanny_event_data(event, text, kernel_id=self.config.kernel_id, **details)
+        seq = self.store.append_one(Stream.NANNY, self.incarnations, time.time_ns(), data)
+        self._on_stored(Stream.NANNY, seq, seq)
 
     async def _launch(self) -> Incarnation:
         """Start the next incarnation and wait until it answers kernel_info."""
         loop = asyncio.get_running_loop()
         number = self.incarnations + 1
-        env = kernel_env(self.spec, {})
+        extra = {"JUPYTER_KERNEL_LOG": str(self.fifo_path)} if self.fifo_path else {}
+        if self.config.capture:
+            extra[DELIMITERS_ENV] = "1"
+        env = kernel_env(self.spec, extra)
         argv = format_argv(self.spec, str(self.kernel_connection_file))
         out_r, out_w = make_pipe()
         err_r, err_w = make_pipe()
@@ -361,8 +499,18 @@ class Nanny:
             )
         pid = int(reply["pid"])  # type: ignore[arg-type]
         readers = [
-            PipeReader(out_r, Stream.STDOUT, self._on_output),
-            PipeReader(err_r, Stream.STDERR, self._on_output),
+            PipeReader(
+                out_r,
+                Stream.STDOUT,
+                self.pipelines[Stream.STDOUT].feed,
+                on_eof=self.pipelines[Stream.STDOUT].flush,
+            ),
+            PipeReader(
+                err_r,
+                Stream.STDERR,
+                self.pipelines[Stream.STDERR].feed,
+                on_eof=self.pipelines[Stream.STDERR].flush,
+            ),
         ]
         inc = Incarnation(number, pid, loop.create_future(), readers)
         self.incarnation = inc
@@ -374,6 +522,9 @@ class Nanny:
         self._save_state("starting", inc)
         ready = await self._wait_ready(inc)
         if not ready:
+            self._drain_output(inc)
+            for pipeline in self.pipelines.values():
+                pipeline.flush()
             if inc.alive:
                 await self._terminate_tree(inc)
                 raise KernelStartError(
@@ -393,14 +544,20 @@ class Nanny:
         if number == 1:
             event: KernelStarted | KernelRestarted = KernelStarted(number, pid)
             await self._publish("kernel_started", event.to_content())
+            self._nanny_event("started", f"kernel started (pid {pid})", **event.to_content())
         else:
             event = KernelRestarted(number, pid)
             await self._publish("kernel_restarted", event.to_content())
+            self._nanny_event(
+                "restarted",
+                f"kernel restarted (incarnation {number}, pid {pid})",
+                **event.to_content(),
+            )
         log.info("kernel %s (incarnation %d, pid %d) is ready", self.config.kernel_id, number, pid)
         return inc
 
     def _stderr_tail(self) -> str:
-        lines = [text for _, text in self.tail.lines(("stderr",))][-20:]
+        lines = [text for _, text in self.store.tail_text(streams=(Stream.STDERR,))]
         if not lines:
             return " (it wrote nothing on stderr)"
         return "; last lines of its stderr:\n" + "\n".join(f"    {line}" for line in lines)
@@ -439,6 +596,9 @@ class Nanny:
 
     def _save_state(self, status: str, inc: Incarnation | None) -> None:
         self.state.status = status
+        if self.log_channel is not None:
+            self.log_channel.kernel_state = {"shutting-down": "running"}.get(status, status)
+            self.log_channel.incarnation = self.incarnations
         if inc is not None:
             self.state.kernel_pid = inc.pid
             self.state.incarnation = inc.number
@@ -452,21 +612,29 @@ class Nanny:
     # ------------------------------------------------------------------ death and shutdown
 
     async def _report_death(self, inc: Incarnation, returncode: int) -> None:
-        """Drain, clean up the tree, then tell every frontend how the kernel died."""
-        for reader in inc.readers:
-            reader.drain()
+        """Store every last byte, clean up the tree, then tell everyone how the kernel died.
+
+        Everything the kernel wrote before it died is in the pipes: it is drained into the
+        store (and to frontends) before the death is announced, so the announcement is the
+        last word, with the kernel's own last words inside it.
+        """
+        self._drain_output(inc)
         await self._kill_remaining()
-        for reader in inc.readers:
-            reader.drain()
+        self._drain_output(inc)
+        for pipeline in self.pipelines.values():
+            pipeline.flush()
         await self._flush_kernel_iopub()
+        parent = self.current_parent
+        if self.forwarder is not None:
+            self.forwarder.flush(parent or self.last_parent)
         exit_code, signum, name = exit_details(returncode, SIGNAL_NAMES)
         reason = describe_exit(exit_code, signum, name)
-        words = LastWords.from_tail(self.tail.lines())
+        words = LastWords.from_tail(self.store.tail_text())
         died = KernelDied(exit_code, signum, name, inc.number, reason, words.lines)
-        parent = self.current_parent
         log.error("kernel %s (incarnation %d) %s", self.config.kernel_id, inc.number, reason)
         self.heartbeat.pause()
         self._save_state("dead", inc)
+        self._nanny_event("died", f"kernel died: {reason}", **died.to_content())
         await self._publish("kernel_died", died.to_content(), parent)
         await self._publish("status", dead_status_content(), parent)
         self.current_parent = {}
@@ -689,22 +857,27 @@ class Nanny:
                     kind = None
                 if kind == "iopub_welcome":
                     continue  # the nanny greets its own subscribers
-                if kind == "status":
-                    self._track_status(rest)
+                if kind == "status" and self._track_status(rest) == "idle":
+                    await self._drain_before_idle(self._idle_parent)
             await self.f_iopub.send_multipart(frames)
 
-    def _track_status(self, rest: list[bytes]) -> None:
+    def _track_status(self, rest: list[bytes]) -> str | None:
+        """Follow busy/idle of execute requests; the execution state seen, if any."""
         try:
             parent = json.loads(rest[2])
             state = json.loads(rest[4]).get("execution_state")
         except (ValueError, AttributeError):
-            return
+            return None
         if not isinstance(parent, dict):
-            return
-        if state == "busy" and parent.get("msg_type") == "execute_request":
-            self.current_parent = parent
-        elif state == "idle" and parent.get("msg_id") == self.current_parent.get("msg_id"):
-            self.current_parent = {}
+            return None
+        if parent.get("msg_type") == "execute_request":
+            parent = self._remember_parent(parent)
+            if state == "busy":
+                self.current_parent = self.last_parent = parent
+            elif state == "idle" and parent.get("msg_id") == self.current_parent.get("msg_id"):
+                self.current_parent = {}
+        self._idle_parent = parent
+        return state if isinstance(state, str) else None
 
     async def _serve_iopub_subscriptions(self) -> None:
         """Greet each new iopub subscriber (JEP 65) and pass subscriptions to the kernel."""

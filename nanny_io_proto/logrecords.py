@@ -41,6 +41,7 @@ __all__ = [
     "check_epoch",
     "decode_log_message",
     "encode_batch",
+    "encode_packed_batch",
     "encode_tick",
     "json_header",
     "nanny_event_data",
@@ -411,19 +412,45 @@ def check_body_matches(header: dict[str, Any], records: Sequence[LogRecord]) -> 
 
 def encode_batch(batch: RecordBatch, signer: Signer) -> list[bytes]:
     """Frames ``[topic, signature, header, body]`` of a live record batch."""
+    return encode_packed_batch(
+        batch.epoch,
+        batch.stream,
+        len(batch.records),
+        batch.first_seq,
+        batch.last_seq,
+        batch.prev_seqs,
+        pack_records(batch.records),
+        signer,
+    )
+
+
+def encode_packed_batch(
+    epoch: str,
+    stream: Stream,
+    count: int,
+    first_seq: int,
+    last_seq: int,
+    prev_seqs: StreamSeqs,
+    body: bytes,
+    signer: Signer,
+) -> list[bytes]:
+    """Frames of a live batch whose body is already packed (see pack_records).
+
+    Lets the nanny publish straight from its store; the caller vouches that ``body`` holds
+    ``count`` records of ``stream`` from ``first_seq`` to ``last_seq``.
+    """
     header = json_header(
         {
             "type": "records",
-            "epoch": batch.epoch,
-            "stream": batch.stream.value,
-            "count": len(batch.records),
-            "first_seq": batch.first_seq,
-            "last_seq": batch.last_seq,
-            "prev_seqs": batch.prev_seqs.to_json(),
+            "epoch": epoch,
+            "stream": stream.value,
+            "count": count,
+            "first_seq": first_seq,
+            "last_seq": last_seq,
+            "prev_seqs": prev_seqs.to_json(),
         }
     )
-    body = pack_records(batch.records)
-    return [topic_for(batch.stream), signer.sign((header, body)), header, body]
+    return [topic_for(stream), signer.sign((header, body)), header, body]
 
 
 def encode_tick(tick: Tick, signer: Signer) -> list[bytes]:

@@ -13,7 +13,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
 
 from .errors import (
     BadSignature,
@@ -56,6 +55,7 @@ __all__ = [
     "ReplayTruncated",
     "decode_replay_request",
     "decode_replay_response",
+    "encode_packed_replay_batch",
     "encode_replay_request",
     "encode_replay_response",
     "error_response",
@@ -293,20 +293,48 @@ def error_response(exc: RemoteProtocolError, frames: Sequence[bytes] = ()) -> Re
 # -- responses --------------------------------------------------------------------------------
 
 
+def encode_packed_replay_batch(
+    request_id: str,
+    epoch: str,
+    count: int,
+    first_seq: int,
+    last_seq: int,
+    body: bytes,
+    signer: Signer,
+) -> list[bytes]:
+    """Frames of a ``records`` answer whose body is already packed (see pack_records).
+
+    Lets a server stream straight from its store without building a LogRecord per record;
+    the caller vouches that ``body`` holds ``count`` records from ``first_seq`` to ``last_seq``.
+    """
+    header = json_header(
+        {
+            "type": "records",
+            "request_id": request_id,
+            "epoch": epoch,
+            "count": count,
+            "first_seq": first_seq,
+            "last_seq": last_seq,
+        }
+    )
+    return [signer.sign((header, body)), header, body]
+
+
 def encode_replay_response(event: ReplayResponse, signer: Signer) -> list[bytes]:
     """Frames ``[signature, header_json, body]``; the server prepends the client's envelope."""
     body = b""
     if isinstance(event, ReplayBatch):
-        header_obj: dict[str, Any] = {
-            "type": "records",
-            "request_id": event.request_id,
-            "epoch": event.epoch,
-            "count": len(event.records),
-            "first_seq": event.records[0].seq,
-            "last_seq": event.records[-1].seq,
-        }
-        body = pack_records(event.records)
-    elif isinstance(event, ReplayTruncated):
+        recs = event.records
+        return encode_packed_replay_batch(
+            event.request_id,
+            event.epoch,
+            len(recs),
+            recs[0].seq,
+            recs[-1].seq,
+            pack_records(recs),
+            signer,
+        )
+    if isinstance(event, ReplayTruncated):
         header_obj = {
             "type": "truncated",
             "request_id": event.request_id,

@@ -1,0 +1,254 @@
+"""A client of the log channel: the late-joiner recipe of specs/log-channel.md, over sockets.
+
+``LogClient`` (asyncio) subscribes first, then asks for history, drops duplicates by seq,
+repairs gaps by replay and reports what cannot be repaired; the protocol logic is
+nanny_io_proto's ``LogSubscription``, this module only moves bytes. ``BlockingLogClient``
+wraps it for plain code::
+
+    with BlockingLogClient(info, last=20) as client:
+        for event in client.events(follow=True):
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from nanny_io_proto.connection_files import NannyConnectionInfo
+from nanny_io_proto.errors import RemoteProtocolError
+from nanny_io_proto.logrecords import NANNY_SILENT_AFTER, LogRecord, decode_log_message
+from nanny_io_proto.replay import decode_replay_response, encode_replay_request
+from nanny_io_proto.streams import Stream
+from nanny_io_proto.subscription import (
+    Alive,
+    EpochChanged,
+    Event,
+    Gap,
+    LogSubscription,
+    Records,
+    ReplayFailed,
+    Truncated,
+)
+
+__all__ = [
+    "Alive",
+    "BlockingLogClient",
+    "EpochChanged",
+    "Gap",
+    "LogClient",
+    "NannySilent",
+    "Records",
+    "ReplayFailed",
+    "Truncated",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NannySilent:
+    """No message (not even a heartbeat tick) for ``seconds``: the nanny is gone or cut off."""
+
+    seconds: float
+
+
+ClientEvent = Event | NannySilent
+
+
+class LogClient:
+    """Follow one nanny's log channel (asyncio)."""
+
+    def __init__(
+        self,
+        info: NannyConnectionInfo,
+        *,
+        streams: Iterable[Stream] | None = None,
+        since_seq: int | None = None,
+        last: int | None = None,
+        context: zmq.asyncio.Context | None = None,
+        silent_after: float = NANNY_SILENT_AFTER,
+    ) -> None:
+        self.info = info
+        self.signer = info.make_signer()
+        self.subscription = LogSubscription(
+            make_nonce=lambda: uuid.uuid4().hex, streams=streams, since_seq=since_seq, last=last
+        )
+        self._own_context = context is None
+        self.context = context or zmq.asyncio.Context()
+        self.silent_after = silent_after
+        self.sub: zmq.asyncio.Socket | None = None
+        self.dealer: zmq.asyncio.Socket | None = None
+        self.rejected = 0  # messages that failed verification (counted, never acted on)
+
+    def _socket(self, kind: int, channel: str) -> zmq.asyncio.Socket:
+        sock = self.context.socket(kind)
+        sock.linger = 0
+        if self.info.curve_publickey and self.info.curve_secretkey:
+            sock.curve_publickey = self.info.curve_publickey.encode()
+            sock.curve_secretkey = self.info.curve_secretkey.encode()
+            sock.curve_serverkey = self.info.curve_publickey.encode()
+        return sock
+
+    async def __aenter__(self) -> LogClient:
+        self.sub = self._socket(zmq.SUB, "log")
+        for topic in self.subscription.topics:
+            self.sub.subscribe(topic)
+        self.sub.connect(self.info.url("log"))
+        self.dealer = self._socket(zmq.DEALER, "log_replay")
+        self.dealer.connect(self.info.url("log_replay"))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for sock in (self.sub, self.dealer):
+            if sock is not None:
+                sock.close(linger=0)
+        self.sub = self.dealer = None
+        if self._own_context:
+            self.context.destroy(linger=0)
+
+    async def _send(self, requests: Iterable[Any]) -> None:
+        assert self.dealer is not None
+        for req in requests:
+            await self.dealer.send_multipart(encode_replay_request(req, self.signer))
+
+    async def events(self, *, follow: bool = True) -> AsyncIterator[ClientEvent]:
+        """Events in seq order: Records, Gap, Truncated, EpochChanged, ReplayFailed, Alive,
+        and NannySilent when nothing arrives for ``silent_after`` seconds.
+
+        Without ``follow`` it ends once the history answer is delivered and nothing is
+        missing.
+        """
+        assert self.sub is not None and self.dealer is not None, "use 'async with'"
+        sub, dealer, state = self.sub, self.dealer, self.subscription
+        # A tick is published to every new subscriber: once one arrives, live messages flow,
+        # so the history asked for now joins them without a hole.
+        first = await self._wait_first_tick()
+        if first is None:
+            yield NannySilent(self.silent_after)
+            return
+        await self._send([state.start()])
+        for event in state.receive_live(first):
+            yield event
+        poller = zmq.asyncio.Poller()
+        poller.register(sub, zmq.POLLIN)
+        poller.register(dealer, zmq.POLLIN)
+        heard = time.monotonic()
+        while True:
+            if not follow and state.caught_up:
+                return
+            ready = dict(await poller.poll(250))
+            if not ready:
+                if time.monotonic() - heard > self.silent_after:
+                    yield NannySilent(time.monotonic() - heard)
+                    heard = time.monotonic()
+                continue
+            heard = time.monotonic()
+            events: list[Event] = []
+            if dealer in ready:
+                for frames in _recv_all(dealer):
+                    try:
+                        events += state.receive_replay(decode_replay_response(frames, self.signer))
+                    except RemoteProtocolError:
+                        self.rejected += 1
+            if sub in ready:
+                for frames in _recv_all(sub):
+                    try:
+                        events += state.receive_live(decode_log_message(frames, self.signer))
+                    except RemoteProtocolError:
+                        self.rejected += 1
+            await self._send(state.requests_to_send())
+            for event in events:
+                yield event
+
+    async def _wait_first_tick(self) -> Any:
+        assert self.sub is not None
+        deadline = time.monotonic() + self.silent_after
+        while (left := deadline - time.monotonic()) > 0:
+            if not await self.sub.poll(int(left * 1000) + 1):
+                break
+            try:
+                item = decode_log_message(await self.sub.recv_multipart(), self.signer)
+            except RemoteProtocolError:
+                self.rejected += 1
+                continue
+            # A tick, or a record batch that came first: either way live messages reach us;
+            # the history answer repairs whatever preceded it.
+            return item
+        return None
+
+    async def records(self, *, follow: bool = False) -> AsyncIterator[LogRecord]:
+        """Just the records (gaps are skipped silently; use events() to see them)."""
+        async for event in self.events(follow=follow):
+            if isinstance(event, Records):
+                for record in event.records:
+                    yield record
+            elif isinstance(event, NannySilent) and not follow:
+                return
+
+
+def _recv_all(sock: zmq.asyncio.Socket) -> Iterator[list[bytes]]:
+    """Every message waiting on ``sock`` right now, without awaiting."""
+    inner = zmq.Socket.shadow(sock.underlying)
+    while True:
+        try:
+            yield inner.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+
+
+class BlockingLogClient:
+    """``LogClient`` for code without an event loop (it runs a private one)."""
+
+    def __init__(self, info: NannyConnectionInfo, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._kwargs = kwargs
+        self._info = info
+        self._client: LogClient | None = None
+
+    def __enter__(self) -> BlockingLogClient:
+        async def make() -> LogClient:
+            return await LogClient(self._info, **self._kwargs).__aenter__()
+
+        self._client = self._loop.run_until_complete(make())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._loop.close()
+
+    def events(self, *, follow: bool = True) -> Iterator[ClientEvent]:
+        assert self._client is not None, "use 'with'"
+        agen = self._client.events(follow=follow)
+        try:
+            while True:
+                try:
+                    yield self._loop.run_until_complete(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            with contextlib.suppress(RuntimeError):
+                self._loop.run_until_complete(agen.aclose())
+
+    def history(self) -> list[LogRecord]:
+        """The records the request selects, as they are now."""
+        out: list[LogRecord] = []
+        for event in self.events(follow=False):
+            if isinstance(event, Records):
+                out.extend(event.records)
+            elif isinstance(event, NannySilent):
+                break
+        return out
+
+
+__all__ += ["ClientEvent"]

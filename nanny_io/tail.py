@@ -1,0 +1,215 @@
+"""``nanny-io tail``: a kernel's log, live from its nanny or from the spill after it exited."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+from nanny_io_proto.errors import RemoteProtocolError
+from nanny_io_proto.logrecords import LogRecord, parse_nanny_event
+from nanny_io_proto.streams import FLAG_NO_EOL, Stream
+
+from .discovery import KernelNotFound, KernelRef, resolve_kernel, spill_path, state_dir
+from .store import read_spill
+from .subscriber import (
+    BlockingLogClient,
+    EpochChanged,
+    Gap,
+    NannySilent,
+    Records,
+    ReplayFailed,
+    Truncated,
+)
+
+_COLORS = {Stream.STDERR: "\x1b[31m", Stream.NANNY: "\x1b[1;33m", Stream.LOG: "\x1b[36m"}
+_MARK = "\x1b[1m"
+_RESET = "\x1b[0m"
+
+
+@dataclass(frozen=True)
+class TailOptions:
+    """What ``nanny-io tail`` was asked for (configuration is data)."""
+
+    kernel: str
+    lines: int = 10
+    follow: bool = False
+    streams: tuple[Stream, ...] | None = None
+    since_seq: int | None = None
+    json: bool = False
+    wait: bool = False
+
+
+class Printer:
+    """Renders records and notices for humans (colour on a tty) or as JSON lines."""
+
+    def __init__(self, out: IO[str], as_json: bool, color: bool | None = None) -> None:
+        self.out = out
+        self.as_json = as_json
+        if color is None:
+            color = out.isatty() and "NO_COLOR" not in os.environ
+        self.color = color and not as_json
+
+    def record(self, rec: LogRecord) -> None:
+        text = rec.data.decode("utf-8", "replace")
+        event: dict[str, Any] | None = None
+        if rec.stream is Stream.NANNY:
+            with contextlib.suppress(RemoteProtocolError):
+                event = parse_nanny_event(rec.data)
+                text = str(event.get("text", text))
+        if text.endswith("\n"):
+            text = text[:-1]
+        when = datetime.fromtimestamp(rec.time_ns / 1e9, tz=timezone.utc)
+        if self.as_json:
+            obj: dict[str, Any] = {
+                "seq": rec.seq,
+                "time": when.isoformat(timespec="milliseconds"),
+                "stream": rec.stream.value,
+                "text": text,
+                "incarnation": rec.incarnation,
+            }
+            if rec.flags & FLAG_NO_EOL:
+                obj["partial"] = True
+            if event is not None:
+                obj["event"] = event
+            self._write(json.dumps(obj, ensure_ascii=False))
+            return
+        stamp = when.astimezone().strftime("%H:%M:%S.%f")[:-3]
+        line = f"{stamp} {rec.stream.value:<6} {text}"
+        color = _COLORS.get(rec.stream) if self.color else None
+        self._write(f"{color}{line}{_RESET}" if color else line)
+
+    def notice(self, kind: str, text: str, **details: Any) -> None:
+        """A line about the log itself: truncation, a gap, a nanny restart or exit."""
+        if self.as_json:
+            self._write(json.dumps({"notice": kind, "text": text, **details}))
+        else:
+            line = f"-- {text} --"
+            self._write(f"{_MARK}{line}{_RESET}" if self.color else line)
+
+    def _write(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+
+def _select(
+    records: Iterable[tuple[str, LogRecord]], opts: TailOptions
+) -> list[tuple[str, LogRecord]]:
+    chosen: Iterable[tuple[str, LogRecord]] = (
+        (e, r)
+        for e, r in records
+        if (opts.streams is None or r.stream in opts.streams)
+        and (opts.since_seq is None or r.seq >= opts.since_seq)
+    )
+    if opts.since_seq is None:
+        return list(deque(chosen, maxlen=opts.lines))
+    return list(chosen)
+
+
+def find_spill(ref: str) -> Path | None:
+    """The on-disk history of a kernel id (or unique id prefix, or connection file)."""
+    path = Path(ref).expanduser()
+    if path.suffix == ".json" and path.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            ref = json.loads(path.read_text()).get("kernel_id", "") or ref
+    exact = spill_path(ref)
+    if exact.is_dir():
+        return exact
+    matches = [p for p in state_dir().glob(f"spill-{ref}*") if p.is_dir()]
+    if len(matches) > 1:
+        ids = ", ".join(p.name.removeprefix("spill-") for p in matches)
+        raise KernelNotFound(f"{ref!r} matches the history of several kernels ({ids})")
+    return matches[0] if matches else None
+
+
+def tail_spill(directory: Path, opts: TailOptions, printer: Printer) -> None:
+    """Print what the nanny left on disk."""
+    epoch = None
+    printer.notice("post-mortem", f"the nanny is gone; history from {directory}")
+    for rec_epoch, rec in _select(read_spill(directory), opts):
+        if epoch is not None and rec_epoch != epoch:
+            printer.notice("epoch", "the nanny restarted here")
+        epoch = rec_epoch
+        printer.record(rec)
+
+
+def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> bool:
+    """Print from a running nanny; True when the nanny went away while following."""
+    kwargs: dict[str, Any] = {"streams": opts.streams}
+    if opts.since_seq is not None:
+        kwargs["since_seq"] = opts.since_seq
+    else:
+        kwargs["last"] = opts.lines
+    with BlockingLogClient(ref.info, **kwargs) as client:
+        for event in client.events(follow=opts.follow):
+            if isinstance(event, Records):
+                for rec in event.records:
+                    printer.record(rec)
+            elif isinstance(event, Truncated):
+                printer.notice(
+                    "truncated",
+                    f"history truncated: oldest kept is seq "
+                    f"{event.oldest_seq}, {event.lost} records lost",
+                    oldest_seq=event.oldest_seq,
+                    lost=event.lost,
+                )
+            elif isinstance(event, Gap):
+                printer.notice(
+                    "gap",
+                    f"records {event.first_missing}..{event.last_missing} could not be recovered",
+                    first=event.first_missing,
+                    last=event.last_missing,
+                )
+            elif isinstance(event, EpochChanged):
+                printer.notice("epoch", "the nanny restarted; sequence numbers start again")
+            elif isinstance(event, ReplayFailed):
+                printer.notice("replay-failed", f"history unavailable: {event.message}")
+            elif isinstance(event, NannySilent):
+                printer.notice("silent", "the nanny is not answering (stopped?)")
+                return True
+    return False
+
+
+def _wait_for_kernel(ref: str) -> Iterator[KernelRef]:
+    """Yield the kernel each time a nanny for ``ref`` (re)appears (watching the state dir)."""
+    import watchfiles
+
+    directory = state_dir()
+    while True:
+        with contextlib.suppress(KernelNotFound):
+            yield resolve_kernel(ref)
+            continue
+        for _ in watchfiles.watch(
+            directory, debounce=50, step=20, rust_timeout=1000, yield_on_timeout=True
+        ):
+            with contextlib.suppress(KernelNotFound):
+                resolve_kernel(ref)
+                break
+
+
+def run_tail(opts: TailOptions, out: IO[str] | None = None) -> int:
+    """The ``tail`` verb; raises KernelNotFound for an unknown kernel."""
+    printer = Printer(out or sys.stdout, opts.json)
+    if opts.wait:  # follow this kernel id across nanny restarts, until interrupted
+        for ref in _wait_for_kernel(opts.kernel):
+            gone = _follow(ref, opts, printer)
+            if not gone or not opts.follow:
+                return 0
+        return 0
+    try:
+        ref = resolve_kernel(opts.kernel)
+    except KernelNotFound:
+        spill = find_spill(opts.kernel)
+        if spill is None:
+            raise
+        tail_spill(spill, opts, printer)
+        return 0
+    _follow(ref, opts, printer)
+    return 0
