@@ -172,6 +172,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         spill_dir=None if args.no_spill else spill_path(frontend.kernel_id),
         spill_bytes=args.spill_size,
         rate_limit=args.rate_limit,
+        managed=args.managed,
     )
     prune_spills()
     print(f"kernel_id: {frontend.kernel_id}", flush=True)
@@ -266,6 +267,37 @@ def cmd_tail(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `nanny-io tail ... | head`
         sys.stdout = None  # type: ignore[assignment]
         return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from .install import InstallOptions, install
+
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    opts = InstallOptions(
+        source=args.source,
+        name=args.name,
+        display_name=args.display_name,
+        user=args.user,
+        prefix=prefix,
+        capture=args.capture,
+    )
+    try:
+        name, path = install(opts)
+    except KernelSpecError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"installed kernelspec {name!r} in {path}")
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    from .install import uninstall
+
+    try:
+        path = uninstall(args.name)
+    except KernelSpecError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"removed kernelspec {args.name!r} from {path}")
+    return 0
 
 
 def cmd_interrupt(args: argparse.Namespace) -> int:
@@ -364,12 +396,50 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not echo the kernel's output on this terminal",
     )
+    # Set by the provisioner: a restart request ends this nanny (its KernelManager restarts
+    # kernels by launching a new one).
+    p.add_argument("--managed", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser("list", help="list kernels running under nanny-io on this machine")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--compact", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "install",
+        help="wrap a kernelspec so its kernels run under nanny-io",
+        description="Install a kernelspec that runs SOURCE_KERNEL under a nanny "
+        "(through the nanny-io kernel provisioner), for JupyterLab, "
+        "jupyter_server, nbclient and jupyter console.",
+    )
+    p.add_argument("source", metavar="SOURCE_KERNEL", help="the kernelspec to wrap")
+    p.add_argument("--name", help="name of the new kernelspec (default: SOURCE-nanny)")
+    p.add_argument(
+        "--display-name",
+        metavar="TEXT",
+        help="display name (default: the source's, marked '(nanny-io)')",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="install for this user only")
+    where.add_argument(
+        "--sys-prefix",
+        action="store_true",
+        help="install into this Python environment (sys.prefix)",
+    )
+    where.add_argument("--prefix", metavar="PATH", help="install under PATH/share/jupyter")
+    p.add_argument(
+        "--capture",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="send the kernel's stdout/stderr to frontends, attributed to cells "
+        "(default: --no-capture: stored and tailed, not sent)",
+    )
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("uninstall", help="remove a kernelspec made by 'nanny-io install'")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_uninstall)
 
     kernel_help = "kernel id, unique id prefix, or connection file"
     p = sub.add_parser(

@@ -92,6 +92,9 @@ class NannyState:
     started_at: float = 0.0  # when the current incarnation started (unix time)
     spill_dir: str | None = None
     rejected_messages: int = 0  # invalid, unsigned or forged control messages dropped
+    exit_code: int | None = None  # how the last incarnation died, when status is "dead"
+    exit_signal: int | None = None
+    exit_reason: str | None = None
 
     @property
     def path(self) -> Path:
@@ -142,8 +145,9 @@ class KernelRef:
     state: NannyState | None
 
 
-def load_connection_info(path: Path) -> NannyConnectionInfo:
+def load_connection_info(path: Path | str) -> NannyConnectionInfo:
     """Read a frontend-facing connection file (retrying a file caught mid-write)."""
+    path = Path(path)
     last: Exception | None = None
     for _ in range(5):
         try:

@@ -96,6 +96,9 @@ class NannyConfig:
     spill_bytes: int = DEFAULT_SPILL_BYTES
     rate_limit: float | None = None  # bytes/s of captured output forwarded to frontends
     end_wait: float = 2.0  # how long idle waits for a kernel's END delimiters
+    # Under a jupyter_client KernelManager (the provisioner), the manager restarts kernels
+    # by starting a new nanny: a shutdown_request with restart then ends this nanny.
+    managed: bool = False
 
     @property
     def capture(self) -> bool:
@@ -633,6 +636,8 @@ class Nanny:
         died = KernelDied(exit_code, signum, name, inc.number, reason, words.lines)
         log.error("kernel %s (incarnation %d) %s", self.config.kernel_id, inc.number, reason)
         self.heartbeat.pause()
+        self.state.exit_code, self.state.exit_signal = exit_code, signum
+        self.state.exit_reason = reason
         self._save_state("dead", inc)
         self._nanny_event("died", f"kernel died: {reason}", **died.to_content())
         await self._publish("kernel_died", died.to_content(), parent)
@@ -724,7 +729,7 @@ class Nanny:
             if inc is not None:
                 for reader in inc.readers:
                     reader.close()
-            if restart:
+            if restart and not self.config.managed:
                 self._save_state("restarting", inc)
                 self._shutting_down = False
                 await self._launch()

@@ -1,0 +1,101 @@
+"""``nanny-io install``: wrap an existing kernelspec so its kernels run under a nanny."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .launcher import KernelSpecError
+
+PROVISIONER = "nanny-io"
+MARKER = " (nanny-io)"
+#: ipykernel captures fd output itself by default, and echoes it to the real fd too: under
+#: a capturing nanny every line would reach the notebook twice.
+IPYKERNEL_NO_FD_CAPTURE = "--IPKernelApp.capture_fd_output=False"
+
+
+@dataclass(frozen=True)
+class InstallOptions:
+    source: str
+    name: str | None = None
+    display_name: str | None = None
+    user: bool = False
+    prefix: str | None = None
+    capture: bool = False
+
+
+def _is_ipykernel(argv: list[str]) -> bool:
+    return any("ipykernel" in arg for arg in argv)
+
+
+def wrapped_spec(
+    source: dict[str, Any], source_name: str, capture: bool, display_name: str | None = None
+) -> dict[str, Any]:
+    """The kernel.json of the wrapper: the source's argv, env and interrupt_mode, launched by
+    the nanny-io provisioner, with ``metadata.capture_stdstreams`` as asked."""
+    argv = list(source["argv"])
+    if capture and _is_ipykernel(argv) and not any("capture_fd_output" in a for a in argv):
+        argv.append(IPYKERNEL_NO_FD_CAPTURE)
+    metadata = dict(source.get("metadata") or {})
+    metadata["kernel_provisioner"] = {"provisioner_name": PROVISIONER, "config": {}}
+    metadata["capture_stdstreams"] = capture
+    metadata["nanny_io_source"] = source_name
+    spec: dict[str, Any] = {
+        "argv": argv,
+        "display_name": display_name or (source.get("display_name") or source_name) + MARKER,
+        "language": source.get("language", ""),
+        "metadata": metadata,
+    }
+    for key in ("env", "interrupt_mode"):
+        if source.get(key):
+            spec[key] = source[key]
+    return spec
+
+
+def install(opts: InstallOptions) -> tuple[str, str]:
+    """Install the wrapper kernelspec; returns (name, path)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    ksm = KernelSpecManager()
+    try:
+        source = ksm.get_kernel_spec(opts.source)
+    except NoSuchKernel:
+        available = ", ".join(sorted(ksm.find_kernel_specs())) or "none"
+        raise KernelSpecError(
+            f"no kernel named {opts.source!r}; available kernels: {available}"
+        ) from None
+    name = opts.name or f"{opts.source}-nanny"
+    spec = wrapped_spec(source.to_dict(), opts.source, opts.capture, opts.display_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp) / name
+        # resources (logos, kernel.js, ...) come along; kernel.json is ours
+        shutil.copytree(
+            source.resource_dir,
+            staging,
+            ignore=shutil.ignore_patterns("kernel.json", "__pycache__"),
+        )
+        (staging / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
+        path = ksm.install_kernel_spec(str(staging), name, user=opts.user, prefix=opts.prefix)
+    return name, path
+
+
+def uninstall(name: str) -> str:
+    """Remove a kernelspec made by ``install``; returns its path."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    ksm = KernelSpecManager()
+    try:
+        spec = ksm.get_kernel_spec(name)
+    except NoSuchKernel:
+        raise KernelSpecError(f"no kernel named {name!r}") from None
+    provisioner = (spec.metadata or {}).get("kernel_provisioner", {}).get("provisioner_name")
+    if provisioner != PROVISIONER:
+        raise KernelSpecError(
+            f"kernel {name!r} does not run under nanny-io; remove it with "
+            "'jupyter kernelspec remove' instead"
+        )
+    return str(ksm.remove_kernel_spec(name))
