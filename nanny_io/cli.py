@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -34,7 +33,7 @@ from .discovery import (
     write_private,
 )
 from .launcher import KernelSpecError, find_kernelspec, free_ipc_ports, free_tcp_ports
-from .store import DEFAULT_MAX_BYTES, DEFAULT_SPILL_BYTES
+from .limits import DEFAULT_MAX_BYTES, DEFAULT_SPILL_BYTES
 
 log = logging.getLogger("nanny_io")
 
@@ -134,9 +133,16 @@ def _size(text: str) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    """Start the kernel first, then bring up the nanny around it.
+
+    Everything before the spawn uses only light modules: the kernel boots while the nanny
+    imports zmq and asyncio and binds its sockets, which keeps start-to-ready close to a
+    kernel started directly.
+    """
+    from nanny_io_proto.connection_files import kernel_facing
+
     from .guardian import GuardianHandle
-    from .launcher import make_private_dir
-    from .nanny import Nanny, NannyConfig
+    from .launcher import make_private_dir, prelaunch
 
     try:
         spec = find_kernelspec(args.kernel_name)
@@ -156,9 +162,28 @@ def cmd_start(args: argparse.Namespace) -> int:
     kernel_ports = _free_ports(frontend.transport, frontend.ip, 3, used)
     conn_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_private(conn_path, encode_connection_file(frontend))
+    kernel_file = private_dir / "kernel.json"
+    write_private(
+        kernel_file,
+        encode_connection_file(
+            kernel_facing(
+                frontend,
+                ip=frontend.ip,
+                control_port=kernel_ports[0],
+                iopub_port=kernel_ports[1],
+                hb_port=kernel_ports[2],
+            )
+        ),
+    )
     state_path = NannyState(frontend.kernel_id, spec.name, str(conn_path), 0, 0.0).path
     cleanup = [str(private_dir), str(state_path)] + ([str(conn_path)] if owned else [])
     guardian = GuardianHandle.start(cleanup)
+    first = prelaunch(guardian, spec, kernel_file, private_dir, None, spec.capture_stdstreams)
+
+    import asyncio
+
+    from .nanny import Nanny, NannyConfig
+
     config = NannyConfig(
         spec=spec,
         frontend=frontend,
@@ -174,11 +199,11 @@ def cmd_start(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit,
         managed=args.managed,
     )
-    prune_spills()
+    prune_spills()  # after the spawn: nothing here may delay the kernel
     print(f"kernel_id: {frontend.kernel_id}", flush=True)
     print(f"connection_file: {conn_path}", flush=True)
     try:
-        return asyncio.run(Nanny(config, guardian).run())
+        return asyncio.run(Nanny(config, guardian, first).run())
     finally:
         guardian.close()
 

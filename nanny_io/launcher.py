@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -11,7 +12,14 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .guardian import GuardianHandle
+
+#: Pipe capacity asked for with F_SETPIPE_SZ (the kernel caps it at pipe-max-size).
+PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 class KernelSpecError(Exception):
@@ -48,8 +56,42 @@ def _read_capture_flag(resource_dir: str, metadata: dict[str, Any]) -> bool:
     return False
 
 
+def _spec_on_disk(name: str) -> KernelSpecInfo | None:
+    """The kernelspec ``name`` read straight from the Jupyter data dirs, or None.
+
+    Starting a kernel is on the critical path of every notebook; importing jupyter_client
+    just to read one JSON file costs about 100 ms, so this looks first.
+    """
+    from jupyter_core.paths import jupyter_path
+
+    for directory in jupyter_path("kernels"):
+        resource_dir = Path(directory, name.lower())
+        try:
+            raw = json.loads((resource_dir / "kernel.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(raw, dict) or not isinstance(raw.get("argv"), list):
+            return None  # let KernelSpecManager report what is wrong with it
+        metadata = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+        return KernelSpecInfo(
+            name=name,
+            argv=tuple(str(a) for a in raw["argv"]),
+            env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
+            resource_dir=str(resource_dir),
+            interrupt_mode=raw.get("interrupt_mode") or "signal",
+            capture_stdstreams=_read_capture_flag(str(resource_dir), metadata),
+            language=raw.get("language") or "",
+            display_name=raw.get("display_name") or "",
+            metadata=metadata,
+        )
+    return None
+
+
 def find_kernelspec(name: str) -> KernelSpecInfo:
-    """Look a kernelspec up with jupyter_client's KernelSpecManager."""
+    """Find a kernelspec: on disk first, then with jupyter_client's KernelSpecManager."""
+    found = _spec_on_disk(name)
+    if found is not None:
+        return found
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     ksm = KernelSpecManager()
@@ -143,3 +185,83 @@ def make_private_dir(parent: Path, kernel_id: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=f"nanny-io-{kernel_id[:8]}-", dir=parent))
     os.chmod(path, 0o700)
     return path
+
+
+def make_pipe(size: int = PIPE_SIZE) -> tuple[int, int]:
+    """A pipe whose read end is non-blocking, enlarged as far as the system allows.
+
+    Both ends are close-on-exec; the write end is handed to the kernel by the guardian.
+    """
+    read_fd, write_fd = os.pipe()
+    for want in (size, 256 * 1024, 64 * 1024):
+        try:
+            fcntl.fcntl(write_fd, _F_SETPIPE_SZ, want)
+            break
+        except OSError:  # EPERM above pipe-max-size for unprivileged users
+            continue
+    os.set_blocking(read_fd, False)
+    return read_fd, write_fd
+
+
+def make_log_fifo(directory: Path, size: int = PIPE_SIZE) -> tuple[Path, int, int]:
+    """Create the kernel log FIFO (0600) and open it before the kernel starts.
+
+    Returns ``(path, read_fd, keep_fd)``. The read end is opened first and non-blocking, so
+    a kernel that opens the log at import time never waits for a reader. ``keep_fd`` is a
+    write end the nanny holds: with it, the FIFO never reports EOF when the kernel's last
+    writer closes (which would otherwise make poll() report HUP forever: a busy loop), and
+    later writers (a reopened log, subprocesses) reach the same reader.
+    """
+    path = directory / "kernel.log"
+    os.mkfifo(path, 0o600)
+    read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    keep_fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(read_fd, _F_SETPIPE_SZ, size)
+    return path, read_fd, keep_fd
+
+
+def launch_env(spec: KernelSpecInfo, log_path: Path | None, delimiters: bool) -> dict[str, str]:
+    """The environment of every incarnation: the kernel log path, and delimiters if wanted."""
+    extra = {"JUPYTER_KERNEL_LOG": str(log_path)} if log_path is not None else {}
+    if delimiters:
+        from nanny_io_proto.delimiters import ENV_VAR
+
+        extra[ENV_VAR] = "1"
+    return kernel_env(spec, extra)
+
+
+@dataclass
+class Prelaunch:
+    """The first incarnation, started before the nanny's heavier parts are even imported."""
+
+    fifo_path: Path
+    fifo_read_fd: int
+    fifo_keep_fd: int
+    stdout_fd: int
+    stderr_fd: int
+    argv: list[str]
+    reply: dict[str, object]  # the guardian's answer: spawned (pid) or spawn_failed (error)
+
+
+def prelaunch(
+    guardian: GuardianHandle,
+    spec: KernelSpecInfo,
+    kernel_file: Path,
+    private_dir: Path,
+    cwd: str | None,
+    delimiters: bool,
+) -> Prelaunch:
+    """Create the log FIFO and the pipes, then have the guardian start the kernel."""
+    fifo_path, fifo_read, fifo_keep = make_log_fifo(private_dir)
+    argv = format_argv(spec, str(kernel_file))
+    env = launch_env(spec, fifo_path, delimiters)
+    out_r, out_w = make_pipe()
+    err_r, err_w = make_pipe()
+    try:
+        guardian.send_spawn(argv, env, cwd, out_w, err_w)
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    reply = guardian.receive() or {"event": "spawn_failed", "error": "the guardian is gone"}
+    return Prelaunch(fifo_path, fifo_read, fifo_keep, out_r, err_r, argv, reply)

@@ -48,19 +48,25 @@ from nanny_io_proto.control import (
     signal_name,
     signal_reply_content,
 )
-from nanny_io_proto.delimiters import ENV_VAR as DELIMITERS_ENV
 from nanny_io_proto.delimiters import Begin, End
 from nanny_io_proto.errors import RemoteProtocolError
 from nanny_io_proto.logrecords import nanny_event_data
 from nanny_io_proto.messages import Message, peek_header, split_identities
 from nanny_io_proto.streams import Stream
 
-from .capture import EchoWriter, PipeReader, StreamPipeline, make_log_fifo, make_pipe
+from .capture import EchoWriter, PipeReader, StreamPipeline
 from .discovery import NannyState, write_private
 from .forwarding import OutputForwarder
 from .guardian import GuardianHandle, wait_status_to_returncode
 from .heartbeat import Heartbeat
-from .launcher import KernelSpecInfo, format_argv, kernel_env
+from .launcher import (
+    KernelSpecInfo,
+    Prelaunch,
+    format_argv,
+    launch_env,
+    make_log_fifo,
+    make_pipe,
+)
 from .logchannel import LogChannel
 from .session import NannySession
 from .store import DEFAULT_MAX_BYTES, DEFAULT_SPILL_BYTES, LogStore, Spill
@@ -128,8 +134,11 @@ class Incarnation:
 class Nanny:
     """Runs one kernel under supervision until it is shut down."""
 
-    def __init__(self, config: NannyConfig, guardian: GuardianHandle) -> None:
+    def __init__(
+        self, config: NannyConfig, guardian: GuardianHandle, prelaunched: Prelaunch | None = None
+    ) -> None:
         self.config = config
+        self._prelaunched = prelaunched
         self.guardian = guardian
         self.spec = config.spec
         self.frontend = config.frontend
@@ -281,7 +290,8 @@ class Nanny:
     async def run(self) -> int:
         """Serve until the kernel is shut down; the exit status for the CLI."""
         loop = asyncio.get_running_loop()
-        write_private(self.kernel_connection_file, encode_connection_file(self.kernel_info))
+        if self._prelaunched is None:
+            write_private(self.kernel_connection_file, encode_connection_file(self.kernel_info))
         self._setup_frontend_sockets()
         self._open_log_fifo(loop)
         self.guardian.sock.setblocking(False)
@@ -387,7 +397,11 @@ class Nanny:
 
     def _open_log_fifo(self, loop: asyncio.AbstractEventLoop) -> None:
         """The $JUPYTER_KERNEL_LOG FIFO, open for reading before any kernel starts."""
-        path, read_fd, keep_fd = make_log_fifo(self.config.private_dir)
+        pre = self._prelaunched
+        if pre is not None:
+            path, read_fd, keep_fd = pre.fifo_path, pre.fifo_read_fd, pre.fifo_keep_fd
+        else:
+            path, read_fd, keep_fd = make_log_fifo(self.config.private_dir)
         self.fifo_path, self._fifo_keep = path, keep_fd
         self._fifo_reader = PipeReader(read_fd, Stream.LOG, self.pipelines[Stream.LOG].feed)
         self._fifo_reader.start(loop)
@@ -480,20 +494,21 @@ class Nanny:
         """Start the next incarnation and wait until it answers kernel_info."""
         loop = asyncio.get_running_loop()
         number = self.incarnations + 1
-        extra = {"JUPYTER_KERNEL_LOG": str(self.fifo_path)} if self.fifo_path else {}
-        if self.config.capture:
-            extra[DELIMITERS_ENV] = "1"
-        env = kernel_env(self.spec, extra)
-        argv = format_argv(self.spec, str(self.kernel_connection_file))
-        out_r, out_w = make_pipe()
-        err_r, err_w = make_pipe()
-        self._spawn_reply = loop.create_future()
-        try:
-            self.guardian.send_spawn(argv, env, self.config.cwd, out_w, err_w)
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-        reply = await self._spawn_reply
+        pre, self._prelaunched = self._prelaunched, None
+        if pre is not None:  # the first incarnation, started by the CLI before we existed
+            argv, out_r, err_r, reply = pre.argv, pre.stdout_fd, pre.stderr_fd, pre.reply
+        else:
+            env = launch_env(self.spec, self.fifo_path, self.config.capture)
+            argv = format_argv(self.spec, str(self.kernel_connection_file))
+            out_r, out_w = make_pipe()
+            err_r, err_w = make_pipe()
+            self._spawn_reply = loop.create_future()
+            try:
+                self.guardian.send_spawn(argv, env, self.config.cwd, out_w, err_w)
+            finally:
+                os.close(out_w)
+                os.close(err_w)
+            reply = await self._spawn_reply
         if reply.get("event") != "spawned":
             os.close(out_r)
             os.close(err_r)

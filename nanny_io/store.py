@@ -63,9 +63,7 @@ logger = logging.getLogger("nanny_io")
 #: code is ``logrecords.STREAM_CODES[stream]``.
 Entry = tuple[int, int, int, int, int, bytes]
 
-DEFAULT_MAX_BYTES: Final = 64 << 20
-DEFAULT_SEGMENT_BYTES: Final = 8 << 20
-DEFAULT_SPILL_BYTES: Final = 64 << 20
+from .limits import DEFAULT_MAX_BYTES, DEFAULT_SEGMENT_BYTES, DEFAULT_SPILL_BYTES  # noqa: E402
 
 #: Bytes charged per record on top of its data: the 6-tuple (88), seq and time ints (2 x 32),
 #: the bytes object header (33, rounded up) and the ring slot. Measured with tracemalloc; it
