@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -762,8 +762,7 @@ class Nanny:
 
     async def _serve_control(self) -> None:
         """Frontend control ROUTER: verify everything, act on nanny messages, forward the rest."""
-        while True:
-            frames = await self.f_control.recv_multipart()
+        async for frames in _arrivals(self.f_control):
             try:
                 msg = self.session.decode(frames)
             except RemoteProtocolError as exc:
@@ -849,37 +848,36 @@ class Nanny:
         """Kernel control replies back to the frontend that asked (its identity leads)."""
         sock = self._k_control
         assert sock is not None
-        while True:
-            frames = await sock.recv_multipart()
+        front = zmq.Socket.shadow(self.f_control.underlying)
+        async for frames in _arrivals(sock):
             idents, rest = _safe_split(frames)
             if not idents:
                 continue  # a reply to the nanny's own request
-            with contextlib.suppress(RemoteProtocolError):
-                header = peek_header(frames)
-                if header.get("msg_type") == "shutdown_reply" and len(rest) > 2:
-                    parent = json.loads(rest[2])
-                    self._shutdown_replied.append(parent.get("msg_id", ""))
-            await self.f_control.send_multipart(frames)
+            if len(rest) > 2 and b"shutdown_reply" in rest[1]:
+                with contextlib.suppress(RemoteProtocolError, ValueError, AttributeError):
+                    if peek_header(frames).get("msg_type") == "shutdown_reply":
+                        self._shutdown_replied.append(json.loads(rest[2]).get("msg_id", ""))
+            front.send_multipart(frames, zmq.NOBLOCK)  # ROUTER: routes or drops, never waits
 
     async def _serve_kernel_iopub(self) -> None:
         """Forward the kernel's iopub to every frontend, watching busy/idle for attribution."""
         sock = self._k_iopub
         assert sock is not None
-        while True:
-            frames = await sock.recv_multipart()
+        front = zmq.Socket.shadow(self.f_iopub.underlying)
+        async for frames in _arrivals(sock):
             self._iopub_seen.set()
             _, rest = _safe_split(frames)
-            if len(rest) >= 5:
+            # Most messages only pass through: parse a header only when it can matter.
+            if len(rest) >= 5 and (b"status" in rest[1] or b"iopub_welcome" in rest[1]):
                 try:
-                    header = json.loads(rest[1])
-                    kind = header.get("msg_type")
+                    kind = json.loads(rest[1]).get("msg_type")
                 except (ValueError, AttributeError):
                     kind = None
                 if kind == "iopub_welcome":
                     continue  # the nanny greets its own subscribers
                 if kind == "status" and self._track_status(rest) == "idle":
                     await self._drain_before_idle(self._idle_parent)
-            await self.f_iopub.send_multipart(frames)
+            front.send_multipart(frames, zmq.NOBLOCK)  # PUB: never waits, drops at HWM
 
     def _track_status(self, rest: list[bytes]) -> str | None:
         """Follow busy/idle of execute requests; the execution state seen, if any."""
@@ -914,6 +912,23 @@ class Nanny:
             )
             if self._k_iopub is not None and topic:
                 await self._k_iopub.send(event)
+
+
+async def _arrivals(sock: zmq.asyncio.Socket) -> AsyncIterator[list[bytes]]:
+    """Every message arriving on ``sock``: one wake-up, then all that is queued.
+
+    Receiving through a plain (shadow) socket once the poll fired avoids a future per
+    message; on a busy channel that is most of the cost of a hop through the nanny.
+    """
+    raw = zmq.Socket.shadow(sock.underlying)
+    while True:
+        await sock.poll(flags=zmq.POLLIN)
+        while True:
+            try:
+                frames = raw.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            yield frames
 
 
 def _safe_split(frames: list[bytes]) -> tuple[tuple[bytes, ...], list[bytes]]:
