@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,9 @@ MARKER = " (nanny-io)"
 #: ipykernel captures fd output itself by default, and echoes it to the real fd too: under
 #: a capturing nanny every line would reach the notebook twice.
 IPYKERNEL_NO_FD_CAPTURE = "--IPKernelApp.capture_fd_output=False"
+#: Makes ipykernel write output delimiters, so every byte is attributed to its cell exactly
+#: (extra_extensions adds to, rather than replaces, extensions configured elsewhere).
+DELIMITER_EXTENSION = "--InteractiveShellApp.extra_extensions=nanny_io.kernelside"
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,13 @@ class InstallOptions:
     capture: bool = False
 
 
+def _runs_this_python(argv: list[str]) -> bool:
+    """Whether the kernel runs in this environment, where nanny_io can be imported."""
+    first = argv[0] if argv else ""
+    names = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}
+    return first in names or os.path.realpath(first) == os.path.realpath(sys.executable)
+
+
 def _is_ipykernel(argv: list[str]) -> bool:
     return any("ipykernel" in arg for arg in argv)
 
@@ -38,8 +50,11 @@ def wrapped_spec(
     """The kernel.json of the wrapper: the source's argv, env and interrupt_mode, launched by
     the nanny-io provisioner, with ``metadata.capture_stdstreams`` as asked."""
     argv = list(source["argv"])
-    if capture and _is_ipykernel(argv) and not any("capture_fd_output" in a for a in argv):
-        argv.append(IPYKERNEL_NO_FD_CAPTURE)
+    if capture and _is_ipykernel(argv):
+        if not any("capture_fd_output" in a for a in argv):
+            argv.append(IPYKERNEL_NO_FD_CAPTURE)
+        if _runs_this_python(argv) and not any(DELIMITER_EXTENSION in a for a in argv):
+            argv.append(DELIMITER_EXTENSION)
     metadata = dict(source.get("metadata") or {})
     metadata["kernel_provisioner"] = {"provisioner_name": PROVISIONER, "config": {}}
     metadata["capture_stdstreams"] = capture

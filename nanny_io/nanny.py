@@ -76,6 +76,8 @@ log = logging.getLogger("nanny_io")
 SIGNALS: dict[str, int] = {s.name: int(s.value) for s in signal.Signals}
 SIGNAL_NAMES: dict[int, str] = {number: name for name, number in reversed(SIGNALS.items())}
 _LOOPBACK_IPS = {"127.0.0.1", "localhost", "::1"}
+#: How long output read while no request runs waits for a `busy` that may be on its way.
+LIMBO_DELAY = 0.1
 
 
 class KernelStartError(Exception):
@@ -182,6 +184,8 @@ class Nanny:
         self._open_markers: dict[Stream, str] = {}  # stream -> msg_id between BEGIN and END
         self._marker_closed = asyncio.Event()
         self._idle_parent: dict[str, Any] = {}
+        self._limbo: list[tuple[Stream, bytes]] = []  # output waiting for its request's busy
+        self._limbo_timer: asyncio.TimerHandle | None = None
         self.fifo_path: Path | None = None
         self._fifo_reader: PipeReader | None = None
         self._fifo_keep = -1
@@ -412,10 +416,33 @@ class Nanny:
 
     def _on_output(self, stream: Stream, data: bytes) -> None:
         """Captured stdout/stderr (delimiters removed): to frontends, or echoed locally."""
-        if self.forwarder is not None:
-            self.forwarder.add(stream, data, self._attribution(stream))
-        elif self.echo is not None:
-            self.echo.write(data)
+        if self.forwarder is None:
+            if self.echo is not None:
+                self.echo.write(data)
+            return
+        if stream not in self._open_markers and not self.current_parent:
+            # No request is known to run, but one may have started: ipykernel sends its
+            # `busy` from a thread, so a cell's first output can reach the pipe before the
+            # busy reaches us. Hold the output until a busy arrives or LIMBO_DELAY passes.
+            self._limbo.append((stream, data))
+            if self._limbo_timer is None:
+                loop = asyncio.get_running_loop()
+                self._limbo_timer = loop.call_later(LIMBO_DELAY, self._resolve_limbo, None)
+            return
+        self._resolve_limbo(None)
+        self.forwarder.add(stream, data, self._attribution(stream))
+
+    def _resolve_limbo(self, parent: dict[str, Any] | None) -> None:
+        """Attribute held output to ``parent`` (a request that just went busy) or, when none
+        came, to the most recent request."""
+        if self._limbo_timer is not None:
+            self._limbo_timer.cancel()
+            self._limbo_timer = None
+        if not self._limbo or self.forwarder is None:
+            return
+        held, self._limbo = self._limbo, []
+        for stream, data in held:
+            self.forwarder.add(stream, data, parent or self.last_parent)
 
     def _on_marker(self, stream: Stream, marker: Begin | End) -> None:
         if isinstance(marker, Begin):
@@ -481,6 +508,7 @@ class Nanny:
         for stream, open_id in list(self._open_markers.items()):
             if open_id == msg_id:  # END never came: stop attributing to a finished request
                 del self._open_markers[stream]
+        self._resolve_limbo(None)
         if self.forwarder is not None:
             self.forwarder.flush(parent)
 
@@ -643,6 +671,7 @@ class Nanny:
             pipeline.flush()
         await self._flush_kernel_iopub()
         parent = self.current_parent
+        self._resolve_limbo(parent or None)
         if self.forwarder is not None:
             self.forwarder.flush(parent or self.last_parent)
         exit_code, signum, name = exit_details(returncode, SIGNAL_NAMES)
@@ -892,6 +921,7 @@ class Nanny:
             parent = self._remember_parent(parent)
             if state == "busy":
                 self.current_parent = self.last_parent = parent
+                self._resolve_limbo(parent)
             elif state == "idle" and parent.get("msg_id") == self.current_parent.get("msg_id"):
                 self.current_parent = {}
         self._idle_parent = parent

@@ -36,6 +36,7 @@ def jupyter_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> JupyterEnv:
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(env.runtime))
     monkeypatch.setenv("JUPYTER_PATH", str(env.data))
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))  # no shared history or config
     return env
 
 

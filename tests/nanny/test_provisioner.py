@@ -47,6 +47,7 @@ def test_install_wraps_a_kernelspec(kernels) -> None:
     assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == "nanny-io"
     assert spec["metadata"]["capture_stdstreams"] is True
     assert "--IPKernelApp.capture_fd_output=False" in spec["argv"]
+    assert "--InteractiveShellApp.extra_extensions=nanny_io.kernelside" in spec["argv"]
     assert spec["display_name"].endswith("(nanny-io)")
     assert spec["interrupt_mode"] == "signal"
     assert (kernels / "python3-nanny" / "logo-64x64.png").exists()  # resources copied
@@ -216,6 +217,7 @@ def _conformance_env() -> tuple[str, dict[str, str]]:
     env = {
         "JUPYTER_DATA_DIR": os.path.join(root, "data"),
         "JUPYTER_RUNTIME_DIR": os.path.join(root, "runtime"),
+        "IPYTHONDIR": os.path.join(root, "ipython"),  # a history of its own
     }
     return root, env
 
