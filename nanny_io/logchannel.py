@@ -32,6 +32,7 @@ from nanny_io_proto.logrecords import (
 from nanny_io_proto.replay import (
     ReplayEnd,
     ReplayError,
+    ReplayRequest,
     decode_replay_request,
     encode_packed_replay_batch,
     encode_replay_response,
@@ -47,6 +48,13 @@ log = logging.getLogger("nanny_io")
 
 #: Replays served at once; more get a "busy" error so one slow client cannot pile up work.
 MAX_CONCURRENT_REPLAYS = 8
+#: SNDHWM for the replay ROUTER: answer messages (each up to ~1 MiB) queued per client.
+#: Beyond it an answer waits for its client to read (spec 8.3), so a client that stops
+#: reading holds at most this much of the nanny's memory instead of ZeroMQ's default of 1000
+#: messages (~1 GiB). It must be set on the socket *before* bind: a listener copies the
+#: socket's options when it is bound, so a later setting never reaches accepted clients.
+REPLAY_SNDHWM = 16
+_RETRY_MIN, _RETRY_MAX = 0.001, 0.02  # pause between sends to a client whose queue is full
 _STREAMS = tuple(Stream)
 
 
@@ -64,9 +72,8 @@ class LogChannel:
         self.history = DigestHistory()
         self._topics: set[bytes] = set()  # what live subscribers asked for (XPUB reports it)
         self._last: dict[Stream, int] = dict.fromkeys(_STREAMS, 0)  # stored, per stream
-        self._published: dict[Stream, int] = dict.fromkeys(_STREAMS, 0)
         self._replays: set[asyncio.Task[Any]] = set()
-        self.stats = {"published_batches": 0, "replays": 0, "replay_errors": 0}
+        self.stats = {"published_batches": 0, "replays": 0, "replay_errors": 0, "replay_waits": 0}
         self.kernel_state = "starting"
         self.incarnation = 0
         replay.router_mandatory = 1  # wait for a slow reader instead of dropping an answer
@@ -83,7 +90,10 @@ class LogChannel:
             return
         if self._wanted(stream):
             entries = self.store.entries(first_seq, last_seq)
-            prev = StreamSeqs(**{s.value: n for s, n in self._published.items()})
+            # prev_seqs are the last *stored* seqs: records stored while nobody subscribed
+            # to their stream were not published, but they are in the log, and a subscriber
+            # whose cursor is behind them must see the link and repair (spec 4.1, 9 step 5).
+            prev = StreamSeqs(**{s.value: n for s, n in self._last.items()})
             for start in range(0, len(entries), MAX_BATCH_RECORDS):
                 chunk = entries[start : start + MAX_BATCH_RECORDS]
                 frames = encode_packed_batch(
@@ -100,7 +110,6 @@ class LogChannel:
                     self.pub.send_multipart(frames, flags=zmq.NOBLOCK)
                 self.stats["published_batches"] += 1
                 prev = prev.advanced(stream, chunk[-1][0])
-            self._published[stream] = last_seq
         self._last[stream] = last_seq
 
     def tick(self) -> None:
@@ -143,22 +152,33 @@ class LogChannel:
     # ------------------------------------------------------------------ replay
 
     async def serve_replay(self) -> None:
+        """Verify each request here, answer valid ones in their own task.
+
+        Requests are checked before they can take one of the MAX_CONCURRENT_REPLAYS slots,
+        and refusals are sent at once or dropped: a flood of garbage (or of requests whose
+        answers are never read) can neither hold the slots that genuine clients need nor
+        block this loop.
+        """
         try:
             while True:
                 frames = await self.replay.recv_multipart()
                 if len(frames) < 2:
                     continue
-                if len(self._replays) >= MAX_CONCURRENT_REPLAYS:
-                    await self._send(
-                        frames[0],
-                        encode_replay_response(
-                            ReplayError(None, "busy", "too many replays at once; retry shortly"),
-                            self.signer,
-                        ),
-                        frames,
-                    )
+                identity, body = frames[0], frames[1:]
+                try:
+                    req = decode_replay_request(body, self.signer, self.history)
+                except RemoteProtocolError as exc:
+                    self.stats["replay_errors"] += 1
+                    log.debug("refused a replay request: %s", exc)
+                    await self._send_or_drop(identity, error_response(exc, body), frames)
                     continue
-                task = asyncio.get_running_loop().create_task(self._answer(frames))
+                if len(self._replays) >= MAX_CONCURRENT_REPLAYS:
+                    busy = ReplayError(
+                        req.request_id, "busy", "too many replays at once; retry shortly"
+                    )
+                    await self._send_or_drop(identity, busy, frames)
+                    continue
+                task = asyncio.get_running_loop().create_task(self._answer(identity, frames, req))
                 self._replays.add(task)
                 task.add_done_callback(self._replays.discard)
         finally:
@@ -166,22 +186,44 @@ class LogChannel:
                 task.cancel()
             await asyncio.gather(*self._replays, return_exceptions=True)
 
-    async def _send(self, identity: bytes, message: list[bytes], request: list[bytes]) -> None:
-        envelope = [identity, b""] if len(request) > 1 and request[1] == b"" else [identity]
-        await self.replay.send_multipart(envelope + message)
+    @staticmethod
+    def _envelope(identity: bytes, request: list[bytes]) -> list[bytes]:
+        """The ROUTER envelope of the answers: the REQ-style empty frame only when the
+        request had one (``[identity, b"", signature, json]``); ``[identity, b"", json]``
+        is an unsigned request, not an envelope."""
+        return [identity, b""] if len(request) == 4 and request[1] == b"" else [identity]
 
-    async def _answer(self, frames: list[bytes]) -> None:
-        identity, body = frames[0], frames[1:]
-        try:
-            req = decode_replay_request(body, self.signer, self.history)
-        except RemoteProtocolError as exc:
-            self.stats["replay_errors"] += 1
-            log.warning("refused a replay request: %s", exc)
-            with contextlib.suppress(zmq.ZMQError):
-                await self._send(
-                    identity, encode_replay_response(error_response(exc, body), self.signer), frames
-                )
-            return
+    async def _send_or_drop(
+        self, identity: bytes, reply: ReplayError, request: list[bytes]
+    ) -> None:
+        """A refusal: sent if the client's queue has room, else dropped (never waits)."""
+        frames = self._envelope(identity, request) + encode_replay_response(reply, self.signer)
+        with contextlib.suppress(zmq.ZMQError):  # full queue (EAGAIN) or client gone
+            await self.replay.send_multipart(frames, flags=zmq.NOBLOCK)
+
+    async def _send(self, identity: bytes, message: list[bytes], request: list[bytes]) -> None:
+        """Send one answer message, waiting while this client's queue is full.
+
+        Always a non-blocking send, retried after a pause. A blocking send would park in
+        pyzmq's send queue, shared by the whole socket, where it holds up every other
+        client's answer; and since a ROUTER_MANDATORY socket reports POLLOUT when *any*
+        client's queue has room, pyzmq retries it as soon as another client reads and
+        fails it with EAGAIN: the slow client's answer was abandoned without its ``end``.
+        ZMQError (the client is gone: EHOSTUNREACH) ends this answer only.
+        """
+        frames = self._envelope(identity, request) + message
+        delay = _RETRY_MIN
+        while True:
+            try:
+                await self.replay.send_multipart(frames, flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                if delay == _RETRY_MIN:
+                    self.stats["replay_waits"] += 1  # an answer waits for a slow reader
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, _RETRY_MAX)
+
+    async def _answer(self, identity: bytes, frames: list[bytes], req: ReplayRequest) -> None:
         self.stats["replays"] += 1
         store = self.store
         plan = plan_replay(req, store.oldest_seq, store.last_seq)
@@ -218,11 +260,16 @@ class LogChannel:
         sent = 0
         cursor = plan.first_seq
         while cursor <= plan.last_seq:
+            if cursor < store.oldest_seq:
+                # Records of this answer were evicted while it waited for a slow client: end
+                # it incomplete rather than skip them silently; the client asks again and is
+                # told what was lost (spec 8.2, 9 step 5).
+                return sent, False
             want = MAX_BATCH_RECORDS if limit is None else min(MAX_BATCH_RECORDS, limit - sent)
             if want <= 0:
                 more = store.entries(cursor, plan.last_seq, streams, limit=1)
                 return sent, not more
-            chunk = store.entries(max(cursor, store.oldest_seq), plan.last_seq, streams, limit=want)
+            chunk = store.entries(cursor, plan.last_seq, streams, limit=want)
             if not chunk:
                 break
             sent += await self._send_entries(identity, frames, plan, chunk)

@@ -67,7 +67,7 @@ from .launcher import (
     make_log_fifo,
     make_pipe,
 )
-from .logchannel import LogChannel
+from .logchannel import REPLAY_SNDHWM, LogChannel
 from .session import NannySession
 from .store import DEFAULT_MAX_BYTES, DEFAULT_SPILL_BYTES, LogStore, Spill
 
@@ -234,9 +234,12 @@ class Nanny:
         sock.connect(self._kernel_url(channel))
         return sock
 
-    def _bind(self, socket_type: int, channel: str) -> zmq.asyncio.Socket:
+    def _bind(self, socket_type: int, channel: str, **options: int) -> zmq.asyncio.Socket:
+        """A frontend-facing socket; ``options`` are set before bind (some only apply then)."""
         sock = self.ctx.socket(socket_type)
         sock.linger = 1000
+        for name, value in options.items():
+            setattr(sock, name, value)
         self._secure(sock)
         sock.bind(self.frontend.url(channel))
         return sock
@@ -255,7 +258,9 @@ class Nanny:
         # The log channel is bound now so its ports are fixed for the nanny's life.
         self.f_log = self._bind(zmq.XPUB, "log")
         self.f_log.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscriber, to greet each
-        self.f_log_replay = self._bind(zmq.ROUTER, "log_replay")
+        # A small send queue per client: an answer to a client that does not read waits in
+        # the store, not in memory (the limit only applies when set before bind).
+        self.f_log_replay = self._bind(zmq.ROUTER, "log_replay", sndhwm=REPLAY_SNDHWM)
         self.log_channel = LogChannel(
             self.f_log, self.f_log_replay, self.store, self.session.signer
         )
