@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -157,7 +158,9 @@ class LogClient:
             if dealer in ready:
                 for frames in _recv_all(dealer):
                     try:
-                        events += state.receive_replay(decode_replay_response(frames, self.signer))
+                        with _gc_paused():  # thousands of records per answer message
+                            answer = decode_replay_response(frames, self.signer)
+                        events += state.receive_replay(answer)
                     except RemoteProtocolError:
                         self.rejected += 1
             if sub in ready:
@@ -194,6 +197,23 @@ class LogClient:
                     yield record
             elif isinstance(event, NannySilent) and not follow:
                 return
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No collection while one message's records are built.
+
+    A replay answer holds up to 16 384 records; building them would otherwise trigger
+    repeated collections that walk every record the caller already keeps, which made a
+    million-record replay GC-bound.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _recv_all(sock: zmq.asyncio.Socket) -> Iterator[list[bytes]]:
