@@ -9,47 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from nanny_io_proto.delimiters import Begin, DelimiterScanner, End, Output
 from nanny_io_proto.lines import LineAssembler
 from nanny_io_proto.streams import Stream
 
+from .launcher import PIPE_SIZE
 from .store import LogStore
 
 #: Largest single read; big reads keep the per-byte cost low under heavy output.
 READ_SIZE = 1 << 20
-#: Pipe capacity asked for with F_SETPIPE_SZ (the kernel caps it at pipe-max-size).
-PIPE_SIZE = 1 << 20
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: The most one drain() reads before it lets the event loop run again.
 DRAIN_LIMIT = 16 * PIPE_SIZE
 #: A partial line is stored after this long without its newline (prompts, progress bars).
 PARTIAL_LINE_DELAY = 0.05
 #: Longer lines are stored as several records flagged FLAG_NO_EOL.
 MAX_LINE = 64 * 1024
-
-
-def make_pipe(size: int = PIPE_SIZE) -> tuple[int, int]:
-    """A pipe whose read end is non-blocking, enlarged as far as the system allows.
-
-    Both ends are close-on-exec; the write end is handed to the kernel by the guardian.
-    """
-    read_fd, write_fd = os.pipe()
-    for want in (size, 256 * 1024, 64 * 1024):
-        try:
-            fcntl.fcntl(write_fd, _F_SETPIPE_SZ, want)
-            break
-        except OSError:  # EPERM above pipe-max-size for unprivileged users
-            continue
-    os.set_blocking(read_fd, False)
-    return read_fd, write_fd
 
 
 class PipeReader:
@@ -125,24 +105,6 @@ class PipeReader:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def make_log_fifo(directory: Path, size: int = PIPE_SIZE) -> tuple[Path, int, int]:
-    """Create the kernel log FIFO (0600) and open it before the kernel starts.
-
-    Returns ``(path, read_fd, keep_fd)``. The read end is opened first and non-blocking, so
-    a kernel that opens the log at import time never waits for a reader. ``keep_fd`` is a
-    write end the nanny holds: with it, the FIFO never reports EOF when the kernel's last
-    writer closes (which would otherwise make poll() report HUP forever: a busy loop), and
-    later writers (a reopened log, subprocesses) reach the same reader.
-    """
-    path = directory / "kernel.log"
-    os.mkfifo(path, 0o600)
-    read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    keep_fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(read_fd, _F_SETPIPE_SZ, size)
-    return path, read_fd, keep_fd
 
 
 class EchoWriter:
@@ -225,6 +187,10 @@ class StreamPipeline:
                     self._on_output(self.stream, event.data)
             elif self._on_marker is not None:
                 self._on_marker(self.stream, event)  # type: ignore[arg-type]
+        if self._scanner.pending:
+            # A held-back ESC... that may start a delimiter: released after the quiet
+            # interval if nothing completes it (specs/output-sync.md §3.3).
+            self._arm()
 
     def _store(self, data: bytes) -> None:
         pieces = self._lines.feed(data)
@@ -233,13 +199,33 @@ class StreamPipeline:
                 self.stream, self._incarnation(), time.time_ns(), pieces
             )
             self._on_stored(self.stream, first, last)
-        if self._lines.pending and self._timer is None:
+        if self._lines.pending:
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is None:
             with contextlib.suppress(RuntimeError):  # no running loop: flushed at EOF instead
                 loop = asyncio.get_running_loop()
-                self._timer = loop.call_later(self._partial_delay, self.flush_partial)
+                self._timer = loop.call_later(self._partial_delay, self._quiet)
+
+    def _quiet(self) -> None:
+        """The partial-line timer: release a held delimiter prefix, then the partial line."""
+        self._timer = None
+        self.release_held()
+        self.flush_partial()
+
+    def release_held(self) -> None:
+        """Release a held-back delimiter prefix as output (quiet stream, or before idle)."""
+        if self._scanner is not None:
+            for event in self._scanner.flush():
+                self._store(event.data)
+                if self._on_output is not None:
+                    self._on_output(self.stream, event.data)
 
     def flush_partial(self) -> None:
         """Store a trailing partial line now (a prompt without newline must show up)."""
+        if self._timer is not None:
+            self._timer.cancel()
         self._timer = None
         pieces = self._lines.flush()
         if pieces:
@@ -250,11 +236,5 @@ class StreamPipeline:
 
     def flush(self) -> None:
         """Release everything held back: a partial delimiter becomes output, then lines."""
-        if self._scanner is not None:
-            for event in self._scanner.flush():
-                self._store(event.data)
-                if self._on_output is not None:
-                    self._on_output(self.stream, event.data)
-        if self._timer is not None:
-            self._timer.cancel()
+        self.release_held()
         self.flush_partial()

@@ -48,6 +48,9 @@ def _setup_logging(verbose: bool) -> None:
         format="[nanny-io %(levelname)s] %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:  # other libraries' chatter is not ours to print
+        for name in ("watchfiles", "traitlets"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # ---------------------------------------------------------------------- start
@@ -177,6 +180,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     )
     state_path = NannyState(frontend.kernel_id, spec.name, str(conn_path), 0, 0.0).path
     cleanup = [str(private_dir), str(state_path)] + ([str(conn_path)] if owned else [])
+    if frontend.transport == "ipc":  # ZeroMQ does not always remove the socket files
+        ports = [*sorted(used), *kernel_ports]
+        cleanup += [f"{frontend.ip}-{port}" for port in ports]
     guardian = GuardianHandle.start(cleanup)
     first = prelaunch(guardian, spec, kernel_file, private_dir, None, spec.capture_stdstreams)
 

@@ -50,40 +50,75 @@ class OutputForwarder:
         self._decoders = {Stream.STDOUT: StreamDecoder(), Stream.STDERR: StreamDecoder()}
         self._pending: list[tuple[Stream, Parent, list[str]]] = []
         self._pending_bytes = 0
-        self._dropped: dict[Stream, int] = {}
+        self._dropped: dict[Stream, tuple[int, Parent]] = {}  # bytes, and whose
+        self._last_parent: dict[Stream, Parent] = {}
         self._timer: asyncio.TimerHandle | None = None
         self.sent_messages = 0
         self.dropped_bytes = 0
 
     def add(self, stream: Stream, data: bytes, parent: Parent) -> None:
         """Queue ``data`` read from ``stream``, attributed to ``parent``."""
-        if self._rate is not None and not self._take(len(data)):
-            self._dropped[stream] = self._dropped.get(stream, 0) + len(data)
-            self.dropped_bytes += len(data)
-            self._arm()
-            return
-        text = self._decoders[stream].decode(data)
+        dropped = 0
+        if self._rate is not None:
+            allowed = self._take(len(data))
+            if allowed < len(data):
+                # Forward what the budget allows, cut where the text stays whole, and
+                # drop the rest: a read larger than the bucket must not be lost entirely.
+                keep = _cut(data, allowed)
+                self._tokens += allowed - len(keep)
+                dropped = len(data) - len(keep)
+                data = keep
+            elif stream in self._dropped:  # forwarding resumes: say what was lost first
+                self._queue_notice(stream)
+        if data:
+            self._last_parent[stream] = parent
+            self._queue(stream, parent, self._decoders[stream].decode(data), len(data))
+        if dropped:
+            self._drop(stream, dropped, parent)
+
+    def _queue(self, stream: Stream, parent: Parent, text: str, size: int) -> None:
         if not text:
             return
         if self._pending and self._pending[-1][0] is stream and self._pending[-1][1] is parent:
             self._pending[-1][2].append(text)
         else:
             self._pending.append((stream, parent, [text]))
-        self._pending_bytes += len(data)
+        self._pending_bytes += size
         if self._pending_bytes >= self._coalesce_bytes:
             self.flush()
         else:
             self._arm()
 
-    def _take(self, n: int) -> bool:
+    def _drop(self, stream: Stream, count: int, parent: Parent) -> None:
+        known = self._dropped.get(stream)
+        if known is not None and known[1].get("msg_id") != parent.get("msg_id"):
+            self._queue_notice(stream)  # each request hears about its own losses
+        total, _ = self._dropped.get(stream, (0, parent))
+        self._dropped[stream] = (total + count, parent)
+        self.dropped_bytes += count
+        # A partial character before the gap must not be glued to bytes after it.
+        self._decoders[stream].reset()
+
+    def _queue_notice(self, stream: Stream, fallback: Parent | None = None) -> None:
+        count, parent = self._dropped.pop(stream)
+        if not parent and fallback is not None:
+            parent = fallback
+        notice = (
+            f"\n[nanny-io: dropped {count} bytes of {stream.value}: "
+            f"output exceeded {self._rate:.0f} bytes/s]\n"
+        )
+        # specs/output-sync.md §7: the notice is a stream message on stderr
+        self._queue(Stream.STDERR, parent, notice, len(notice))
+
+    def _take(self, n: int) -> int:
+        """How many of ``n`` bytes the budget allows now (taken from it)."""
         assert self._rate is not None
         now = self._clock()
         self._tokens = min(self._rate, self._tokens + (now - self._refilled) * self._rate)
         self._refilled = now
-        if n <= self._tokens:
-            self._tokens -= n
-            return True
-        return False
+        allowed = min(n, int(self._tokens))
+        self._tokens -= allowed
+        return allowed
 
     def _arm(self) -> None:
         if self._timer is None:
@@ -91,7 +126,21 @@ class OutputForwarder:
                 self._timer = asyncio.get_running_loop().call_later(self._delay, self.flush)
 
     def flush(self, parent_for_notice: Parent | None = None) -> None:
-        """Publish everything pending now (before an idle, a death, or on the timer)."""
+        """Publish everything pending now (on the timer, or before an idle or a death).
+
+        With ``parent_for_notice`` (a request's output is complete): partial characters
+        are finalised (U+FFFD rather than leaking into the next request's text) and every
+        drop notice still owed is sent, parented to the request whose output was dropped
+        (``parent_for_notice`` when that is unknown).
+        """
+        if parent_for_notice is not None:
+            for stream, decoder in self._decoders.items():
+                tail = decoder.decode(b"", final=True)
+                if tail:
+                    parent = self._last_parent.get(stream, parent_for_notice)
+                    self._pending.append((stream, parent, [tail]))
+            for stream in list(self._dropped):
+                self._queue_notice(stream, parent_for_notice)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -99,17 +148,16 @@ class OutputForwarder:
         for stream, parent, parts in pending:
             self._send(stream.value, "".join(parts), parent)
             self.sent_messages += 1
-        if self._dropped:
-            notice_parent = (
-                parent_for_notice
-                if parent_for_notice is not None
-                else (pending[-1][1] if pending else {})
-            )
-            for stream, count in self._dropped.items():
-                self._send(
-                    stream.value,
-                    f"\n[nanny-io: dropped {count} bytes of {stream.value}: "
-                    f"output exceeded {self._rate:.0f} bytes/s]\n",
-                    notice_parent,
-                )
-            self._dropped = {}
+
+
+def _cut(data: bytes, limit: int) -> bytes:
+    """The longest prefix of ``data`` within ``limit`` bytes that ends a line, or else a
+    character: never half a UTF-8 sequence."""
+    if limit >= len(data):
+        return data
+    end = data.rfind(b"\n", 0, limit)
+    if end >= 0:
+        return data[: end + 1]
+    while limit > 0 and data[limit] & 0xC0 == 0x80:  # data[limit] continues a character
+        limit -= 1
+    return data[:limit]

@@ -192,6 +192,7 @@ class Nanny:
         self.stats: dict[str, int] = {"control_rejected": 0, "control_forwarded": 0}
         self.current_parent: dict[str, Any] = {}  # the execute_request running now
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_rejection_note = -1.0
         self._stop = asyncio.Event()
         self._iopub_seen = asyncio.Event()  # the current incarnation's iopub has spoken
         self._shutting_down = False
@@ -245,7 +246,11 @@ class Nanny:
         return sock
 
     def _setup_frontend_sockets(self) -> None:
-        if self.frontend.ip not in _LOOPBACK_IPS and not self.frontend.curve_secretkey:
+        if (
+            self.frontend.transport == "tcp"
+            and self.frontend.ip not in _LOOPBACK_IPS
+            and not self.frontend.curve_secretkey
+        ):
             log.warning(
                 "frontend-facing sockets bind to %r without CurveZMQ: messages are signed but "
                 "not encrypted; prefer 127.0.0.1 with an SSH tunnel, or provision curve keys",
@@ -351,7 +356,7 @@ class Nanny:
                 reader.close()
         for pipeline in self.pipelines.values():
             pipeline.flush()
-        self._nanny_event("stopped", "nanny stopped")
+        self._nanny_event("nanny_stopped", "nanny stopped")
         if self._fifo_reader is not None:
             self._fifo_reader.close()
         if self._fifo_keep >= 0:
@@ -513,6 +518,13 @@ class Nanny:
         for stream, open_id in list(self._open_markers.items()):
             if open_id == msg_id:  # END never came: stop attributing to a finished request
                 del self._open_markers[stream]
+                self._nanny_event(
+                    "delimiter_timeout",
+                    f"no END delimiter on {stream.value} for {msg_id} within "
+                    f"{self.config.end_wait:g} s; idle released",
+                    msg_id=msg_id,
+                    stream=stream.value,
+                )
         self._resolve_limbo(None)
         if self.forwarder is not None:
             self.forwarder.flush(parent)
@@ -595,12 +607,12 @@ class Nanny:
         if number == 1:
             event: KernelStarted | KernelRestarted = KernelStarted(number, pid)
             await self._publish("kernel_started", event.to_content())
-            self._nanny_event("started", f"kernel started (pid {pid})", **event.to_content())
+            self._nanny_event("kernel_started", f"kernel started (pid {pid})", **event.to_content())
         else:
             event = KernelRestarted(number, pid)
             await self._publish("kernel_restarted", event.to_content())
             self._nanny_event(
-                "restarted",
+                "kernel_restarted",
                 f"kernel restarted (incarnation {number}, pid {pid})",
                 **event.to_content(),
             )
@@ -681,14 +693,16 @@ class Nanny:
             self.forwarder.flush(parent or self.last_parent)
         exit_code, signum, name = exit_details(returncode, SIGNAL_NAMES)
         reason = describe_exit(exit_code, signum, name)
-        words = LastWords.from_tail(self.store.tail_text())
+        words = LastWords.from_tail(self.store.tail_text(incarnation=inc.number))
         died = KernelDied(exit_code, signum, name, inc.number, reason, words.lines)
         log.error("kernel %s (incarnation %d) %s", self.config.kernel_id, inc.number, reason)
         self.heartbeat.pause()
         self.state.exit_code, self.state.exit_signal = exit_code, signum
         self.state.exit_reason = reason
         self._save_state("dead", inc)
-        self._nanny_event("died", f"kernel died: {reason}", **died.to_content())
+        self._nanny_event("kernel_died", f"kernel died: {reason}", **died.to_content())
+        # Frontends that know nothing of kernel_died still show a stream: say it there too.
+        await self._publish("stream", {"name": "stderr", "text": death_notice(died)}, parent)
         await self._publish("kernel_died", died.to_content(), parent)
         await self._publish("status", dead_status_content(), parent)
         self.current_parent = {}
@@ -800,22 +814,29 @@ class Nanny:
             try:
                 msg = self.session.decode(frames)
             except RemoteProtocolError as exc:
-                self.stats["control_rejected"] += 1
-                log.warning(
-                    "dropped a control message: %s (%d dropped so far)",
-                    exc,
-                    self.stats["control_rejected"],
-                )
-                self._count_rejection()
+                self._count_rejection(exc)
                 continue
             try:
                 await self._handle_control(msg, frames)
             except RemoteProtocolError as exc:
                 await self._reply_error(msg, "ValueError", str(exc))
 
-    def _count_rejection(self) -> None:
-        """Record the rejection count in the state file (at most once a second)."""
-        self.state.rejected_messages = self.stats["control_rejected"]
+    def _count_rejection(self, exc: RemoteProtocolError) -> None:
+        """Count a dropped control message; say so at most once a second (a flood of garbage
+        must not flood the logs), in the nanny's log, the log channel and the state file."""
+        self.stats["control_rejected"] += 1
+        total = self.stats["control_rejected"]
+        now = time.monotonic()
+        if now - self._last_rejection_note >= 1.0:
+            self._last_rejection_note = now
+            log.warning("dropped a control message: %s (%d dropped so far)", exc, total)
+            self._nanny_event(
+                "control_rejected",
+                f"dropped a control message: {exc} ({total} dropped so far)",
+                reason=str(exc),
+                total=total,
+            )
+        self.state.rejected_messages = total
         if self._state_save_pending:
             return
         self._state_save_pending = True
@@ -911,6 +932,11 @@ class Nanny:
                     continue  # the nanny greets its own subscribers
                 if kind == "status" and self._track_status(rest) == "idle":
                     await self._drain_before_idle(self._idle_parent)
+            elif self.forwarder is not None and self.current_parent and len(rest) >= 5:
+                # Output the request wrote to its pipes before this message (say, before its
+                # execute_result) goes out first.
+                self._drain_output(self.incarnation)
+                self.forwarder.flush()
             front.send_multipart(frames, zmq.NOBLOCK)  # PUB: never waits, drops at HWM
 
     def _track_status(self, rest: list[bytes]) -> str | None:
@@ -964,6 +990,16 @@ async def _arrivals(sock: zmq.asyncio.Socket) -> AsyncIterator[list[bytes]]:
             except zmq.Again:
                 break
             yield frames
+
+
+def death_notice(died: KernelDied) -> str:
+    """What a frontend shows in the cell when the kernel died: why, and its last words."""
+    text = f"\n[nanny-io] the kernel died: {died.reason}\n"
+    if died.last_words:
+        text += "[nanny-io] its last words:\n" + "".join(
+            f"    {line}\n" for _, line in died.last_words
+        )
+    return text
 
 
 def _safe_split(frames: list[bytes]) -> tuple[tuple[bytes, ...], list[bytes]]:

@@ -110,7 +110,10 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
         from .control_client import request
 
         info = load_connection_info(self.parent.connection_file)
-        reply = await asyncio.to_thread(request, info, msg_type, content, 10.0)
+        try:
+            reply = await asyncio.to_thread(request, info, msg_type, content, 10.0)
+        except RuntimeError:  # no new threads at interpreter exit (an atexit interrupt)
+            reply = request(info, msg_type, content, 2.0)
         return dict(reply.content)
 
     async def send_signal(self, signum: int) -> None:

@@ -408,12 +408,15 @@ class LogStore:
         streams: Collection[Stream] = (Stream.STDERR, Stream.LOG),
         max_lines: int = 20,
         max_chars: int = 4096,
+        incarnation: int | None = None,
     ) -> list[tuple[str, str]]:
         """The kernel's last words: the newest lines of ``streams`` as (stream, text), oldest first.
 
         Pieces flagged FLAG_NO_EOL are joined into their line before decoding (UTF-8,
         'replace'); the trailing newline is dropped. Lines are ordered by their last piece.
-        At most ``max_lines`` lines and ``max_chars`` characters: the oldest line that does
+        With ``incarnation``, only that launch's records count (a dead kernel's last words
+        are its own, not its predecessor's). At most ``max_lines`` lines and ``max_chars``
+        characters: the oldest line that does
         not fit is cut from its start and marked with "…". The backward scan stops after
         about ``4 * max_chars`` bytes, so the oldest line returned may lack its beginning.
         """
@@ -428,8 +431,8 @@ class LogStore:
         scanned = 0
         ring = self._ring
         for i in range(len(ring) - 1, self._start - 1, -1):
-            seq, _, _, stream, flags, data = ring[i]  # stream: its code
-            if stream not in wanted:
+            seq, _, inc, stream, flags, data = ring[i]  # stream: its code
+            if stream not in wanted or (incarnation is not None and inc != incarnation):
                 continue
             scanned += len(data)
             line = pending.get(stream)

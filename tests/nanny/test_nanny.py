@@ -371,3 +371,19 @@ def test_binding_a_public_ip_without_curve_warns(nanny_factory):
     nanny = nanny_factory("python3", "--ip", "0.0.0.0")
     nanny.client()
     assert "without CurveZMQ" in nanny.stderr
+
+
+def test_a_frontend_that_knows_no_kernel_died_still_sees_why(nanny: NannyProcess) -> None:
+    kc = nanny.client()
+    msg_id = kc.execute(
+        "import os, sys, time\nos.write(2, b'about to fail\\n')\ntime.sleep(0.3)\nos._exit(4)"
+    )
+    seen = iopub_until(kc, lambda m: m["msg_type"] == "kernel_died")
+    notices = [
+        m for m in seen if m["msg_type"] == "stream" and "[nanny-io]" in m["content"]["text"]
+    ]
+    assert len(notices) == 1
+    assert notices[0]["content"]["name"] == "stderr"
+    assert notices[0]["parent_header"]["msg_id"] == msg_id
+    assert "the kernel died: exited with code 4" in notices[0]["content"]["text"]
+    assert "about to fail" in notices[0]["content"]["text"]  # its last words
