@@ -506,6 +506,9 @@ class Nanny:
         """
         inc = self.incarnation
         self._drain_output(inc)
+        for stream in (Stream.STDOUT, Stream.STDERR):
+            if stream not in self._open_markers:  # a trailing ESC is output, not a delimiter
+                self.pipelines[stream].release_held()
         msg_id = parent.get("msg_id")
         deadline = time.monotonic() + self.config.end_wait
         while msg_id in self._open_markers.values() and time.monotonic() < deadline:
