@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nanny_io_proto.connection_files import (
-    ConnectionInfo,
     NannyConnectionInfo,
     decode_connection_file,
     encode_connection_file,
@@ -65,12 +64,13 @@ def _adopt_or_allocate(args: argparse.Namespace) -> tuple[NannyConnectionInfo, P
         except ConnectionFileError as exc:
             raise CLIError(f"cannot use connection file {str(path)!r}: {exc}") from None
         kernel_id = args.kernel_id or getattr(info, "kernel_id", "") or uuid.uuid4().hex
-        log_ports = (
-            (info.log_port, info.log_replay_port)
-            if isinstance(info, NannyConnectionInfo) and info.log_port
-            else None
-        )
-        if log_ports is None:
+        if isinstance(info, NannyConnectionInfo):  # a file a nanny wrote before: same ports
+            base = info.standard().to_dict()
+            log_ports = [info.log_port, info.log_replay_port]
+        else:
+            base = info.to_dict()
+            log_ports = []
+        if len(log_ports) != 2 or not all(log_ports):
             taken = {
                 info.shell_port,
                 info.iopub_port,
@@ -78,8 +78,7 @@ def _adopt_or_allocate(args: argparse.Namespace) -> tuple[NannyConnectionInfo, P
                 info.control_port,
                 info.hb_port,
             }
-            log_ports = tuple(_free_ports(info.transport, info.ip, 2, taken))
-        base = info.to_dict() if type(info) is ConnectionInfo else info.standard().to_dict()
+            log_ports = _free_ports(info.transport, info.ip, 2, taken)
         base["kernel_name"] = base.get("kernel_name") or args.kernel_name
         return (
             NannyConnectionInfo.from_dict(

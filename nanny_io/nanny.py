@@ -261,7 +261,9 @@ class Nanny:
         self.f_iopub = self._bind(zmq.XPUB, "iopub")
         self.f_iopub.setsockopt(zmq.XPUB_VERBOSE, 1)
         # The log channel is bound now so its ports are fixed for the nanny's life.
-        self.f_log = self._bind(zmq.XPUB, "log")
+        # A subscriber that does not read costs at most this many batches; beyond it PUB
+        # drops and the subscriber repairs the gap from replay (specs/log-channel.md).
+        self.f_log = self._bind(zmq.XPUB, "log", sndhwm=REPLAY_SNDHWM)
         self.f_log.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscriber, to greet each
         # A small send queue per client: an answer to a client that does not read waits in
         # the store, not in memory (the limit only applies when set before bind).
@@ -986,7 +988,7 @@ async def _arrivals(sock: zmq.asyncio.Socket) -> AsyncIterator[list[bytes]]:
     """
     raw = zmq.Socket.shadow(sock.underlying)
     while True:
-        await sock.poll(flags=zmq.POLLIN)
+        await sock.poll()  # POLLIN
         while True:
             try:
                 frames = raw.recv_multipart(zmq.NOBLOCK)

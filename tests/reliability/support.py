@@ -1,0 +1,183 @@
+"""Helpers for the reliability suite: kernels, polling, reading the store, counting resources."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+from helpers import NannyProcess
+
+from nanny_io.discovery import load_connection_info
+from nanny_io.subscriber import BlockingLogClient
+from nanny_io_proto.logrecords import LogRecord, parse_nanny_event
+from nanny_io_proto.streams import Stream
+
+#: ipykernel with its own fd capture off: os.write(1, ...) goes straight into the nanny's pipe.
+IPYKERNEL = [
+    sys.executable,
+    "-m",
+    "ipykernel_launcher",
+    "-f",
+    "{connection_file}",
+    "--IPKernelApp.capture_fd_output=False",
+]
+
+
+def add_kernel(jupyter_env: Any, name: str = "rel", *, capture: bool = False) -> str:
+    """Install an ipykernel kernelspec ``name``; capture opt-in when ``capture``."""
+    metadata = {"capture_stdstreams": True} if capture else {}
+    jupyter_env.add_kernelspec(name, IPYKERNEL, metadata=metadata)
+    return name
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.02) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+
+
+def shell_reply(kc: Any, msg_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply["content"]
+
+
+def run(kc: Any, code: str, timeout: float = 60, **kwargs: Any) -> dict[str, Any]:
+    """Execute ``code`` and return its execute_reply content (which must be ok)."""
+    msg_id = kc.execute(code, **kwargs)
+    reply = shell_reply(kc, msg_id, timeout)
+    assert reply["status"] == "ok", reply
+    return reply
+
+
+def expression(reply: dict[str, Any], name: str) -> Any:
+    """A user_expressions value evaluated by the kernel, as a Python literal."""
+    import ast
+
+    value = reply["user_expressions"][name]
+    assert value["status"] == "ok", value
+    return ast.literal_eval(value["data"]["text/plain"])
+
+
+def iopub_until(
+    kc: Any, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30
+) -> list[dict[str, Any]]:
+    """Read iopub until a message satisfies ``predicate``; return all messages read."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no matching iopub message; saw {[m['msg_type'] for m in seen]}")
+        try:
+            msg = kc.get_iopub_msg(timeout=remaining)
+        except queue.Empty:
+            continue
+        seen.append(msg)
+        if predicate(msg):
+            return seen
+
+
+def is_dead(msg: dict[str, Any]) -> bool:
+    return msg["msg_type"] == "status" and msg["content"]["execution_state"] == "dead"
+
+
+def history(nanny: NannyProcess, **kwargs: Any) -> list[LogRecord]:
+    """The nanny's log store, read the way any log-channel client reads it."""
+    with BlockingLogClient(load_connection_info(nanny.connection_file), **kwargs) as client:
+        return client.history()
+
+
+def last_seq(nanny: NannyProcess) -> int:
+    records = history(nanny, last=1)
+    return records[-1].seq if records else 0
+
+
+def stored(nanny: NannyProcess, stream: Stream, after: int = 0) -> list[LogRecord]:
+    return history(nanny, since_seq=after + 1, streams=[stream])
+
+
+def stored_bytes(nanny: NannyProcess, stream: Stream, after: int = 0) -> bytes:
+    return b"".join(r.data for r in stored(nanny, stream, after))
+
+
+def nanny_events(records: Iterable[LogRecord]) -> list[tuple[int, dict[str, Any]]]:
+    return [(r.seq, parse_nanny_event(r.data)) for r in records if r.stream is Stream.NANNY]
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nanny_io", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss(pid: int) -> int:
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+class PeakRSS:
+    """Samples a process's RSS in a thread; ``stop()`` returns the peak seen."""
+
+    def __init__(self, pid: int, every: float = 0.02) -> None:
+        self.pid = pid
+        self.peak = rss(pid)
+        self._every = every
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._every):
+            try:
+                self.peak = max(self.peak, rss(self.pid))
+            except psutil.Error:
+                return
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return self.peak
+
+
+def hb_ping(ctx: zmq.Context, url: str, timeout_ms: int = 1500) -> bool:
+    """One REQ ping to a heartbeat port: True when echoed within ``timeout_ms``."""
+    sock = ctx.socket(zmq.REQ)
+    sock.linger = 0
+    try:
+        sock.connect(url)
+        sock.send(b"ping")
+        if not sock.poll(timeout_ms):
+            return False
+        return sock.recv() == b"ping"
+    finally:
+        sock.close()
+
+
+def state_file(nanny: NannyProcess) -> Path:
+    return nanny.connection_file.parent / "nanny-io" / f"nanny-{nanny.kernel_id}.json"
+
+
+def read_state(nanny: NannyProcess) -> dict[str, Any]:
+    return json.loads(state_file(nanny).read_text())
