@@ -175,9 +175,9 @@ class Nanny:
             if config.capture
             else None
         )
-        self.echo = (
-            EchoWriter(sys.stderr.fileno()) if config.echo_output and not config.capture else None
-        )
+        # The foreground nanny shows the kernel's log live (and its output, unless that goes
+        # to frontends), as the server's terminal shows a kernel's output today.
+        self.echo = EchoWriter(sys.stderr.fileno()) if config.echo_output else None
         self.log_channel: LogChannel | None = None
         self.last_parent: dict[str, Any] = {}  # the latest execute_request seen busy
         self._parents: dict[str, dict[str, Any]] = {}  # msg_id -> parent header, bounded
@@ -419,8 +419,13 @@ class Nanny:
         else:
             path, read_fd, keep_fd = make_log_fifo(self.config.private_dir)
         self.fifo_path, self._fifo_keep = path, keep_fd
-        self._fifo_reader = PipeReader(read_fd, Stream.LOG, self.pipelines[Stream.LOG].feed)
+        self._fifo_reader = PipeReader(read_fd, Stream.LOG, self._on_log)
         self._fifo_reader.start(loop)
+
+    def _on_log(self, stream: Stream, data: bytes) -> None:
+        self.pipelines[Stream.LOG].feed(stream, data)
+        if self.echo is not None:
+            self.echo.write(data)
 
     def _on_stored(self, stream: Stream, first_seq: int, last_seq: int) -> None:
         if self.log_channel is not None:
