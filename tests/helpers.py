@@ -144,3 +144,27 @@ def os_environ_with(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+def history(nanny: NannyProcess, **kwargs: Any) -> list[Any]:
+    """The nanny's log store, read the way any log-channel client reads it."""
+    from nanny_io.discovery import load_connection_info
+    from nanny_io.subscriber import BlockingLogClient
+
+    with BlockingLogClient(load_connection_info(nanny.connection_file), **kwargs) as client:
+        return client.history()
+
+
+def last_seq(nanny: NannyProcess) -> int:
+    records = history(nanny, last=1)
+    return records[-1].seq if records else 0
+
+
+def stored(nanny: NannyProcess, stream: Any, after: int = 0) -> list[Any]:
+    """The records of ``stream`` after seq ``after``."""
+    return history(nanny, since_seq=after + 1, streams=[stream])
+
+
+def stored_bytes(nanny: NannyProcess, stream: Any, after: int = 0) -> bytes:
+    """What ``stream`` carried after seq ``after``, byte for byte."""
+    return b"".join(r.data for r in stored(nanny, stream, after))

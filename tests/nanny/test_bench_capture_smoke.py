@@ -50,11 +50,14 @@ def _positive(report: dict[str, object], key: str) -> None:
 
 @pytest.mark.timeout(240)
 def test_bench_capture_quick_json(tmp_path: Path) -> None:
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-           "TMPDIR": str(tmp_path)}
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "TMPDIR": str(tmp_path)}
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--json-only"],
-        capture_output=True, text=True, timeout=230, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=230,
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     lines = proc.stdout.strip().splitlines()

@@ -36,11 +36,14 @@ POSITIVE_KEYS = (
 
 @pytest.mark.timeout(180)
 def test_bench_core_quick_json(tmp_path: Path) -> None:
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-           "TMPDIR": str(tmp_path)}
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "TMPDIR": str(tmp_path)}
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--json-only"],
-        capture_output=True, text=True, timeout=170, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     lines = proc.stdout.strip().splitlines()

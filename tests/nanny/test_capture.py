@@ -29,11 +29,10 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-from helpers import NannyProcess, gone, wait_gone
+from helpers import NannyProcess, gone, history, last_seq, stored, stored_bytes, wait_gone
 
 from nanny_io.discovery import load_connection_info
-from nanny_io.subscriber import BlockingLogClient
-from nanny_io_proto.logrecords import LogRecord, parse_nanny_event
+from nanny_io_proto.logrecords import parse_nanny_event
 from nanny_io_proto.streams import FLAG_NO_EOL, Stream
 
 pytestmark = pytest.mark.timeout(60)
@@ -166,25 +165,6 @@ def drain_iopub(kc: Any) -> list[dict[str, Any]]:
             out.append(kc.get_iopub_msg(timeout=0.01))
         except queue.Empty:
             return out
-
-
-def history(nanny: NannyProcess, **kwargs: Any) -> list[LogRecord]:
-    """The nanny's log store, read like any log-channel client does."""
-    with BlockingLogClient(load_connection_info(nanny.connection_file), **kwargs) as client:
-        return client.history()
-
-
-def last_seq(nanny: NannyProcess) -> int:
-    records = history(nanny, last=1)
-    return records[-1].seq if records else 0
-
-
-def stored(nanny: NannyProcess, stream: Stream, after: int = 0) -> list[LogRecord]:
-    return history(nanny, since_seq=after + 1, streams=[stream])
-
-
-def stored_bytes(nanny: NannyProcess, stream: Stream, after: int = 0) -> bytes:
-    return b"".join(r.data for r in stored(nanny, stream, after))
 
 
 def nanny_events(nanny: NannyProcess, name: str) -> list[tuple[int, dict[str, Any]]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import subprocess
 import sys
 import threading
@@ -17,8 +16,6 @@ import psutil
 import zmq
 from helpers import NannyProcess
 
-from nanny_io.discovery import load_connection_info
-from nanny_io.subscriber import BlockingLogClient
 from nanny_io_proto.logrecords import LogRecord, parse_nanny_event
 from nanny_io_proto.streams import Stream
 
@@ -77,46 +74,8 @@ def expression(reply: dict[str, Any], name: str) -> Any:
     return ast.literal_eval(value["data"]["text/plain"])
 
 
-def iopub_until(
-    kc: Any, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30
-) -> list[dict[str, Any]]:
-    """Read iopub until a message satisfies ``predicate``; return all messages read."""
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no matching iopub message; saw {[m['msg_type'] for m in seen]}")
-        try:
-            msg = kc.get_iopub_msg(timeout=remaining)
-        except queue.Empty:
-            continue
-        seen.append(msg)
-        if predicate(msg):
-            return seen
-
-
 def is_dead(msg: dict[str, Any]) -> bool:
     return msg["msg_type"] == "status" and msg["content"]["execution_state"] == "dead"
-
-
-def history(nanny: NannyProcess, **kwargs: Any) -> list[LogRecord]:
-    """The nanny's log store, read the way any log-channel client reads it."""
-    with BlockingLogClient(load_connection_info(nanny.connection_file), **kwargs) as client:
-        return client.history()
-
-
-def last_seq(nanny: NannyProcess) -> int:
-    records = history(nanny, last=1)
-    return records[-1].seq if records else 0
-
-
-def stored(nanny: NannyProcess, stream: Stream, after: int = 0) -> list[LogRecord]:
-    return history(nanny, since_seq=after + 1, streams=[stream])
-
-
-def stored_bytes(nanny: NannyProcess, stream: Stream, after: int = 0) -> bytes:
-    return b"".join(r.data for r in stored(nanny, stream, after))
 
 
 def nanny_events(records: Iterable[LogRecord]) -> list[tuple[int, dict[str, Any]]]:

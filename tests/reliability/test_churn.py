@@ -12,15 +12,13 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-from helpers import NannyProcess, gone, wait_gone
+from helpers import NannyProcess, gone, history, iopub_until, wait_gone
 from reliability.support import (
     PeakRSS,
     add_kernel,
     cli,
     expression,
     fd_count,
-    history,
-    iopub_until,
     rss,
     run,
     wait_for,

@@ -14,18 +14,15 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
-from helpers import NannyProcess, gone, wait_gone
+from helpers import NannyProcess, gone, history, iopub_until, stored, wait_gone
 from reliability.support import (
     add_kernel,
     cli,
     hb_ping,
-    history,
-    iopub_until,
     is_dead,
     nanny_events,
     run,
     shell_reply,
-    stored,
     wait_for,
 )
 

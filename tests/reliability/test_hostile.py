@@ -17,18 +17,15 @@ from typing import Any
 
 import pytest
 import zmq
-from helpers import NannyProcess, gone
+from helpers import NannyProcess, gone, history, last_seq, stored
 from jupyter_client.session import Session
 from reliability.support import (
     add_kernel,
     expression,
     hb_ping,
-    history,
-    last_seq,
     read_state,
     run,
     shell_reply,
-    stored,
     wait_for,
 )
 
