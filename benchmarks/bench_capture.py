@@ -55,6 +55,7 @@ from typing import Any, NoReturn
 
 import psutil
 import zmq
+from benchkit import ProcessTracker, describe
 
 MiB = 1 << 20
 MB = 1e6
@@ -113,42 +114,6 @@ def make_jupyter_env(workdir: Path, delimiters: bool) -> None:
 
 
 # ---------------------------------------------------------------------- process bookkeeping
-
-
-class ProcessTracker:
-    """Remembers every process started for the benchmark, to report any that survives."""
-
-    def __init__(self) -> None:
-        self._procs: dict[tuple[int, float], psutil.Process] = {}
-
-    def add_tree(self, pid: int) -> None:
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(pid)
-            for proc in [root, *root.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    self._procs[(proc.pid, proc.create_time())] = proc
-
-    def survivors(self, grace: float = 5.0) -> list[psutil.Process]:
-        """Processes (tracked ones and our descendants) still running after ``grace`` s."""
-        candidates = {p.pid: p for p in self._procs.values()}
-        with contextlib.suppress(psutil.Error):
-            candidates.update({p.pid: p for p in psutil.Process().children(recursive=True)})
-        _, alive = psutil.wait_procs(list(candidates.values()), timeout=grace)
-        return [p for p in alive if _is_live(p)]
-
-
-def _is_live(proc: psutil.Process) -> bool:
-    try:
-        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
-
-
-def _describe(proc: psutil.Process) -> str:
-    try:
-        return f"pid {proc.pid}: {' '.join(proc.cmdline())[:120]}"
-    except psutil.Error:
-        return f"pid {proc.pid}"
 
 
 def _kill_tree(pid: int) -> None:
@@ -992,7 +957,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(sig, signal.SIG_IGN)  # the leak check and clean-up must finish
         survivors = tracker.survivors()
         for proc in survivors:
-            print(f"WARNING: process survived the benchmark, killing it: {_describe(proc)}",
+            print(f"WARNING: process survived the benchmark, killing it: {describe(proc)}",
                   file=sys.stderr)
             with contextlib.suppress(psutil.Error):
                 proc.kill()
