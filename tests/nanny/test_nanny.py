@@ -387,3 +387,21 @@ def test_a_frontend_that_knows_no_kernel_died_still_sees_why(nanny: NannyProcess
     assert notices[0]["parent_header"]["msg_id"] == msg_id
     assert "the kernel died: exited with code 4" in notices[0]["content"]["text"]
     assert "about to fail" in notices[0]["content"]["text"]  # its last words
+
+
+def test_interrupt_mode_message_is_forwarded_to_the_kernel(jupyter_env, nanny_factory) -> None:
+    jupyter_env.add_kernelspec(
+        "msgint",
+        [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        interrupt_mode="message",
+    )
+    nanny = nanny_factory("msgint")
+    kc = nanny.client()
+    msg_id = kc.execute("import time; time.sleep(60)")
+    iopub_until(kc, lambda m: m["msg_type"] == "execute_input")
+    reply = _control(kc, "interrupt_request", {})
+    assert reply["content"]["status"] == "ok"
+    assert reply["header"].get("username") != "nanny-io"  # the kernel answered, not the nanny
+    shell = kc.get_shell_msg(timeout=15)
+    assert shell["parent_header"]["msg_id"] == msg_id
+    assert shell["content"]["ename"] == "KeyboardInterrupt"
