@@ -91,6 +91,10 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
                     "reason": state.get("exit_reason"),
                 }
                 self.log.warning("kernel %s %s", self.kernel_id, state.get("exit_reason"))
+                # jupyter_server's kernel model reports its manager's `reason`: the browser
+                # then says how the kernel died instead of "the kernel appears to have died".
+                with contextlib.suppress(Exception):
+                    self.parent.reason = f"kernel died: {state.get('exit_reason')}"
             signum = state.get("exit_signal")
             return -int(signum) if signum else int(state.get("exit_code") or 1)
         return None
