@@ -205,8 +205,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         managed=args.managed,
     )
     prune_spills()  # after the spawn: nothing here may delay the kernel
-    print(f"kernel_id: {frontend.kernel_id}", flush=True)
-    print(f"connection_file: {conn_path}", flush=True)
+    if not args.managed:  # under a KernelManager this would only clutter the server's log
+        print(f"kernel_id: {frontend.kernel_id}", flush=True)
+        print(f"connection_file: {conn_path}", flush=True)
     try:
         return asyncio.run(Nanny(config, guardian, first).run())
     finally:

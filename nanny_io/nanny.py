@@ -627,6 +627,10 @@ class Nanny:
                 **event.to_content(),
             )
         log.info("kernel %s (incarnation %d, pid %d) is ready", self.config.kernel_id, number, pid)
+        if number == 1 and not self.config.managed:
+            # The kernel's own banner names its private kernel-facing file; frontends must
+            # connect through the nanny.
+            log.info("connect frontends with: --existing %s", self.config.connection_file)
         return inc
 
     def _stderr_tail(self) -> str:

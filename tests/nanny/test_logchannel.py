@@ -586,19 +586,21 @@ def test_garbage_and_forged_requests_are_refused(
         return decode_replay_response(frames, signer)
 
     try:
+        serial = itertools.count()
 
         def make_garbage() -> list[list[bytes]]:
             """1000 garbage messages of various shapes (fresh: signed ones are never reused)."""
             out: list[list[bytes]] = []
             for i in range(1000):
                 blob = os.urandom(1 + i % 97)
+                unique = b"%d-%s" % (next(serial), blob)  # never signed twice: not a replay
                 out.append(
                     [
                         [blob],  # one frame
                         [blob, blob, blob],  # three frames, no empty delimiter
                         [b"", b"{}", b"x", b"y"],  # four frames
                         [b"deadbeef", b'{"version":1,"type":"replay_request"}'],  # bad signature
-                        [signer.sign((blob,)), blob],  # signed, but not a JSON request
+                        [signer.sign((unique,)), unique],  # signed, not a JSON request
                     ][i % 5]
                 )
             return out
