@@ -51,7 +51,7 @@ from nanny_io_proto.control import (
 from nanny_io_proto.delimiters import Begin, End
 from nanny_io_proto.errors import RemoteProtocolError
 from nanny_io_proto.logrecords import nanny_event_data
-from nanny_io_proto.messages import Message, peek_header, split_identities
+from nanny_io_proto.messages import Message, encode_message, peek_header, split_identities
 from nanny_io_proto.streams import Stream
 
 from .capture import EchoWriter, PipeReader, StreamPipeline
@@ -194,7 +194,10 @@ class Nanny:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_rejection_note = -1.0
         self._stop = asyncio.Event()
-        self._iopub_seen = asyncio.Event()  # the current incarnation's iopub has spoken
+        # The kernel_info probes of the incarnation starting now, and whether iopub carried a
+        # status for one of them: only the new kernel can send that.
+        self._probe_ids: set[str] = set()
+        self._probe_seen = asyncio.Event()
         self._shutting_down = False
         self._spawn_reply: asyncio.Future[dict[str, Any]] | None = None
         self._shutdown_replied: deque[str] = deque(maxlen=64)
@@ -591,7 +594,8 @@ class Nanny:
         for reader in readers:
             reader.start(loop)
         self.current_parent = {}
-        self._iopub_seen.clear()
+        self._probe_ids.clear()
+        self._probe_seen.clear()
         self._save_state("starting", inc)
         ready = await self._wait_ready(inc)
         if not ready:
@@ -640,15 +644,21 @@ class Nanny:
         return "; last lines of its stderr:\n" + "\n".join(f"    {line}" for line in lines)
 
     async def _wait_ready(self, inc: Incarnation) -> bool:
-        """Probe with kernel_info_request on shell until shell replies and iopub has spoken.
+        """Probe with kernel_info_request on shell until shell replies and iopub is proven
+        connected: a status for one of the probes, or the kernel's welcome for our
+        subscription (JEP 65).
 
-        False when the kernel exits first or ``startup_timeout`` passes.
+        Any other message could be a late one from the previous incarnation and prove
+        nothing. False when the kernel exits first or ``startup_timeout`` passes.
         """
         sock = self._kernel_socket(zmq.DEALER, "shell")
         deadline = time.monotonic() + self.config.startup_timeout
+        replies = 0
         try:
             while inc.alive and time.monotonic() < deadline:
-                await sock.send_multipart(self.session.frames("kernel_info_request", {}))
+                probe = self.session.message("kernel_info_request", {})
+                self._probe_ids.add(probe.msg_id)
+                await sock.send_multipart(encode_message(probe, self.session.signer))
                 recv = asyncio.ensure_future(sock.recv_multipart())
                 done, _ = await asyncio.wait(
                     {recv, inc.exited}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
@@ -663,7 +673,11 @@ class Nanny:
                     # Shell answers; iopub must be connected too, or the first cell's output
                     # would be published before the nanny's subscription reached the kernel.
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._iopub_seen.wait(), 0.5)
+                        await asyncio.wait_for(self._probe_seen.wait(), 0.1)
+                        return True
+                    replies += 1  # (the next probe's status will come through)
+                    if replies >= 20:  # a kernel that publishes no status for kernel_info
+                        log.debug("no iopub status for kernel_info; taking the kernel as ready")
                         return True
                 else:
                     recv.cancel()
@@ -934,7 +948,6 @@ class Nanny:
         assert sock is not None
         front = zmq.Socket.shadow(self.f_iopub.underlying)
         async for frames in _arrivals(sock):
-            self._iopub_seen.set()
             _, rest = _safe_split(frames)
             # Most messages only pass through: parse a header only when it can matter.
             if len(rest) >= 5 and (b"status" in rest[1] or b"iopub_welcome" in rest[1]):
@@ -943,6 +956,8 @@ class Nanny:
                 except (ValueError, AttributeError):
                     kind = None
                 if kind == "iopub_welcome":
+                    # Sent when our subscription reached the kernel: iopub is connected.
+                    self._probe_seen.set()
                     continue  # the nanny greets its own subscribers
                 if kind == "status" and self._track_status(rest) == "idle":
                     await self._drain_before_idle(self._idle_parent)
@@ -962,6 +977,8 @@ class Nanny:
             return None
         if not isinstance(parent, dict):
             return None
+        if self._probe_ids and parent.get("msg_id") in self._probe_ids:
+            self._probe_seen.set()
         if parent.get("msg_type") == "execute_request":
             parent = self._remember_parent(parent)
             if state == "busy":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -64,6 +65,19 @@ class NannyProcess:
     def state(self) -> dict[str, Any]:
         path = self.connection_file.parent / "nanny-io" / f"nanny-{self.kernel_id}.json"
         return json.loads(path.read_text())
+
+    def wait_status(self, status: str, timeout: float = 10) -> dict[str, Any]:
+        """The state once it reads ``status`` (the nanny writes it a moment after clients can
+        see the change)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                state = self.state()
+                if state["status"] == status:
+                    return state
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nanny status never became {status!r}")
+            time.sleep(0.02)
 
     def tree_pids(self) -> list[int]:
         """The nanny's descendants: the guardian, every kernel and their children."""

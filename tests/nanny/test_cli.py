@@ -22,6 +22,7 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 def test_list_json_describes_running_kernels(nanny: NannyProcess) -> None:
     nanny.client()
+    nanny.wait_status("running")
     proc = cli("list", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)

@@ -59,8 +59,7 @@ def test_execute_through_the_nanny_and_files_are_private(nanny: NannyProcess) ->
     assert len(private) == 1
     assert stat.S_IMODE(private[0].stat().st_mode) == 0o700
     assert stat.S_IMODE((private[0] / "kernel.json").stat().st_mode) == 0o600
-    state = nanny.state()
-    assert state["status"] == "running"
+    state = nanny.wait_status("running")
     assert state["incarnation"] == 1
 
 
@@ -112,7 +111,7 @@ def test_exit_code_is_reported_with_dead_status_parented_to_the_cell(nanny: Nann
     assert "code 7" in died["content"]["reason"]
     assert died["parent_header"]["msg_id"] == msg_id
     assert dead["parent_header"]["msg_id"] == msg_id
-    assert nanny.state()["status"] == "dead"
+    assert nanny.wait_status("dead")["status"] == "dead"
 
 
 def test_sigkill_of_the_kernel_is_reported(nanny: NannyProcess) -> None:

@@ -139,7 +139,7 @@ def test_a_dying_kernel_loses_no_record_and_its_death_is_reported(
     (died_seq,) = [seq for seq, e in events if e["event"] == "kernel_died"]
     last_kernel_seq = max(r.seq for r in records if r.data.startswith(b"kernel "))
     assert died_seq > last_kernel_seq  # the death comes after the last words
-    assert nanny.state()["status"] == "dead"
+    assert nanny.wait_status("dead")["status"] == "dead"
     if signum is not None:
         assert nanny.state()["exit_signal"] == int(signum)
     else:
