@@ -124,9 +124,13 @@ def hb_ping(ctx: zmq.Context, url: str, timeout_ms: int = 1500) -> bool:
     """One REQ ping to a heartbeat port: True when echoed within ``timeout_ms``."""
     sock = ctx.socket(zmq.REQ)
     sock.linger = 0
+    sock.sndtimeo = timeout_ms  # a REQ without a peer would block in send
     try:
         sock.connect(url)
-        sock.send(b"ping")
+        try:
+            sock.send(b"ping")
+        except zmq.Again:
+            return False
         if not sock.poll(timeout_ms):
             return False
         return sock.recv() == b"ping"
