@@ -55,7 +55,7 @@ from typing import Any, NoReturn
 
 import psutil
 import zmq
-from benchkit import ProcessTracker, describe
+from benchkit import ProcessTracker, kill_survivors
 
 MiB = 1 << 20
 MB = 1e6
@@ -953,22 +953,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench_capture: error: {exc}", file=sys.stderr)
         status = 1
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)  # the leak check and clean-up must finish
-        survivors = tracker.survivors()
-        for proc in survivors:
-            print(f"WARNING: process survived the benchmark, killing it: {describe(proc)}",
-                  file=sys.stderr)
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
+        leaked = kill_survivors(tracker)
         shutil.rmtree(workdir, ignore_errors=True)
     if results is None:
         return status
-    summary = summarize(args, *results, leaked=len(survivors))
+    summary = summarize(args, *results, leaked=leaked)
     if not args.json_only:
         print_table(summary)
     print(json.dumps(summary), flush=True)
-    return 2 if survivors else 0
+    return 2 if leaked else 0
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from typing import Any, NoReturn
 
 import psutil
 import zmq
-from benchkit import ProcessTracker, describe
+from benchkit import ProcessTracker, kill_survivors
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 from jupyter_client.session import Session
@@ -535,22 +535,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench_core: error: {exc}", file=sys.stderr)
         status = 1
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)  # the leak check and clean-up must finish
-        survivors = tracker.survivors()
-        for proc in survivors:
-            print(f"WARNING: process survived the benchmark, killing it: {describe(proc)}",
-                  file=sys.stderr)
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
+        leaked = kill_survivors(tracker)
         shutil.rmtree(workdir, ignore_errors=True)
     if result is None:
         return status
-    summary = summarize(*result, args, leaked=len(survivors))
+    summary = summarize(*result, args, leaked=leaked)
     if not args.json_only:
         print_table(summary)
     print(json.dumps(summary), flush=True)
-    return 2 if survivors else 0
+    return 2 if leaked else 0
 
 
 if __name__ == "__main__":

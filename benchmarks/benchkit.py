@@ -7,6 +7,8 @@ import path.
 from __future__ import annotations
 
 import contextlib
+import signal
+import sys
 
 import psutil
 
@@ -45,3 +47,21 @@ def describe(proc: psutil.Process) -> str:
         return f"pid {proc.pid}: {' '.join(proc.cmdline())[:120]}"
     except psutil.Error:
         return f"pid {proc.pid}"
+
+
+def kill_survivors(tracker: ProcessTracker) -> int:
+    """The end of every benchmark run: kill and report whatever outlived it; how many.
+
+    SIGINT and SIGTERM are ignored from here on: the check and the clean-up must finish.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    survivors = tracker.survivors()
+    for proc in survivors:
+        print(
+            f"WARNING: process survived the benchmark, killing it: {describe(proc)}",
+            file=sys.stderr,
+        )
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return len(survivors)

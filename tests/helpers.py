@@ -182,3 +182,15 @@ def stored(nanny: NannyProcess, stream: Any, after: int = 0) -> list[Any]:
 def stored_bytes(nanny: NannyProcess, stream: Any, after: int = 0) -> bytes:
     """What ``stream`` carried after seq ``after``, byte for byte."""
     return b"".join(r.data for r in stored(nanny, stream, after))
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.02) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)

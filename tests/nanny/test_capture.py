@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-from helpers import NannyProcess, gone, history, last_seq, stored, stored_bytes, wait_gone
+from helpers import NannyProcess, gone, history, last_seq, stored, stored_bytes, wait_for, wait_gone
 
 from nanny_io.discovery import load_connection_info
 from nanny_io_proto.logrecords import parse_nanny_event
@@ -70,18 +70,6 @@ def add_kernel(
     metadata = {"capture_stdstreams": True} if capture else {}
     jupyter_env.add_kernelspec(name, argv, metadata=metadata)
     return name
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.02) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +35,6 @@ def add_kernel(jupyter_env: Any, name: str = "rel", *, capture: bool = False) ->
     metadata = {"capture_stdstreams": True} if capture else {}
     jupyter_env.add_kernelspec(name, IPYKERNEL, metadata=metadata)
     return name
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.02) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
 
 
 def shell_reply(kc: Any, msg_id: str, timeout: float = 60) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-from helpers import NannyProcess, gone, history, iopub_until, wait_gone
+from helpers import NannyProcess, gone, history, iopub_until, wait_for, wait_gone
 from reliability.support import (
     PeakRSS,
     add_kernel,
@@ -21,7 +21,6 @@ from reliability.support import (
     fd_count,
     rss,
     run,
-    wait_for,
 )
 
 from nanny_io.discovery import load_connection_info

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
-from helpers import NannyProcess, gone, history, iopub_until, stored, wait_gone
+from helpers import NannyProcess, gone, history, iopub_until, stored, wait_for, wait_gone
 from reliability.support import (
     add_kernel,
     cli,
@@ -23,7 +23,6 @@ from reliability.support import (
     nanny_events,
     run,
     shell_reply,
-    wait_for,
 )
 
 from nanny_io.discovery import load_connection_info

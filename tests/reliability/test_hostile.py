@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import zmq
-from helpers import NannyProcess, gone, history, last_seq, stored
+from helpers import NannyProcess, gone, history, last_seq, stored, wait_for
 from jupyter_client.session import Session
 from reliability.support import (
     add_kernel,
@@ -26,7 +26,6 @@ from reliability.support import (
     read_state,
     run,
     shell_reply,
-    wait_for,
 )
 
 from nanny_io.discovery import load_connection_info
