@@ -53,7 +53,6 @@ class PipeReader:
         self._on_data = on_data
         self._on_eof = on_eof
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.eof = False
         self.bytes_read = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -74,7 +73,6 @@ class PipeReader:
         except OSError:
             data = b""
         if not data:
-            self.eof = True
             self._stop_watching()
             if self._on_eof is not None:
                 self._on_eof()
@@ -182,9 +180,7 @@ class StreamPipeline:
             return
         for event in self._scanner.feed(data):
             if type(event) is Output:
-                self._store(event.data)
-                if self._on_output is not None:
-                    self._on_output(self.stream, event.data)
+                self._output(event.data)
             elif self._on_marker is not None:
                 self._on_marker(self.stream, event)  # type: ignore[arg-type]
         if self._scanner.pending:
@@ -192,15 +188,23 @@ class StreamPipeline:
             # interval if nothing completes it (specs/output-sync.md §3.3).
             self._arm()
 
+    def _output(self, data: bytes) -> None:
+        """Bytes meant for humans: stored, and passed on (to frontends or the terminal)."""
+        self._store(data)
+        if self._on_output is not None:
+            self._on_output(self.stream, data)
+
     def _store(self, data: bytes) -> None:
-        pieces = self._lines.feed(data)
+        self._append(self._lines.feed(data))
+        if self._lines.pending:
+            self._arm()
+
+    def _append(self, pieces: list[tuple[bytes, int]]) -> None:
         if pieces:
             first, last = self.store.append(
                 self.stream, self._incarnation(), time.time_ns(), pieces
             )
             self._on_stored(self.stream, first, last)
-        if self._lines.pending:
-            self._arm()
 
     def _arm(self) -> None:
         if self._timer is None:
@@ -218,21 +222,14 @@ class StreamPipeline:
         """Release a held-back delimiter prefix as output (quiet stream, or before idle)."""
         if self._scanner is not None:
             for event in self._scanner.flush():
-                self._store(event.data)
-                if self._on_output is not None:
-                    self._on_output(self.stream, event.data)
+                self._output(event.data)
 
     def flush_partial(self) -> None:
         """Store a trailing partial line now (a prompt without newline must show up)."""
         if self._timer is not None:
             self._timer.cancel()
         self._timer = None
-        pieces = self._lines.flush()
-        if pieces:
-            first, last = self.store.append(
-                self.stream, self._incarnation(), time.time_ns(), pieces
-            )
-            self._on_stored(self.stream, first, last)
+        self._append(self._lines.flush())
 
     def flush(self) -> None:
         """Release everything held back: a partial delimiter becomes output, then lines."""

@@ -355,12 +355,10 @@ class Nanny:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(self.guardian.sock)
+        self._settle_output(inc)
         if inc is not None:
-            self._drain_output(inc)
             for reader in inc.readers:
                 reader.close()
-        for pipeline in self.pipelines.values():
-            pipeline.flush()
         self._nanny_event("nanny_stopped", "nanny stopped")
         if self._fifo_reader is not None:
             self._fifo_reader.close()
@@ -508,6 +506,13 @@ class Nanny:
         if self._fifo_reader is not None:
             self._fifo_reader.drain()
 
+    def _settle_output(self, inc: Incarnation | None) -> None:
+        """Everything the kernel wrote so far, stored: pipes drained, partial lines and
+        held-back delimiter prefixes released (before a death report, a shutdown, an exit)."""
+        self._drain_output(inc)
+        for pipeline in self.pipelines.values():
+            pipeline.flush()
+
     async def _drain_before_idle(self, parent: dict[str, Any]) -> None:
         """Forward every byte the request wrote before its ``status: idle`` is forwarded.
 
@@ -599,9 +604,7 @@ class Nanny:
         self._save_state("starting", inc)
         ready = await self._wait_ready(inc)
         if not ready:
-            self._drain_output(inc)
-            for pipeline in self.pipelines.values():
-                pipeline.flush()
+            self._settle_output(inc)
             if inc.alive:
                 await self._terminate_tree(inc)
                 raise KernelStartError(
@@ -711,9 +714,7 @@ class Nanny:
         """
         self._drain_output(inc)
         await self._kill_remaining()
-        self._drain_output(inc)
-        for pipeline in self.pipelines.values():
-            pipeline.flush()
+        self._settle_output(inc)  # what the killed stragglers wrote too
         await self._flush_kernel_iopub()
         parent = self.current_parent
         self._resolve_limbo(parent or None)
@@ -805,9 +806,9 @@ class Nanny:
                         self.config.shutdown_grace,
                     )
                     await self._terminate_tree(inc)
-                for reader in inc.readers:
-                    reader.drain()
             await self._kill_remaining()
+            # Stored now, so the last output keeps this incarnation's number.
+            self._settle_output(inc)
             if request is not None and request.msg_id not in self._shutdown_replied:
                 await self.f_control.send_multipart(
                     self.session.frames(
@@ -822,12 +823,13 @@ class Nanny:
                     reader.close()
             if restart and not self.config.managed:
                 self._save_state("restarting", inc)
-                self._shutting_down = False
+                self._shutting_down = False  # a death of the new incarnation is reported
                 await self._launch()
             else:
                 self._stop.set()
         finally:
-            self._shutting_down = False if restart else self._shutting_down
+            if restart and not self.config.managed:
+                self._shutting_down = False
 
     # ------------------------------------------------------------------ channels
 
