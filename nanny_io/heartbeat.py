@@ -79,10 +79,6 @@ class Heartbeat:
         self._configure = configure
         self._echo: _EchoThread | None = None
 
-    @property
-    def paused(self) -> bool:
-        return self._echo is None
-
     def start(self) -> None:
         """Bind and start echoing; a bind error is raised here, in the caller's thread."""
         if self._echo is None:

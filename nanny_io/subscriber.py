@@ -88,22 +88,24 @@ class LogClient:
         self.dealer: zmq.asyncio.Socket | None = None
         self.rejected = 0  # messages that failed verification (counted, never acted on)
 
-    def _socket(self, kind: int, channel: str) -> zmq.asyncio.Socket:
+    def _connect(
+        self, kind: int, channel: str, topics: tuple[bytes, ...] = ()
+    ) -> zmq.asyncio.Socket:
+        """A socket connected to ``channel`` (a CurveZMQ client when the nanny is a server)."""
         sock = self.context.socket(kind)
         sock.linger = 0
         if self.info.curve_publickey and self.info.curve_secretkey:
             sock.curve_publickey = self.info.curve_publickey.encode()
             sock.curve_secretkey = self.info.curve_secretkey.encode()
             sock.curve_serverkey = self.info.curve_publickey.encode()
+        for topic in topics:
+            sock.subscribe(topic)
+        sock.connect(self.info.url(channel))
         return sock
 
     async def __aenter__(self) -> LogClient:
-        self.sub = self._socket(zmq.SUB, "log")
-        for topic in self.subscription.topics:
-            self.sub.subscribe(topic)
-        self.sub.connect(self.info.url("log"))
-        self.dealer = self._socket(zmq.DEALER, "log_replay")
-        self.dealer.connect(self.info.url("log_replay"))
+        self.sub = self._connect(zmq.SUB, "log", self.subscription.topics)
+        self.dealer = self._connect(zmq.DEALER, "log_replay")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
