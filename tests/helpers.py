@@ -194,3 +194,21 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(every)
+
+
+def execute_then_exit(kc: Any, flag_dir: Path, prelude: str, exit_code: int) -> str:
+    """Run a cell that does ``prelude`` and then ``os._exit(exit_code)`` — but only once the
+    test has seen the cell start (its execute_input, which follows its busy, is on iopub),
+    so the death is attributed to that cell. Returns the cell's msg_id."""
+    flag = flag_dir / f"go-{time.monotonic_ns()}"
+    msg_id: str = kc.execute(
+        f"import os, time\n{prelude}\n"
+        f"while not os.path.exists({str(flag)!r}): time.sleep(0.01)\n"
+        f"os._exit({exit_code})"
+    )
+    iopub_until(
+        kc,
+        lambda m: m["msg_type"] == "execute_input" and m["parent_header"].get("msg_id") == msg_id,
+    )
+    flag.touch()
+    return msg_id

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 import zmq
-from helpers import NannyProcess, gone, iopub_until, wait_gone
+from helpers import NannyProcess, execute_then_exit, gone, iopub_until, wait_gone
 from jupyter_client.session import Session
 
 pytestmark = pytest.mark.timeout(90)
@@ -99,11 +99,11 @@ def test_unknown_signal_gets_an_error_reply(nanny: NannyProcess) -> None:
     assert _execute(kc, "1")[0]["status"] == "ok"
 
 
-def test_exit_code_is_reported_with_dead_status_parented_to_the_cell(nanny: NannyProcess) -> None:
+def test_exit_code_is_reported_with_dead_status_parented_to_the_cell(
+    nanny: NannyProcess, tmp_path
+) -> None:
     kc = nanny.client()
-    msg_id = kc.execute(
-        "import os, sys, time\nprint('going', file=sys.stderr)\ntime.sleep(0.3)\nos._exit(7)"
-    )
+    msg_id = execute_then_exit(kc, tmp_path, "import sys; print('going', file=sys.stderr)", 7)
     died, dead = _wait_death(kc)
     assert died["content"]["exit_code"] == 7
     assert died["content"]["signal"] is None
@@ -382,11 +382,9 @@ def test_binding_a_public_ip_without_curve_warns(nanny_factory):
     assert "without CurveZMQ" in nanny.stderr
 
 
-def test_a_frontend_that_knows_no_kernel_died_still_sees_why(nanny: NannyProcess) -> None:
+def test_a_frontend_that_knows_no_kernel_died_still_sees_why(nanny: NannyProcess, tmp_path) -> None:
     kc = nanny.client()
-    msg_id = kc.execute(
-        "import os, sys, time\nos.write(2, b'about to fail\\n')\ntime.sleep(0.3)\nos._exit(4)"
-    )
+    msg_id = execute_then_exit(kc, tmp_path, "os.write(2, b'about to fail\\n')", 4)
     seen = iopub_until(kc, lambda m: m["msg_type"] == "kernel_died")
     notices = [
         m for m in seen if m["msg_type"] == "stream" and "[nanny-io]" in m["content"]["text"]
