@@ -105,29 +105,58 @@ class PipeReader:
             self.fd = -1
 
 
+_NO_LINE = object()  # EchoWriter: every echoed line is complete
+
+
 class EchoWriter:
     """Echoes captured output on the nanny's stderr from a thread, dropping when it lags.
 
     A terminal or log collector that reads slowly must never stall capture: the queue is
-    bounded and what does not fit is counted and announced instead of waited for.
+    bounded and what does not fit is counted and announced instead of waited for. With a
+    ``prefix`` (a format with ``{stream}``), every line starts with it, so that output mixed
+    into another program's log (a Jupyter server's) says where it comes from.
     """
 
-    def __init__(self, fd: int, max_chunks: int = 1024) -> None:
+    def __init__(self, fd: int, max_chunks: int = 1024, prefix: str | None = None) -> None:
         self._fd = fd
-        self._queue: queue.Queue[bytes | None] = queue.Queue(max_chunks)
+        self._queue: queue.Queue[tuple[Stream | None, bytes] | None] = queue.Queue(max_chunks)
+        self._prefix = prefix
+        self._open_line: object = _NO_LINE  # the stream whose last line lacks its \n
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="nanny-io-echo", daemon=True)
         self._thread.start()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, stream: Stream | None = None) -> None:
         try:
-            self._queue.put_nowait(data)
+            self._queue.put_nowait((stream, data))
         except queue.Full:
             self.dropped += len(data)
 
+    def _prefixed(self, stream: Stream | None, data: bytes) -> bytes:
+        """``data`` with the prefix at the start of every line (done here, off the loop).
+
+        Another stream's line left open is ended first: a tagged line holds one stream.
+        """
+        assert self._prefix is not None
+        if not data:
+            return data
+        tag = self._prefix.format(stream=stream.value if stream else "output").encode()
+        continuing = self._open_line is stream
+        head = b"\n" if self._open_line is not _NO_LINE and not continuing else b""
+        lines = data.split(b"\n")
+        last = lines.pop()  # b"" when data ends a line
+        out = [line if i == 0 and continuing else tag + line for i, line in enumerate(lines)]
+        if last:
+            out.append(last if not lines and continuing else tag + last)
+        self._open_line = stream if last else _NO_LINE
+        return head + b"\n".join(out) + (b"" if last else b"\n")
+
     def _run(self) -> None:
         reported = 0
-        while (data := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            stream, data = item
+            if self._prefix is not None:
+                data = self._prefixed(stream, data)
             if self.dropped > reported:
                 note = f"[nanny-io: {self.dropped - reported} bytes of output not echoed]\n"
                 data = note.encode() + data

@@ -88,7 +88,9 @@ class NannyState:
     nanny_started: float  # psutil create_time of the nanny: guards against pid reuse
     kernel_pid: int | None = None
     incarnation: int = 0
-    status: str = "starting"  # starting | running | dead | restarting | shutting-down
+    # starting | running | shutting-down | restarting | dead | stopped (shut down on a
+    # manager's restart request, waiting for its launch_request)
+    status: str = "starting"
     started_at: float = 0.0  # when the current incarnation started (unix time)
     spill_dir: str | None = None
     rejected_messages: int = 0  # invalid, unsigned or forged control messages dropped

@@ -42,11 +42,13 @@ from nanny_io_proto.control import (
     error_reply_content,
     exit_details,
     interrupt_reply_content,
+    launch_reply_content,
     parse_shutdown_request,
     parse_signal_request,
     shutdown_reply_content,
     signal_name,
     signal_reply_content,
+    starting_status_content,
 )
 from nanny_io_proto.delimiters import Begin, End
 from nanny_io_proto.errors import RemoteProtocolError
@@ -104,8 +106,10 @@ class NannyConfig:
     spill_bytes: int = DEFAULT_SPILL_BYTES
     rate_limit: float | None = None  # bytes/s of captured output forwarded to frontends
     end_wait: float = 2.0  # how long idle waits for a kernel's END delimiters
-    # Under a jupyter_client KernelManager (the provisioner), the manager restarts kernels
-    # by starting a new nanny: a shutdown_request with restart then ends this nanny.
+    # Under a jupyter_client KernelManager (the provisioner) the manager decides about
+    # restarts: a death is not announced as a final `status: dead`, and a shutdown_request
+    # with restart stops the kernel and waits for the manager's launch_request
+    # (specs/protocol.md §8.3).
     managed: bool = False
 
     @property
@@ -177,7 +181,9 @@ class Nanny:
         )
         # The foreground nanny shows the kernel's log live (and its output, unless that goes
         # to frontends), as the server's terminal shows a kernel's output today.
-        self.echo = EchoWriter(sys.stderr.fileno()) if config.echo_output else None
+        # Under a kernel manager its lines land in the server's log: say whose they are.
+        prefix = f"[nanny-io {config.kernel_id[:8]} {{stream}}] " if config.managed else None
+        self.echo = EchoWriter(sys.stderr.fileno(), prefix=prefix) if config.echo_output else None
         self.log_channel: LogChannel | None = None
         self.last_parent: dict[str, Any] = {}  # the latest execute_request seen busy
         self._parents: dict[str, dict[str, Any]] = {}  # msg_id -> parent header, bounded
@@ -199,6 +205,8 @@ class Nanny:
         self._probe_ids: set[str] = set()
         self._probe_seen = asyncio.Event()
         self._shutting_down = False
+        self._launching = False
+        self._death_report: asyncio.Task[None] | None = None
         self._spawn_reply: asyncio.Future[dict[str, Any]] | None = None
         self._shutdown_replied: deque[str] = deque(maxlen=64)
         self._k_control: zmq.asyncio.Socket | None = None
@@ -406,7 +414,7 @@ class Nanny:
             return
         inc.exited.set_result(returncode)
         if not self._shutting_down:
-            self._spawn(self._report_death(inc, returncode), "report-death")
+            self._death_report = self._spawn(self._report_death(inc, returncode), "report-death")
 
     # ------------------------------------------------------------------ launching
 
@@ -426,7 +434,7 @@ class Nanny:
     def _on_log(self, stream: Stream, data: bytes) -> None:
         self.pipelines[Stream.LOG].feed(stream, data)
         if self.echo is not None:
-            self.echo.write(data)
+            self.echo.write(data, stream)
 
     def _on_stored(self, stream: Stream, first_seq: int, last_seq: int) -> None:
         if self.log_channel is not None:
@@ -436,7 +444,7 @@ class Nanny:
         """Captured stdout/stderr (delimiters removed): to frontends, or echoed locally."""
         if self.forwarder is None:
             if self.echo is not None:
-                self.echo.write(data)
+                self.echo.write(data, stream)
             return
         if stream not in self._open_markers and not self.current_parent:
             # No request is known to run, but one may have started: ipykernel sends its
@@ -448,7 +456,16 @@ class Nanny:
                 self._limbo_timer = loop.call_later(LIMBO_DELAY, self._resolve_limbo, None)
             return
         self._resolve_limbo(None)
-        self.forwarder.add(stream, data, self._attribution(stream))
+        self._forward(stream, data, self._attribution(stream))
+
+    def _forward(self, stream: Stream, data: bytes, parent: dict[str, Any]) -> None:
+        """Output of a request to frontends; output that belongs to no request (the kernel's
+        start-up banner) only to the echo, where a kernel's output goes without a nanny."""
+        assert self.forwarder is not None
+        if parent:
+            self.forwarder.add(stream, data, parent)
+        elif self.echo is not None:
+            self.echo.write(data, stream)
 
     def _resolve_limbo(self, parent: dict[str, Any] | None) -> None:
         """Attribute held output to ``parent`` (a request that just went busy) or, when none
@@ -460,7 +477,7 @@ class Nanny:
             return
         held, self._limbo = self._limbo, []
         for stream, data in held:
-            self.forwarder.add(stream, data, parent or self.last_parent)
+            self._forward(stream, data, parent or self.last_parent)
 
     def _on_marker(self, stream: Stream, marker: Begin | End) -> None:
         if isinstance(marker, Begin):
@@ -557,6 +574,8 @@ class Nanny:
         """Start the next incarnation and wait until it answers kernel_info."""
         loop = asyncio.get_running_loop()
         number = self.incarnations + 1
+        # The kernel's own `starting` goes out before any subscription reaches it.
+        await self._publish("status", starting_status_content())
         pre, self._prelaunched = self._prelaunched, None
         if pre is not None:  # the first incarnation, started by the CLI before we existed
             argv, out_r, err_r, reply = pre.argv, pre.stdout_fd, pre.stderr_fd, pre.reply
@@ -599,6 +618,7 @@ class Nanny:
         for reader in readers:
             reader.start(loop)
         self.current_parent = {}
+        self.last_parent = {}  # the new kernel's start-up output belongs to no cell
         self._probe_ids.clear()
         self._probe_seen.clear()
         self._save_state("starting", inc)
@@ -691,7 +711,9 @@ class Nanny:
     def _save_state(self, status: str, inc: Incarnation | None) -> None:
         self.state.status = status
         if self.log_channel is not None:
-            self.log_channel.kernel_state = {"shutting-down": "running"}.get(status, status)
+            # The tick knows four states; a stopped kernel waits for its manager's restart.
+            tick_states = {"shutting-down": "running", "stopped": "restarting"}
+            self.log_channel.kernel_state = tick_states.get(status, status)
             self.log_channel.incarnation = self.incarnations
         if inc is not None:
             self.state.kernel_pid = inc.pid
@@ -716,7 +738,7 @@ class Nanny:
         await self._kill_remaining()
         self._settle_output(inc)  # what the killed stragglers wrote too
         await self._flush_kernel_iopub()
-        parent = self.current_parent
+        parent = self._running_parent()
         self._resolve_limbo(parent or None)
         if self.forwarder is not None:
             self.forwarder.flush(parent or self.last_parent)
@@ -728,13 +750,30 @@ class Nanny:
         self.heartbeat.pause()
         self.state.exit_code, self.state.exit_signal = exit_code, signum
         self.state.exit_reason = reason
-        self._save_state("dead", inc)
         self._nanny_event("kernel_died", f"kernel died: {reason}", **died.to_content())
         # Frontends that know nothing of kernel_died still show a stream: say it there too.
         await self._publish("stream", {"name": "stderr", "text": death_notice(died)}, parent)
         await self._publish("kernel_died", died.to_content(), parent)
-        await self._publish("status", dead_status_content(), parent)
+        if not self.config.managed:
+            # Final for frontends (JupyterLab drops its connection). Under a kernel manager
+            # the manager decides: jupyter_server tells browsers `restarting` or `dead`.
+            await self._publish("status", dead_status_content(), parent)
         self.current_parent = {}
+        self._open_markers.clear()
+        # Last: a kernel manager polling the state file learns of the death only now, so a
+        # restart it decides on comes after the report.
+        self._save_state("dead", inc)
+
+    def _running_parent(self) -> dict[str, Any]:
+        """The request that was running: opened by a BEGIN delimiter, or seen busy on iopub.
+
+        The delimiter comes first: it is written by the kernel's main thread right before the
+        code runs, while ipykernel publishes `busy` from a thread that a dying kernel may
+        never let send it (a death notice would then land in no cell, or the previous one).
+        """
+        for msg_id in self._open_markers.values():
+            return self._parent_for(msg_id)
+        return self.current_parent
 
     async def _flush_kernel_iopub(self, limit: float = 0.25) -> None:
         """Let the forwarder pass on what the dead kernel published before it died.
@@ -821,14 +860,25 @@ class Nanny:
             if inc is not None:
                 for reader in inc.readers:
                     reader.close()
-            if restart and not self.config.managed:
+            if inc is not None:
+                self._nanny_event(
+                    "kernel_stopped",
+                    f"kernel stopped on request (incarnation {inc.number})",
+                    incarnation=inc.number,
+                    restart=restart,
+                )
+            if not restart:
+                self._stop.set()
+            elif self.config.managed:
+                # The manager launches the next incarnation (launch_request) when it decides to.
+                self.heartbeat.pause()
+                self._save_state("stopped", inc)
+            else:
                 self._save_state("restarting", inc)
                 self._shutting_down = False  # a death of the new incarnation is reported
                 await self._launch()
-            else:
-                self._stop.set()
         finally:
-            if restart and not self.config.managed:
+            if restart:
                 self._shutting_down = False
 
     # ------------------------------------------------------------------ channels
@@ -890,6 +940,12 @@ class Nanny:
             restart = parse_shutdown_request(msg.content).restart
             self._spawn(self._shutdown(msg, restart, frames), "shutdown")
             return
+        if kind == "launch_request":
+            if self._shutting_down or self._launching or (inc is not None and inc.alive):
+                await self._reply_error(msg, "KernelRunning", "the kernel is already running")
+                return
+            self._spawn(self._relaunch(msg), "launch")
+            return
         if inc is None or not inc.alive:
             await self._reply_error(msg, "KernelDead", "the kernel is not running; restart it")
             return
@@ -918,6 +974,37 @@ class Nanny:
         assert self._k_control is not None
         self.stats["control_forwarded"] += 1
         await self._k_control.send_multipart(frames)
+
+    async def _relaunch(self, request: Message) -> None:
+        """Launch the next incarnation for a ``launch_request``; reply once it is ready."""
+        self._launching = True
+        try:
+            if self._death_report is not None:
+                await asyncio.shield(self._death_report)
+            for reader in self.incarnation.readers if self.incarnation else ():
+                reader.close()
+            self._save_state("restarting", self.incarnation)
+            try:
+                inc = await self._launch()
+            except KernelStartError as exc:
+                log.error("%s", exc)
+                self.state.exit_code = self.state.exit_signal = None
+                self.state.exit_reason = f"failed to start: {exc}"
+                self._save_state("dead", self.incarnation)
+                await self._reply_error(request, "KernelStartError", str(exc))
+                return
+        finally:
+            self._launching = False
+        launched: KernelStarted | KernelRestarted = (
+            KernelStarted(inc.number, inc.pid)
+            if inc.number == 1
+            else KernelRestarted(inc.number, inc.pid)
+        )
+        await self.f_control.send_multipart(
+            self.session.frames(
+                "launch_reply", launch_reply_content(launched), request, request.identities
+            )
+        )
 
     def _signal_group(self, inc: Incarnation, signum: int) -> bool:
         """Signal the kernel's process group, as jupyter_client's local provisioner does."""

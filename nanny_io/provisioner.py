@@ -7,9 +7,16 @@ jupyter console then get the nanny without any change.
 
 The KernelManager allocates the connection info and writes the connection file as usual;
 the nanny adopts it as its frontend-facing file (adding the log channel's ports) and starts
-the kernel behind it. The process the manager sees is the nanny: ``poll`` reports the
-kernel's death (with its exit details, read from the nanny's state file) while the nanny
-keeps running; ``kill`` takes the whole process tree down at once.
+the kernel behind it. The process the manager sees is the nanny, which outlives the kernel:
+
+- ``poll`` reports the kernel's end (a death with its exit details, or a requested stop),
+  read from the nanny's state file, while the nanny keeps running;
+- ``kill`` and ``terminate`` end the kernel through the nanny, and a restart sends the same
+  nanny a ``launch_request``: one log history, the same ports, no new process;
+- ``cleanup`` without restart ends the nanny (and with it anything left of the kernel tree).
+
+Restarting stays the manager's decision (its autorestart and restart limit), as with a plain
+kernelspec; the nanny only reports (specs/protocol.md §8.3).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import psutil
@@ -31,12 +39,19 @@ from .nanny import SIGNAL_NAMES
 
 #: How long ``kill`` waits for the tree to disappear before giving up on it.
 KILL_TIMEOUT = 10.0
+#: How long ending the nanny may take: its own shutdown of the kernel, then its exit.
+NANNY_EXIT_TIMEOUT = 15.0
+#: How long a restart waits for the nanny's new incarnation to be ready.
+LAUNCH_TIMEOUT = 90.0
+#: Nanny states in which the kernel process runs (or is being started).
+RUNNING_STATES = frozenset({"starting", "running", "shutting-down", "restarting"})
 
 
 class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
     """Launch the kernel under ``nanny-io start --managed`` and manage it through the nanny."""
 
     exit_details: dict[str, Any] | None = None  # how the kernel died, once it has
+    _nanny_ports: tuple[int, ...] = ()  # the frontend-facing ports the nanny serves
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Let LocalProvisioner allocate ports and write the connection file, then run the
@@ -60,9 +75,38 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
         ]
         return kwargs
 
+    def _manager_ports(self) -> tuple[int, ...]:
+        km = self.parent
+        return (km.shell_port, km.iopub_port, km.stdin_port, km.control_port, km.hb_port)
+
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        """Start the nanny, or, for a restart, the next incarnation in the running nanny."""
         self.exit_details = None
-        return await super().launch_kernel(cmd, **kwargs)
+        if self._nanny_running():
+            if self._manager_ports() == self._nanny_ports:
+                await self._relaunch()
+                return self.connection_info
+            # The manager chose new ports (a restart during start-up): a new nanny serves them.
+            await self._end_nanny()
+        info = await super().launch_kernel(cmd, **kwargs)
+        self._nanny_ports = self._manager_ports()
+        return info
+
+    async def _relaunch(self) -> None:
+        try:
+            reply = await self._control("launch_request", {}, LAUNCH_TIMEOUT)
+        except Exception as exc:  # the nanny is not answering: the next poll says how it is
+            self.log.error("cannot restart kernel %s: %s", self.kernel_id, exc)
+            return
+        if reply.get("status") != "ok":
+            self.log.error("kernel %s did not restart: %s", self.kernel_id, reply.get("evalue"))
+            return
+        self.log.info(
+            "kernel %s restarted (incarnation %s, pid %s)",
+            self.kernel_id,
+            reply.get("incarnation"),
+            reply.get("pid"),
+        )
 
     # ------------------------------------------------------------------ state
 
@@ -74,15 +118,26 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
         except (OSError, ValueError):
             return None
 
+    def _nanny_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _kernel_running(self) -> bool:
+        """Whether the nanny's kernel runs (or starts); True while the nanny has not said."""
+        if not self._nanny_running():
+            return False
+        state = self._state()
+        return state is None or state.get("status") in RUNNING_STATES
+
     async def poll(self) -> int | None:
-        """None while the kernel runs; its exit status once it died (the nanny may live on)."""
+        """None while the kernel runs; its exit status once it ended (the nanny lives on)."""
         if self.process is None:
             return 0
         code = self.process.poll()
         if code is not None:
             return int(code)
         state = self._state()
-        if state and state.get("status") == "dead":
+        status = state.get("status") if state else None
+        if state and status == "dead":
             if self.exit_details is None:
                 self.exit_details = {
                     "exit_code": state.get("exit_code"),
@@ -90,34 +145,39 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
                     "signal_name": SIGNAL_NAMES.get(state.get("exit_signal") or 0),
                     "reason": state.get("exit_reason"),
                 }
-                self.log.warning("kernel %s %s", self.kernel_id, state.get("exit_reason"))
+                self.log.warning("kernel %s died: %s", self.kernel_id, state.get("exit_reason"))
                 # jupyter_server's kernel model reports its manager's `reason`: the browser
                 # then says how the kernel died instead of "the kernel appears to have died".
                 with contextlib.suppress(Exception):
                     self.parent.reason = f"kernel died: {state.get('exit_reason')}"
             signum = state.get("exit_signal")
             return -int(signum) if signum else int(state.get("exit_code") or 1)
+        if status == "stopped":  # shut down on request, waiting for a restart or cleanup
+            return 0
         return None
 
     async def wait(self) -> int | None:
-        """Wait for the nanny process itself to end."""
+        """Wait for the kernel to end; forget the nanny process once it has ended too."""
         if self.process is None:
             return None
-        while (code := self.process.poll()) is None:
+        while (code := await self.poll()) is None:
             await asyncio.sleep(0.05)
-        self.process = None
-        return int(code)
+        if self.process.poll() is not None:
+            self.process = None
+        return code
 
     # ------------------------------------------------------------------ signals
 
-    async def _control(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
+    async def _control(
+        self, msg_type: str, content: dict[str, Any], timeout: float = 10.0
+    ) -> dict[str, Any]:
         from .control_client import request
 
         info = load_connection_info(self.parent.connection_file)
         try:
-            reply = await asyncio.to_thread(request, info, msg_type, content, 10.0)
+            reply = await asyncio.to_thread(request, info, msg_type, content, timeout)
         except RuntimeError:  # no new threads at interpreter exit (an atexit interrupt)
-            reply = request(info, msg_type, content, 2.0)
+            reply = request(info, msg_type, content, min(timeout, 2.0))
         return dict(reply.content)
 
     async def send_signal(self, signum: int) -> None:
@@ -125,6 +185,8 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
 
         SIGINT becomes an ``interrupt_request`` (the nanny interrupts as the kernelspec
         says); anything else a ``signal_request``. SIGKILL/SIGTERM go to the whole tree.
+        A kernel that is not running has nothing to signal, as with a plain kernelspec:
+        the manager interrupts before every shutdown and restart, also of a dead kernel.
         """
         if self.process is None:
             return
@@ -137,6 +199,9 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
         if signum == 0:  # an existence check
             if self.process.poll() is not None:
                 raise ProcessLookupError(self.process.pid)
+            return
+        if not self._kernel_running():
+            self.log.debug("kernel %s is not running; %s not sent", self.kernel_id, signum)
             return
         msg_type, content = (
             ("interrupt_request", {})
@@ -153,20 +218,72 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
                 exc,
             )
             return
-        if reply.get("status") != "ok":
+        if reply.get("status") != "ok" and reply.get("ename") != "KernelDead":
             self.log.error("kernel %s: %s", self.kernel_id, reply.get("evalue"))
 
+    async def _signal_kernel_tree(self, signum: int) -> bool:
+        """Have the nanny signal the kernel; False when the nanny could not be asked."""
+        try:
+            reply = await self._control("signal_request", {"signum": int(signum)})
+        except Exception as exc:
+            self.log.warning("kernel %s: the nanny is not answering: %s", self.kernel_id, exc)
+            return False
+        gone = ("KernelDead", "ProcessLookupError")
+        return reply.get("status") == "ok" or reply.get("ename") in gone
+
     async def terminate(self, restart: bool = False) -> None:
-        """SIGTERM to the nanny: it shuts the kernel down cleanly, then its whole tree."""
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
+        """SIGTERM to the kernel through the nanny (the nanny itself stays for a restart)."""
+        if not self._nanny_running():
+            return
+        if self._kernel_running() and await self._signal_kernel_tree(signal.SIGTERM):
+            return
+        if not self._kernel_running():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
 
     async def kill(self, restart: bool = False) -> None:
-        """SIGKILL to the nanny and its whole tree at once; return when all of it is gone.
+        """SIGKILL the kernel through the nanny and return once it is gone.
 
-        Waiting matters for a restart: the old kernel holds the ports the new one binds.
+        The nanny ends the kernel's whole tree and stays, so that a restart continues its
+        history; ``cleanup`` ends the nanny. Waiting matters: the old kernel holds ports the
+        new one binds. A nanny that does not answer is killed with its whole tree.
         """
+        if not self._nanny_running():
+            return
+        if not self._kernel_running():
+            return
+        if await self._signal_kernel_tree(signal.SIGKILL):
+            deadline = time.monotonic() + KILL_TIMEOUT
+            while time.monotonic() < deadline:
+                if await self.poll() is not None:
+                    return
+                await asyncio.sleep(0.02)
+        await self._kill_everything()
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """Without restart: the kernel's life under this manager is over, end the nanny."""
+        if not restart:
+            await self._end_nanny()
+        await super().cleanup(restart=restart)
+
+    async def _end_nanny(self) -> None:
+        """SIGTERM the nanny (it shuts the kernel down, if it runs, then exits); SIGKILL for
+        the whole tree when it takes too long."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + NANNY_EXIT_TIMEOUT
+        while self.process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.process.poll() is None:
+            self.log.warning("the nanny of kernel %s did not exit; killing it", self.kernel_id)
+            await self._kill_everything()
+        self.process = None
+
+    async def _kill_everything(self) -> None:
+        """SIGKILL to the nanny and the kernel tree at once; return when all of it is gone."""
         if self.process is None:
             return
         try:

@@ -1,9 +1,10 @@
 """Content schemas of the messages the nanny answers itself and of the broadcasts it publishes.
 
-On control the nanny handles ``interrupt_request``, ``signal_request`` and
-``shutdown_request``; on iopub it publishes ``kernel_started``, ``kernel_restarted``,
-``kernel_died`` and ``status: dead``. Signal tables are passed in, so this module stays pure
-and platform independent. specs/protocol.md is the authority.
+On control the nanny handles ``interrupt_request``, ``signal_request``, ``shutdown_request``
+and ``launch_request``; on iopub it publishes ``kernel_started``, ``kernel_restarted``,
+``kernel_died``, ``status: starting`` and (without a kernel manager) ``status: dead``.
+Signal tables are passed in, so this module stays pure and platform independent.
+specs/protocol.md is the authority.
 """
 
 from __future__ import annotations
@@ -31,15 +32,19 @@ __all__ = [
     "error_reply_content",
     "exit_details",
     "interrupt_reply_content",
+    "launch_reply_content",
     "parse_shutdown_request",
     "parse_signal_request",
     "shutdown_reply_content",
     "signal_name",
     "signal_reply_content",
+    "starting_status_content",
 ]
 
 #: Control requests the nanny answers itself (everything else on control is forwarded).
-NANNY_CONTROL_TYPES = frozenset({"interrupt_request", "signal_request", "shutdown_request"})
+NANNY_CONTROL_TYPES = frozenset(
+    {"interrupt_request", "signal_request", "shutdown_request", "launch_request"}
+)
 #: Message types the nanny publishes on iopub on its own account.
 NANNY_BROADCAST_TYPES = frozenset({"kernel_started", "kernel_restarted", "kernel_died"})
 
@@ -414,6 +419,21 @@ class KernelRestarted:
             raise MalformedMessage(f"invalid kernel_restarted content: {exc}") from exc
 
 
+def launch_reply_content(launched: KernelStarted | KernelRestarted) -> dict[str, Any]:
+    """``launch_reply`` content: the incarnation a ``launch_request`` started, now ready."""
+    return {"status": "ok", **launched.to_content()}
+
+
 def dead_status_content() -> dict[str, Any]:
-    """iopub ``status`` content the nanny publishes after ``kernel_died``."""
+    """iopub ``status`` content the nanny publishes after ``kernel_died`` (unmanaged only)."""
     return {"execution_state": "dead"}
+
+
+def starting_status_content() -> dict[str, Any]:
+    """iopub ``status`` content the nanny publishes when it launches an incarnation.
+
+    The kernel publishes its own ``starting`` before any subscription reaches it, so nobody
+    sees that one; the nanny's stands in for it (jupyter_server's kernel model then returns
+    to ``idle`` with the kernel's first status).
+    """
+    return {"execution_state": "starting"}

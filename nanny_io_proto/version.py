@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 #: Version of the nanny protocol described in specs/protocol.md.
-PROTOCOL_VERSION = "1.0"
+PROTOCOL_VERSION = "1.1"
 #: Version of the log channel format described in specs/log-channel.md.
 LOG_FORMAT_VERSION = 1
 #: Jupyter messaging protocol version the nanny's own messages declare.

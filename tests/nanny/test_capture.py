@@ -31,6 +31,7 @@ import pytest
 import zmq
 from helpers import NannyProcess, gone, history, last_seq, stored, stored_bytes, wait_for, wait_gone
 
+from nanny_io.capture import EchoWriter
 from nanny_io.discovery import load_connection_info
 from nanny_io_proto.logrecords import parse_nanny_event
 from nanny_io_proto.streams import FLAG_NO_EOL, Stream
@@ -321,6 +322,28 @@ def test_non_capture_kernel_output_is_stored_and_echoed_not_sent(
         if m["msg_type"] == "stream"
     ]
     assert not [t for t in sent if "echo-" in t], sent
+
+
+def test_echo_with_a_prefix_tags_every_line_with_its_stream() -> None:
+    """Under a kernel manager the echo lands in the Jupyter server's log, among other
+    kernels' lines: each line then says whose it is, also when it came in pieces."""
+    read_fd, write_fd = os.pipe()
+    echo = EchoWriter(write_fd, prefix="[nanny-io 1234abcd {stream}] ")
+    echo.write(b"part one, ", Stream.STDOUT)
+    echo.write(b"a log line\n", Stream.LOG)
+    echo.write(b"part two\nnext line\n", Stream.STDOUT)
+    echo.write(b"no newline yet", Stream.STDERR)
+    echo.close()
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        out = f.read()
+    assert out == (
+        b"[nanny-io 1234abcd stdout] part one, \n"
+        b"[nanny-io 1234abcd log] a log line\n"
+        b"[nanny-io 1234abcd stdout] part two\n"
+        b"[nanny-io 1234abcd stdout] next line\n"
+        b"[nanny-io 1234abcd stderr] no newline yet"
+    )
 
 
 # ------------------------------------------------------------------ pitfalls of the log FIFO
@@ -705,6 +728,34 @@ def test_kernel_died_carries_last_words_and_the_log_has_the_details(
     for key in ("exit_code", "signal", "signal_name", "reason", "incarnation"):
         assert event[key] == content[key]
     assert {"stream": "stderr", "text": "fatal: the disk is on fire"} in event["last_words"]
+
+
+def test_a_death_before_the_cells_busy_left_the_kernel_reaches_that_cell(
+    jupyter_env, nanny_factory
+) -> None:
+    """ipykernel publishes busy and execute_input from a thread; a kernel that dies at once
+    may never send them. The BEGIN delimiter names the cell all the same."""
+    nanny = nanny_factory(add_kernel(jupyter_env, "cap"), "-q")
+    kc = nanny.client()
+    # From now on nothing the kernel publishes leaves it, as if its iopub thread lagged.
+    hold = kc.execute(
+        "get_ipython().kernel.iopub_socket.io_thread.send_multipart = lambda *a, **k: None"
+    )
+    reply = kc.get_shell_msg(timeout=30)  # shell replies come from the main thread
+    assert (reply["parent_header"]["msg_id"], reply["content"]["status"]) == (hold, "ok")
+    msg_id = kc.execute("import os\nos._exit(7)")
+    seen = wait_death(kc)
+    assert not any(
+        m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "execute_input"
+        for m in seen
+    ), "the kernel's execute_input got out: this test proves nothing"
+    died = next(m for m in seen if m["msg_type"] == "kernel_died")
+    assert died["parent_header"]["msg_id"] == msg_id
+    notice = next(
+        m for m in seen if m["msg_type"] == "stream" and "the kernel died" in m["content"]["text"]
+    )
+    assert notice["parent_header"]["msg_id"] == msg_id
+    assert "exited with code 7" in notice["content"]["text"]
 
 
 # ------------------------------------------------------------------ bounds

@@ -4,16 +4,18 @@ jupyter_kernel_test's conformance suite, and a non-Python kernel (bash_kernel)."
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
-from helpers import wait_gone
+from helpers import wait_for, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -108,10 +110,12 @@ def test_kernel_manager_lifecycle_through_the_provisioner(kernels) -> None:
         reply = kc.get_shell_msg(timeout=20)
         assert reply["parent_header"]["msg_id"] == msg_id
         assert reply["content"]["ename"] == "KeyboardInterrupt"
-        # restart: a new nanny; nothing of the old tree survives
-        old = _tree(km)
+        # restart: the same nanny runs the next incarnation; nothing of the old kernel survives
+        nanny_pid = km.provisioner.process.pid
+        old = [p for p in _tree(km) if p.pid != nanny_pid and p.ppid() != nanny_pid]
         km.restart_kernel()
         assert wait_gone([p.pid for p in old]) == []
+        assert km.provisioner.process.pid == nanny_pid
         kc.wait_for_ready(timeout=60)
         assert kc.execute_interactive("x = 1", timeout=30)["content"]["status"] == "ok"
         # death: the manager learns it, with the exit details
@@ -276,3 +280,114 @@ if jkt is not None:
                     else:
                         os.environ[key] = value
                 shutil.rmtree(cls._root, ignore_errors=True)
+
+
+class _Records(logging.Handler):
+    """Every log record a KernelManager emits, for checking what the server log would say."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def errors(self) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= logging.ERROR]
+
+
+def _tail_json(kernel_id: str) -> list[dict]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "nanny_io", "tail", kernel_id, "--json", "-n", "1000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_a_restart_after_a_death_continues_one_history_in_the_same_nanny(kernels) -> None:
+    from jupyter_client import KernelManager
+
+    assert _install("python3", "--user", "--capture").returncode == 0
+    km = KernelManager(kernel_name="python3-nanny")
+    records = _Records()
+    km.log.addHandler(records)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        nanny_pid = km.provisioner.process.pid
+        kc.execute_interactive("import os; os.write(1, b'the last line before death\\n')")
+        kc.execute("os._exit(3)")
+        wait_for(lambda: not km.is_alive(), 15, "the manager to see the death")
+        assert km.provisioner.exit_details["exit_code"] == 3
+        # What jupyter_server's restarter does: restart now, on the same ports.
+        km.restart_kernel(now=True)
+        assert km.provisioner.process.pid == nanny_pid
+        kc.wait_for_ready(timeout=60)
+        reply = kc.execute_interactive("print(6 * 7)", timeout=30)
+        assert reply["content"]["status"] == "ok"
+        assert km.is_alive()
+        events = _tail_json(km.kernel_id)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+        km.log.removeHandler(records)
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    before = next(e for e in events if e["text"] == "the last line before death")
+    died = next(e for e in events if (e.get("event") or {}).get("event") == "kernel_died")
+    restarted = next(e for e in events if (e.get("event") or {}).get("event") == "kernel_restarted")
+    assert before["incarnation"] == died["incarnation"] == 1
+    assert before["seq"] < died["seq"] < restarted["seq"]
+    assert restarted["event"]["incarnation"] == 2
+    # The manager interrupts before it restarts, also a dead kernel: no error in its log.
+    assert records.errors() == []
+    assert wait_gone([nanny_pid]) == []
+
+
+def test_a_requested_restart_keeps_the_nanny_and_its_ports(kernels) -> None:
+    from jupyter_client import KernelManager
+
+    assert _install("python3", "--user").returncode == 0
+    km = KernelManager(kernel_name="python3-nanny")
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        nanny_pid, ports = km.provisioner.process.pid, km.ports
+        kc.execute_interactive("x = 1")
+        km.restart_kernel(now=False)  # a shutdown_request with restart, then the launch
+        assert (km.provisioner.process.pid, km.ports) == (nanny_pid, ports)
+        kc.wait_for_ready(timeout=60)
+        reply = kc.execute_interactive("'x' in dir()", timeout=30)
+        assert reply["content"]["status"] == "ok"
+        state = json.loads(
+            (
+                Path(os.environ["JUPYTER_RUNTIME_DIR"]) / "nanny-io" / f"nanny-{km.kernel_id}.json"
+            ).read_text()
+        )
+        assert (state["status"], state["incarnation"]) == ("running", 2)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    assert wait_gone([nanny_pid]) == []
+
+
+def test_nbclient_dead_kernel_leaves_the_reason_in_the_cell(kernels) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import DeadKernelError
+
+    assert _install("python3", "--user", "--capture").returncode == 0
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import os\nos._exit(3)")]
+    client = NotebookClient(nb, kernel_name="python3-nanny", timeout=60)
+    with pytest.raises(DeadKernelError):
+        client.execute()
+    text = "".join(o.get("text", "") for o in nb.cells[0].outputs if o.output_type == "stream")
+    assert "the kernel died: exited with code 3" in text

@@ -144,7 +144,12 @@ def test_simple_replies() -> None:
         "traceback": [],
     }
     assert dead_status_content() == {"execution_state": "dead"}
-    assert {"interrupt_request", "signal_request", "shutdown_request"} == NANNY_CONTROL_TYPES
+    assert {
+        "interrupt_request",
+        "signal_request",
+        "shutdown_request",
+        "launch_request",
+    } == NANNY_CONTROL_TYPES
     for content in (
         interrupt_reply_content(),
         signal_reply_content(2, "SIGINT"),
