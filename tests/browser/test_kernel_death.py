@@ -77,4 +77,10 @@ def test_nanny_kernel_answers_after_sigkill(
     expect(notebook_ui.output(0)).to_contain_text("the kernel died", timeout=RECOVERY * 1000)
     expect(notebook_ui.output(0)).to_contain_text("SIGKILL")
     notebook_ui.shot("killed")
+    # Then the server restarts the kernel (its restarter polls every 3 s) and the UI says so,
+    # as for a plain kernel: a cell run before that goes to the dead kernel in both cases.
+    expect(notebook_ui.restart_dialog).to_contain_text(
+        "appears to have died", timeout=RECOVERY * 1000
+    )
     _next_cell_answers(notebook_ui)
+    assert notebook_ui.dialogs, "the restart dialog was never answered"
