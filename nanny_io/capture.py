@@ -264,3 +264,67 @@ class StreamPipeline:
         """Release everything held back: a partial delimiter becomes output, then lines."""
         self.release_held()
         self.flush_partial()
+
+
+class KernelOutput:
+    """Everything the kernel writes, on its way into the store: one pipeline per stream, the
+    log FIFO (open for the nanny's life) and the current incarnation's stdout/stderr pipes."""
+
+    def __init__(self, pipelines: dict[Stream, StreamPipeline]) -> None:
+        self.pipelines = pipelines
+        self.pipes: list[PipeReader] = []
+        self.fifo: PipeReader | None = None
+        self._fifo_keep = -1
+
+    def open_fifo(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        read_fd: int,
+        keep_fd: int,
+        on_data: Callable[[Stream, bytes], None],
+    ) -> None:
+        """Read the log FIFO; ``keep_fd`` is our own write end, held so that the FIFO never
+        reports EOF between two writers (a kernel that opens and closes it per line)."""
+        self.fifo = PipeReader(read_fd, Stream.LOG, on_data)
+        self._fifo_keep = keep_fd
+        self.fifo.start(loop)
+
+    def attach_pipes(self, loop: asyncio.AbstractEventLoop, stdout_fd: int, stderr_fd: int) -> None:
+        """Read a new incarnation's stdout and stderr (the previous pipes are closed)."""
+        self.close_pipes()
+        self.pipes = [
+            PipeReader(fd, stream, self.pipelines[stream].feed, on_eof=self.pipelines[stream].flush)
+            for fd, stream in ((stdout_fd, Stream.STDOUT), (stderr_fd, Stream.STDERR))
+        ]
+        for reader in self.pipes:
+            reader.start(loop)
+
+    def drain(self) -> None:
+        """Read everything already in the pipes and the FIFO and push it all the way out."""
+        for reader in self.pipes:
+            reader.drain()
+        if self.fifo is not None:
+            self.fifo.drain()
+
+    def settle(self) -> None:
+        """Everything the kernel wrote so far, stored: pipes drained, partial lines and
+        held-back delimiter prefixes released (before a death report, a shutdown, an exit)."""
+        self.drain()
+        for pipeline in self.pipelines.values():
+            pipeline.flush()
+
+    def release_held(self, stream: Stream) -> None:
+        self.pipelines[stream].release_held()
+
+    def close_pipes(self) -> None:
+        for reader in self.pipes:
+            reader.close()
+        self.pipes = []
+
+    def close(self) -> None:
+        self.close_pipes()
+        if self.fifo is not None:
+            self.fifo.close()
+        if self._fifo_keep >= 0:
+            os.close(self._fifo_keep)
+            self._fifo_keep = -1

@@ -35,7 +35,8 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 
 from .discovery import NannyState, load_connection_info
-from .nanny import SIGNAL_NAMES
+from .lifecycle import KernelState, kernel_process_runs
+from .signals import SIGNAL_NAMES
 
 #: How long ``kill`` waits for the tree to disappear before giving up on it.
 KILL_TIMEOUT = 10.0
@@ -43,8 +44,6 @@ KILL_TIMEOUT = 10.0
 NANNY_EXIT_TIMEOUT = 15.0
 #: How long a restart waits for the nanny's new incarnation to be ready.
 LAUNCH_TIMEOUT = 90.0
-#: Nanny states in which the kernel process runs (or is being started).
-RUNNING_STATES = frozenset({"starting", "running", "shutting-down", "restarting"})
 
 
 class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
@@ -126,7 +125,7 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
         if not self._nanny_running():
             return False
         state = self._state()
-        return state is None or state.get("status") in RUNNING_STATES
+        return state is None or kernel_process_runs(state.get("status"))
 
     async def poll(self) -> int | None:
         """None while the kernel runs; its exit status once it ended (the nanny lives on)."""
@@ -137,7 +136,7 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
             return int(code)
         state = self._state()
         status = state.get("status") if state else None
-        if state and status == "dead":
+        if state and status == KernelState.DEAD:
             if self.exit_details is None:
                 self.exit_details = {
                     "exit_code": state.get("exit_code"),
@@ -152,7 +151,7 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
                     self.parent.reason = f"kernel died: {state.get('exit_reason')}"
             signum = state.get("exit_signal")
             return -int(signum) if signum else int(state.get("exit_code") or 1)
-        if status == "stopped":  # shut down on request, waiting for a restart or cleanup
+        if status == KernelState.STOPPED:  # shut down on request, waits for restart or cleanup
             return 0
         return None
 

@@ -1,0 +1,124 @@
+"""The nanny's sockets: frontend-facing (bound, CurveZMQ servers when keys are provisioned)
+and kernel-facing (connected to the kernel's private ports), and how messages leave them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from nanny_io_proto.connection_files import ConnectionInfo, NannyConnectionInfo
+from nanny_io_proto.control import error_reply_content
+from nanny_io_proto.messages import Message
+
+from .heartbeat import Heartbeat
+from .logchannel import REPLAY_SNDHWM
+from .session import NannySession
+
+log = logging.getLogger("nanny_io")
+
+_LOOPBACK_IPS = {"127.0.0.1", "localhost", "::1"}
+
+
+class Endpoints:
+    """Every socket of the nanny, bound or connected once for its whole life.
+
+    The kernel-facing sockets live as long as the nanny: every incarnation binds the same
+    private ports, so ZeroMQ reconnects them by itself (XSUB resends its subscription on
+    reconnect), and no socket is closed under a task still reading it.
+    """
+
+    def __init__(
+        self, frontend: NannyConnectionInfo, kernel: ConnectionInfo, session: NannySession
+    ) -> None:
+        self.frontend = frontend
+        self.kernel = kernel
+        self.session = session
+        self.ctx = zmq.asyncio.Context()
+        self._warn_if_exposed()
+        self.control = self._bind(zmq.ROUTER, "control")
+        self.control.router_mandatory = 0
+        self.iopub = self._bind(zmq.XPUB, "iopub")
+        self.iopub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        # The log channel is bound now so its ports are fixed for the nanny's life.
+        # A subscriber that does not read costs at most this many batches; beyond it PUB
+        # drops and the subscriber repairs the gap from replay (specs/log-channel.md).
+        self.log = self._bind(zmq.XPUB, "log", sndhwm=REPLAY_SNDHWM)
+        self.log.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscriber, to greet each
+        # A small send queue per client: an answer to a client that does not read waits in
+        # the store, not in memory (the limit only applies when set before bind).
+        self.log_replay = self._bind(zmq.ROUTER, "log_replay", sndhwm=REPLAY_SNDHWM)
+        self.heartbeat = Heartbeat(
+            zmq.Context.shadow(self.ctx.underlying), frontend.url("hb"), configure=self._secure
+        )
+        self.kernel_control = self.kernel_socket(zmq.DEALER, "control")
+        self.kernel_iopub = self.kernel_socket(zmq.XSUB, "iopub")
+        self.kernel_iopub.send(b"\x01")  # everything: the nanny forwards and watches it all
+
+    def _warn_if_exposed(self) -> None:
+        f = self.frontend
+        if f.transport == "tcp" and f.ip not in _LOOPBACK_IPS and not f.curve_secretkey:
+            log.warning(
+                "frontend-facing sockets bind to %r without CurveZMQ: messages are signed but "
+                "not encrypted; prefer 127.0.0.1 with an SSH tunnel, or provision curve keys",
+                f.ip,
+            )
+
+    def _secure(self, sock: zmq.Socket[Any]) -> None:
+        """Make a frontend-facing socket a CurveZMQ server when the connection info has keys."""
+        if self.frontend.curve_secretkey and self.frontend.curve_publickey:
+            sock.curve_secretkey = self.frontend.curve_secretkey.encode()
+            sock.curve_publickey = self.frontend.curve_publickey.encode()
+            sock.curve_server = True
+
+    def _bind(self, socket_type: int, channel: str, **options: int) -> zmq.asyncio.Socket:
+        """A frontend-facing socket; ``options`` are set before bind (some only apply then)."""
+        sock = self.ctx.socket(socket_type)
+        sock.linger = 1000
+        for name, value in options.items():
+            setattr(sock, name, value)
+        self._secure(sock)
+        sock.bind(self.frontend.url(channel))
+        return sock
+
+    def kernel_socket(self, socket_type: int, channel: str) -> zmq.asyncio.Socket:
+        """A socket connected to the kernel; a CurveZMQ client when the kernel is a server."""
+        sock = self.ctx.socket(socket_type)
+        sock.linger = 0
+        if self.frontend.curve_secretkey and self.frontend.curve_publickey:
+            sock.curve_secretkey = self.frontend.curve_secretkey.encode()
+            sock.curve_publickey = self.frontend.curve_publickey.encode()
+            sock.curve_serverkey = self.frontend.curve_publickey.encode()
+        url = self.kernel.url(channel)
+        sock.connect(url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//*:", "//127.0.0.1:"))
+        return sock
+
+    # ------------------------------------------------------------------ sending
+
+    async def publish(
+        self, msg_type: str, content: dict[str, Any], parent: dict[str, Any] | None = None
+    ) -> None:
+        """A message of the nanny's own on iopub, signed with the kernel's key."""
+        await self.iopub.send_multipart(self.session.frames(msg_type, content, parent or {}))
+
+    def send_stream(self, name: str, text: str, parent: dict[str, Any]) -> None:
+        """Captured output as an iopub ``stream`` message (the forwarder's sink)."""
+        self.iopub.send_multipart(
+            self.session.frames("stream", {"name": name, "text": text}, parent)
+        )
+
+    async def reply(self, request: Message, msg_type: str, content: dict[str, Any]) -> None:
+        """A control reply, routed back to the frontend that sent ``request``."""
+        await self.control.send_multipart(
+            self.session.frames(msg_type, content, request, request.identities)
+        )
+
+    async def reply_error(self, request: Message, ename: str, evalue: str) -> None:
+        reply_type = request.msg_type.replace("_request", "_reply")
+        await self.reply(request, reply_type, error_reply_content(ename, evalue))
+
+    def close(self) -> None:
+        self.heartbeat.stop()
+        self.ctx.destroy(linger=0)

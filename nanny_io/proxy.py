@@ -1,0 +1,254 @@
+"""Control and iopub through the nanny: every control message verified and either acted on
+(interrupt, signals, shutdown, launch) or forwarded; the kernel's iopub forwarded to every
+frontend, with the statuses that say which cell runs (specs/protocol.md §4 to §6)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from nanny_io_proto.control import (
+    KernelRestarted,
+    KernelStarted,
+    interrupt_reply_content,
+    launch_reply_content,
+    parse_shutdown_request,
+    parse_signal_request,
+    shutdown_reply_content,
+    signal_name,
+    signal_reply_content,
+)
+from nanny_io_proto.errors import RemoteProtocolError
+from nanny_io_proto.messages import Message, peek_header, split_identities
+
+from .attribution import Attribution
+from .endpoints import Endpoints
+from .journal import Journal
+from .launcher import KernelSpecInfo
+from .signals import SIGNALS
+from .supervisor import Supervisor
+
+log = logging.getLogger("nanny_io")
+
+
+class Proxy:
+    """The nanny's control and iopub service."""
+
+    def __init__(
+        self,
+        spec: KernelSpecInfo,
+        journal: Journal,
+        endpoints: Endpoints,
+        supervisor: Supervisor,
+        attribution: Attribution,
+    ) -> None:
+        self.spec = spec
+        self.journal = journal
+        self.endpoints = endpoints
+        self.session = endpoints.session
+        self.supervisor = supervisor
+        self.attribution = attribution
+        self.stats: dict[str, int] = {"control_rejected": 0, "control_forwarded": 0}
+        self._last_rejection_note = -1.0
+        self._shutdown_replied: deque[str] = deque(maxlen=64)  # requests the kernel answered
+
+    def serve(self) -> None:
+        """Start serving the frontends (once the first incarnation is ready)."""
+        self.journal.spawn(self._serve_control(), "control")
+        self.journal.spawn(self._serve_iopub_subscriptions(), "iopub-subscriptions")
+
+    def serve_kernel(self) -> None:
+        """Start forwarding what the kernel sends (before the first launch: readiness is
+        proven by the kernel's iopub)."""
+        self.journal.spawn(self._serve_kernel_control(), "kernel-control")
+        self.journal.spawn(self._serve_kernel_iopub(), "kernel-iopub")
+
+    # ------------------------------------------------------------------ control
+
+    async def _serve_control(self) -> None:
+        """Frontend control ROUTER: verify everything, act on nanny messages, forward the rest."""
+        async for frames in _arrivals(self.endpoints.control):
+            try:
+                msg = self.session.decode(frames)
+            except RemoteProtocolError as exc:
+                self._count_rejection(exc)
+                continue
+            try:
+                await self._handle_control(msg, frames)
+            except RemoteProtocolError as exc:
+                await self.endpoints.reply_error(msg, "ValueError", str(exc))
+
+    def _count_rejection(self, exc: RemoteProtocolError) -> None:
+        """Count a dropped control message; say so at most once a second (a flood of garbage
+        must not flood the logs), in the nanny's log, the log channel and the state file."""
+        self.stats["control_rejected"] += 1
+        total = self.stats["control_rejected"]
+        now = time.monotonic()
+        if now - self._last_rejection_note >= 1.0:
+            self._last_rejection_note = now
+            log.warning("dropped a control message: %s (%d dropped so far)", exc, total)
+            self.journal.event(
+                "control_rejected",
+                f"dropped a control message: {exc} ({total} dropped so far)",
+                reason=str(exc),
+                total=total,
+            )
+        self.journal.state.rejected_messages = total
+        self.journal.save_soon()
+
+    async def _handle_control(self, msg: Message, frames: list[bytes]) -> None:
+        kind = msg.msg_type
+        supervisor = self.supervisor
+        if kind == "shutdown_request":
+            restart = parse_shutdown_request(msg.content).restart
+
+            async def reply_if_the_kernel_did_not() -> None:
+                if msg.msg_id not in self._shutdown_replied:
+                    await self.endpoints.reply(
+                        msg, "shutdown_reply", shutdown_reply_content(restart)
+                    )
+
+            self.journal.spawn(
+                supervisor.shutdown(restart, frames, reply_if_the_kernel_did_not), "shutdown"
+            )
+            return
+        if kind == "launch_request":
+            if supervisor.busy or supervisor.kernel_alive:
+                await self.endpoints.reply_error(
+                    msg, "KernelRunning", "the kernel is already running"
+                )
+                return
+
+            async def reply(outcome: KernelStarted | KernelRestarted | str) -> None:
+                if isinstance(outcome, str):
+                    await self.endpoints.reply_error(msg, "KernelStartError", outcome)
+                else:
+                    await self.endpoints.reply(msg, "launch_reply", launch_reply_content(outcome))
+
+            self.journal.spawn(supervisor.relaunch(reply), "launch")
+            return
+        if not supervisor.kernel_alive:
+            await self.endpoints.reply_error(
+                msg, "KernelDead", "the kernel is not running; restart it"
+            )
+            return
+        if kind == "interrupt_request" and self.spec.interrupt_mode != "message":
+            supervisor.signal_group(signal.SIGINT)
+            await self.endpoints.reply(msg, "interrupt_reply", interrupt_reply_content())
+            return
+        if kind == "signal_request":
+            signum = parse_signal_request(msg.content, SIGNALS)
+            if not supervisor.signal_group(signum):
+                await self.endpoints.reply_error(msg, "ProcessLookupError", "the kernel is gone")
+                return
+            content = signal_reply_content(signum, signal_name(signum, SIGNALS))
+            await self.endpoints.reply(msg, "signal_reply", content)
+            return
+        self.stats["control_forwarded"] += 1
+        await self.endpoints.kernel_control.send_multipart(frames)
+
+    async def _serve_kernel_control(self) -> None:
+        """Kernel control replies back to the frontend that asked (its identity leads)."""
+        front: zmq.Socket[Any] = zmq.Socket.shadow(self.endpoints.control.underlying)
+        async for frames in _arrivals(self.endpoints.kernel_control):
+            idents, rest = _safe_split(frames)
+            if not idents:
+                continue  # a reply to the nanny's own request
+            if len(rest) > 2 and b"shutdown_reply" in rest[1]:
+                with contextlib.suppress(RemoteProtocolError, ValueError, AttributeError):
+                    if peek_header(frames).get("msg_type") == "shutdown_reply":
+                        self._shutdown_replied.append(json.loads(rest[2]).get("msg_id", ""))
+            front.send_multipart(frames, zmq.NOBLOCK)  # ROUTER: routes or drops, never waits
+
+    # ------------------------------------------------------------------ iopub
+
+    async def _serve_kernel_iopub(self) -> None:
+        """Forward the kernel's iopub to every frontend, watching busy/idle for attribution."""
+        front: zmq.Socket[Any] = zmq.Socket.shadow(self.endpoints.iopub.underlying)
+        attribution = self.attribution
+        async for frames in _arrivals(self.endpoints.kernel_iopub):
+            _, rest = _safe_split(frames)
+            # Most messages only pass through: parse a header only when it can matter.
+            if len(rest) >= 5 and (b"status" in rest[1] or b"iopub_welcome" in rest[1]):
+                try:
+                    kind = json.loads(rest[1]).get("msg_type")
+                except (ValueError, AttributeError):
+                    kind = None
+                if kind == "iopub_welcome":
+                    # Sent when our subscription reached the kernel: iopub is connected.
+                    self.supervisor.probe_seen.set()
+                    continue  # the nanny greets its own subscribers
+                if kind == "status" and self._track_status(rest) == "idle":
+                    await attribution.drain_before_idle(attribution.idle_parent)
+            elif attribution.before_forwarding() and len(rest) >= 5:
+                # Output the request wrote to its pipes before this message (say, before its
+                # execute_result) goes out first.
+                self.supervisor.output.drain()
+                assert attribution.forwarder is not None
+                attribution.forwarder.flush()
+            front.send_multipart(frames, zmq.NOBLOCK)  # PUB: never waits, drops at HWM
+
+    def _track_status(self, rest: list[bytes]) -> Any:
+        """A status message's execution state, after noting what it says."""
+        try:
+            parent = json.loads(rest[2])
+            state = json.loads(rest[4]).get("execution_state")
+        except (ValueError, AttributeError):
+            return None
+        if not isinstance(parent, dict):
+            return None
+        probes = self.supervisor.probe_ids
+        if probes and parent.get("msg_id") in probes:
+            self.supervisor.probe_seen.set()
+        self.attribution.track_status(parent, state)
+        return state
+
+    async def _serve_iopub_subscriptions(self) -> None:
+        """Greet each new iopub subscriber (JEP 65) and pass subscriptions to the kernel."""
+        iopub = self.endpoints.iopub
+        while True:
+            event = await iopub.recv()
+            if not event or event[0] != 1:
+                continue
+            topic = bytes(event[1:])
+            idents = (topic,) if topic else ()
+            await iopub.send_multipart(
+                self.session.frames(
+                    "iopub_welcome", {"subscription": topic.decode("utf-8", "replace")}, {}, idents
+                )
+            )
+            if topic:
+                await self.endpoints.kernel_iopub.send(event)
+
+
+async def _arrivals(sock: zmq.asyncio.Socket) -> AsyncIterator[list[bytes]]:
+    """Every message arriving on ``sock``: one wake-up, then all that is queued.
+
+    Receiving through a plain (shadow) socket once the poll fired avoids a future per
+    message; on a busy channel that is most of the cost of a hop through the nanny.
+    """
+    raw: zmq.Socket[Any] = zmq.Socket.shadow(sock.underlying)
+    while True:
+        await sock.poll()  # POLLIN
+        while True:
+            try:
+                frames = raw.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            yield frames
+
+
+def _safe_split(frames: list[bytes]) -> tuple[tuple[bytes, ...], list[bytes]]:
+    try:
+        return split_identities(frames)
+    except RemoteProtocolError:
+        return (), []
