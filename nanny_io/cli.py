@@ -7,37 +7,32 @@ import json
 import logging
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from nanny_io_proto.connection_files import (
-    NannyConnectionInfo,
-    decode_connection_file,
-    encode_connection_file,
-)
-from nanny_io_proto.errors import ConnectionFileError
 from nanny_io_proto.streams import Stream
 
 from . import __version__
 from .discovery import (
     KernelNotFound,
-    NannyState,
     iter_states,
-    prune_spills,
     resolve_kernel,
-    runtime_dir,
-    spill_path,
     state_summary,
-    write_private,
 )
-from .launcher import KernelSpecError, find_kernelspec, free_ipc_ports, free_tcp_ports
-from .limits import DEFAULT_MAX_BYTES, DEFAULT_SPILL_BYTES
+from .errors import NannyIOError
+from .launcher import KernelSpecError
+from .limits import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_SPILL_BYTES,
+    DEFAULT_STARTUP_TIMEOUT,
+    DEFAULT_TERM_GRACE,
+)
 
 log = logging.getLogger("nanny_io")
 
 
-class CLIError(Exception):
+class CLIError(NannyIOError):
     """An error the user can fix; printed as one line, no traceback."""
 
 
@@ -55,73 +50,6 @@ def _setup_logging(verbose: bool) -> None:
 # ---------------------------------------------------------------------- start
 
 
-def _adopt_or_allocate(args: argparse.Namespace) -> tuple[NannyConnectionInfo, Path, bool]:
-    """The frontend-facing connection info: adopted from an existing file, or fresh."""
-    path = Path(args.connection_file).expanduser() if args.connection_file else None
-    if path is not None and path.is_file():
-        try:
-            info = decode_connection_file(path.read_bytes())
-        except ConnectionFileError as exc:
-            raise CLIError(f"cannot use connection file {str(path)!r}: {exc}") from None
-        kernel_id = args.kernel_id or getattr(info, "kernel_id", "") or uuid.uuid4().hex
-        if isinstance(info, NannyConnectionInfo):  # a file a nanny wrote before: same ports
-            base = info.standard().to_dict()
-            log_ports = [info.log_port, info.log_replay_port]
-        else:
-            base = info.to_dict()
-            log_ports = []
-        if len(log_ports) != 2 or not all(log_ports):
-            taken = {
-                info.shell_port,
-                info.iopub_port,
-                info.stdin_port,
-                info.control_port,
-                info.hb_port,
-            }
-            log_ports = _free_ports(info.transport, info.ip, 2, taken)
-        base["kernel_name"] = base.get("kernel_name") or args.kernel_name
-        return (
-            NannyConnectionInfo.from_dict(
-                {
-                    **base,
-                    "kernel_id": kernel_id,
-                    "log_port": log_ports[0],
-                    "log_replay_port": log_ports[1],
-                }
-            ),
-            path,
-            False,
-        )
-    kernel_id = args.kernel_id or uuid.uuid4().hex
-    ip = args.ip
-    if args.transport == "ipc" and ip in ("127.0.0.1", ""):
-        ip = str(runtime_dir() / f"kernel-{kernel_id}-ipc")
-    ports = _free_ports(args.transport, ip, 7, set())
-    info = NannyConnectionInfo(
-        transport=args.transport,
-        ip=ip,
-        shell_port=ports[0],
-        iopub_port=ports[1],
-        stdin_port=ports[2],
-        control_port=ports[3],
-        hb_port=ports[4],
-        key=str(uuid.uuid4()),
-        signature_scheme="hmac-sha256",
-        kernel_name=args.kernel_name,
-        kernel_id=kernel_id,
-        log_port=ports[5],
-        log_replay_port=ports[6],
-    )
-    return info, path or runtime_dir() / f"kernel-{kernel_id}.json", True
-
-
-def _free_ports(transport: str, ip: str, count: int, taken: set[int]) -> list[int]:
-    if transport == "ipc":
-        return free_ipc_ports(ip, count, taken)
-    ports = [p for p in free_tcp_ports(ip, count + len(taken)) if p not in taken]
-    return ports[:count]
-
-
 def _size(text: str) -> int:
     """``64M``, ``512k``, ``1G`` or plain bytes."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -135,83 +63,27 @@ def _size(text: str) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    """Start the kernel first, then bring up the nanny around it.
+    """``nanny-io start``: the options, then the start-up module does the work."""
+    from .startup import StartOptions, run
 
-    Everything before the spawn uses only light modules: the kernel boots while the nanny
-    imports zmq and asyncio and binds its sockets, which keeps start-to-ready close to a
-    kernel started directly.
-    """
-    from nanny_io_proto.connection_files import kernel_facing
-
-    from .guardian import GuardianHandle
-    from .launcher import make_private_dir, prelaunch
-
-    try:
-        spec = find_kernelspec(args.kernel_name)
-    except KernelSpecError as exc:
-        raise CLIError(str(exc)) from None
-    frontend, conn_path, owned = _adopt_or_allocate(args)
-    private_dir = make_private_dir(runtime_dir(), frontend.kernel_id)
-    used = {
-        frontend.shell_port,
-        frontend.iopub_port,
-        frontend.stdin_port,
-        frontend.control_port,
-        frontend.hb_port,
-        frontend.log_port,
-        frontend.log_replay_port,
-    }
-    kernel_ports = _free_ports(frontend.transport, frontend.ip, 3, used)
-    conn_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_private(conn_path, encode_connection_file(frontend))
-    kernel_file = private_dir / "kernel.json"
-    write_private(
-        kernel_file,
-        encode_connection_file(
-            kernel_facing(
-                frontend,
-                ip=frontend.ip,
-                control_port=kernel_ports[0],
-                iopub_port=kernel_ports[1],
-                hb_port=kernel_ports[2],
-            )
-        ),
+    return run(
+        StartOptions(
+            kernel_name=args.kernel_name,
+            connection_file=Path(args.connection_file) if args.connection_file else None,
+            kernel_id=args.kernel_id,
+            ip=args.ip,
+            transport=args.transport,
+            shutdown_grace=args.shutdown_grace,
+            term_grace=args.term_grace,
+            startup_timeout=args.startup_timeout,
+            quiet=args.quiet,
+            ring_bytes=args.ring_size,
+            spill=not args.no_spill,
+            spill_bytes=args.spill_size,
+            rate_limit=args.rate_limit,
+            managed=args.managed,
+        )
     )
-    state_path = NannyState(frontend.kernel_id, spec.name, str(conn_path), 0, 0.0).path
-    cleanup = [str(private_dir), str(state_path)] + ([str(conn_path)] if owned else [])
-    if frontend.transport == "ipc":  # ZeroMQ does not always remove the socket files
-        ports = [*sorted(used), *kernel_ports]
-        cleanup += [f"{frontend.ip}-{port}" for port in ports]
-    guardian = GuardianHandle.start(cleanup)
-    first = prelaunch(guardian, spec, kernel_file, private_dir, None, spec.capture_stdstreams)
-
-    import asyncio
-
-    from .nanny import Nanny, NannyConfig
-
-    config = NannyConfig(
-        spec=spec,
-        frontend=frontend,
-        connection_file=conn_path,
-        private_dir=private_dir,
-        kernel_ports=(kernel_ports[0], kernel_ports[1], kernel_ports[2]),
-        owns_connection_file=owned,
-        shutdown_grace=args.shutdown_grace,
-        echo_output=not args.quiet,
-        ring_bytes=args.ring_size,
-        spill_dir=None if args.no_spill else spill_path(frontend.kernel_id),
-        spill_bytes=args.spill_size,
-        rate_limit=args.rate_limit,
-        managed=args.managed,
-    )
-    prune_spills()  # after the spawn: nothing here may delay the kernel
-    if not args.managed:  # under a KernelManager this would only clutter the server's log
-        print(f"kernel_id: {frontend.kernel_id}", flush=True)
-        print(f"connection_file: {conn_path}", flush=True)
-    try:
-        return asyncio.run(Nanny(config, guardian, first).run())
-    finally:
-        guardian.close()
 
 
 # ---------------------------------------------------------------------- list and control verbs
@@ -389,10 +261,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shutdown-grace",
         type=float,
-        default=5.0,
+        default=DEFAULT_SHUTDOWN_GRACE,
         metavar="SECONDS",
         help="how long a kernel may take to exit after shutdown_request before its "
-        "process tree is terminated (default: 5)",
+        f"process tree is terminated (default: {DEFAULT_SHUTDOWN_GRACE:g})",
+    )
+    p.add_argument(
+        "--term-grace",
+        type=float,
+        default=DEFAULT_TERM_GRACE,
+        metavar="SECONDS",
+        help="how long the process tree may take to exit after SIGTERM before it is "
+        f"killed (default: {DEFAULT_TERM_GRACE:g})",
+    )
+    p.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=DEFAULT_STARTUP_TIMEOUT,
+        metavar="SECONDS",
+        help="how long the kernel may take to answer kernel_info after it was launched "
+        f"(default: {DEFAULT_STARTUP_TIMEOUT:g})",
     )
     p.add_argument(
         "--ring-size",
@@ -427,8 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not echo the kernel's output on this terminal",
     )
-    # Set by the provisioner: a restart request ends this nanny (its KernelManager restarts
-    # kernels by launching a new one).
+    # Set by the provisioner: the kernel manager decides about restarts (protocol §8.3).
     p.add_argument("--managed", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_start)
 
@@ -536,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         return int(args.func(args))
-    except CLIError as exc:
+    except NannyIOError as exc:
         print(f"nanny-io: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

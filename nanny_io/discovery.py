@@ -46,6 +46,11 @@ def state_dir() -> Path:
     return path
 
 
+def state_path(kernel_id: str) -> Path:
+    """Where the nanny of ``kernel_id`` keeps its state file."""
+    return state_dir() / f"nanny-{kernel_id}.json"
+
+
 def spill_path(kernel_id: str) -> Path:
     """Where a kernel's log history is kept on disk, readable after its nanny exits."""
     return state_dir() / f"spill-{kernel_id}"
@@ -100,7 +105,7 @@ class NannyState:
 
     @property
     def path(self) -> Path:
-        return state_dir() / f"nanny-{self.kernel_id}.json"
+        return state_path(self.kernel_id)
 
     def save(self) -> None:
         write_private(self.path, json.dumps(asdict(self), indent=1).encode() + b"\n")

@@ -17,6 +17,11 @@ the kernel behind it. The process the manager sees is the nanny, which outlives 
 
 Restarting stays the manager's decision (its autorestart and restart limit), as with a plain
 kernelspec; the nanny only reports (specs/protocol.md §8.3).
+
+The nanny's settings come from the kernelspec, as provisioner config::
+
+    "kernel_provisioner": {"provisioner_name": "nanny-io",
+                           "config": {"startup_timeout": 120, "term_grace": 5}}
 """
 
 from __future__ import annotations
@@ -33,21 +38,48 @@ from typing import Any
 import psutil
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
+from traitlets import Float, Int
 
-from .discovery import NannyState, load_connection_info
+from .discovery import load_connection_info, state_path
 from .lifecycle import KernelState, kernel_process_runs
+from .limits import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_SPILL_BYTES,
+    DEFAULT_STARTUP_TIMEOUT,
+    DEFAULT_TERM_GRACE,
+)
 from .signals import SIGNAL_NAMES
 
 #: How long ``kill`` waits for the tree to disappear before giving up on it.
 KILL_TIMEOUT = 10.0
 #: How long ending the nanny may take: its own shutdown of the kernel, then its exit.
 NANNY_EXIT_TIMEOUT = 15.0
-#: How long a restart waits for the nanny's new incarnation to be ready.
-LAUNCH_TIMEOUT = 90.0
+#: How much longer than the kernel's start-up timeout a restart waits for the nanny's answer.
+LAUNCH_MARGIN = 30.0
 
 
 class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
     """Launch the kernel under ``nanny-io start --managed`` and manage it through the nanny."""
+
+    startup_timeout = Float(
+        DEFAULT_STARTUP_TIMEOUT,
+        config=True,
+        help="seconds the kernel may take to answer kernel_info after it was launched",
+    )
+    shutdown_grace = Float(
+        DEFAULT_SHUTDOWN_GRACE,
+        config=True,
+        help="seconds the kernel may take to exit after shutdown_request before its process "
+        "tree is terminated",
+    )
+    term_grace = Float(
+        DEFAULT_TERM_GRACE,
+        config=True,
+        help="seconds the process tree may take to exit after SIGTERM before it is killed",
+    )
+    ring_size = Int(DEFAULT_MAX_BYTES, config=True, help="bytes of log kept in memory")
+    spill_size = Int(DEFAULT_SPILL_BYTES, config=True, help="bytes of log kept on disk")
 
     exit_details: dict[str, Any] | None = None  # how the kernel died, once it has
     _nanny_ports: tuple[int, ...] = ()  # the frontend-facing ports the nanny serves
@@ -71,6 +103,11 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
             "--kernel-id",
             self.kernel_id,
             "--managed",
+            f"--startup-timeout={self.startup_timeout}",
+            f"--shutdown-grace={self.shutdown_grace}",
+            f"--term-grace={self.term_grace}",
+            f"--ring-size={self.ring_size}",
+            f"--spill-size={self.spill_size}",
         ]
         return kwargs
 
@@ -93,7 +130,8 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     async def _relaunch(self) -> None:
         try:
-            reply = await self._control("launch_request", {}, LAUNCH_TIMEOUT)
+            timeout = self.startup_timeout + LAUNCH_MARGIN
+            reply = await self._control("launch_request", {}, timeout)
         except Exception as exc:  # the nanny is not answering: the next poll says how it is
             self.log.error("cannot restart kernel %s: %s", self.kernel_id, exc)
             return
@@ -111,8 +149,7 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     def _state(self) -> dict[str, Any] | None:
         try:
-            path = NannyState(self.kernel_id, "", "", 0, 0.0).path
-            state: dict[str, Any] = json.loads(path.read_text())
+            state: dict[str, Any] = json.loads(state_path(self.kernel_id).read_text())
             return state
         except (OSError, ValueError):
             return None

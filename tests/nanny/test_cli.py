@@ -107,3 +107,23 @@ def test_list_with_nothing_running(jupyter_env) -> None:
     proc = cli("list")
     assert proc.returncode == 0
     assert "no kernels" in proc.stdout
+
+
+def test_start_gives_up_after_the_startup_timeout_and_leaves_nothing(jupyter_env) -> None:
+    jupyter_env.add_kernelspec(
+        "mute",
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; print('booting', file=sys.stderr); time.sleep(600)",
+        ],
+    )
+    proc = cli("start", "mute", "--startup-timeout", "1.5", "--term-grace", "0.5", timeout=60)
+    assert proc.returncode == 1
+    assert "kernel 'mute' did not answer kernel_info within 1.5 s" in proc.stderr
+    assert "booting" in proc.stderr  # the tail of its stderr says what it was doing
+    assert "Traceback" not in proc.stderr
+    leftovers = [
+        p for p in jupyter_env.runtime.rglob("*") if p.name.startswith(("kernel-", "nanny-io-"))
+    ]
+    assert leftovers == []

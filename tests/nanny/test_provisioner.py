@@ -391,3 +391,21 @@ def test_nbclient_dead_kernel_leaves_the_reason_in_the_cell(kernels) -> None:
         client.execute()
     text = "".join(o.get("text", "") for o in nb.cells[0].outputs if o.output_type == "stream")
     assert "the kernel died: exited with code 3" in text
+
+
+def test_provisioner_config_reaches_the_nanny(kernels) -> None:
+    from jupyter_client import KernelManager
+
+    assert _install("python3", "--user").returncode == 0
+    path = kernels / "python3-nanny" / "kernel.json"
+    spec = json.loads(path.read_text())
+    spec["metadata"]["kernel_provisioner"]["config"] = {"startup_timeout": 45, "term_grace": 0.5}
+    path.write_text(json.dumps(spec))
+    km = KernelManager(kernel_name="python3-nanny")
+    km.start_kernel()
+    try:
+        argv = psutil.Process(km.provisioner.process.pid).cmdline()
+        assert "--startup-timeout=45.0" in argv and "--term-grace=0.5" in argv
+        assert km.provisioner.startup_timeout == 45
+    finally:
+        km.shutdown_kernel(now=True)

@@ -1,0 +1,201 @@
+"""Starting a nanny: ports and files, the guardian, the kernel, then the nanny around it.
+
+``StartOptions`` is what a user can choose (from ``nanny-io start`` or the provisioner's
+config), with the one set of defaults. Everything before the kernel's spawn uses only light
+modules: the kernel boots while the nanny imports zmq and asyncio and binds its sockets,
+which keeps start-to-ready close to a kernel started directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from nanny_io_proto.connection_files import (
+    NannyConnectionInfo,
+    decode_connection_file,
+    encode_connection_file,
+)
+from nanny_io_proto.errors import ConnectionFileError
+
+from .discovery import prune_spills, runtime_dir, spill_path, state_path, write_private
+from .errors import NannyIOError
+from .launcher import KernelSpecError, find_kernelspec, free_ipc_ports, free_tcp_ports
+from .limits import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_SPILL_BYTES,
+    DEFAULT_STARTUP_TIMEOUT,
+    DEFAULT_TERM_GRACE,
+)
+
+log = logging.getLogger("nanny_io")
+
+
+class StartError(NannyIOError):
+    """The nanny cannot start: a missing kernelspec, an unusable connection file, ..."""
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    """How to run one kernel under a nanny."""
+
+    kernel_name: str
+    connection_file: Path | None = None  # adopted when it exists; else written there
+    kernel_id: str | None = None  # default: from the adopted file, or a new uuid
+    ip: str = "127.0.0.1"
+    transport: str = "tcp"
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    term_grace: float = DEFAULT_TERM_GRACE
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+    quiet: bool = False  # no echo of the kernel's output on our stderr
+    ring_bytes: int = DEFAULT_MAX_BYTES
+    spill: bool = True  # keep an on-disk history
+    spill_bytes: int = DEFAULT_SPILL_BYTES
+    rate_limit: int | None = None  # bytes/s of captured output forwarded to frontends
+    managed: bool = False  # under a kernel manager (specs/protocol.md §8.3)
+
+
+def run(options: StartOptions) -> int:
+    """Start the kernel, run the nanny until it is shut down; the exit status."""
+    from nanny_io_proto.connection_files import kernel_facing
+
+    from .guardian import GuardianHandle
+    from .launcher import make_private_dir, prelaunch
+
+    try:
+        spec = find_kernelspec(options.kernel_name)
+    except KernelSpecError as exc:
+        raise StartError(str(exc)) from None
+    frontend, conn_path, owned = _adopt_or_allocate(options)
+    private_dir = make_private_dir(runtime_dir(), frontend.kernel_id)
+    used = {
+        frontend.shell_port,
+        frontend.iopub_port,
+        frontend.stdin_port,
+        frontend.control_port,
+        frontend.hb_port,
+        frontend.log_port,
+        frontend.log_replay_port,
+    }
+    kernel_ports = free_ports(frontend.transport, frontend.ip, 3, used)
+    conn_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(conn_path, encode_connection_file(frontend))
+    kernel_file = private_dir / "kernel.json"
+    write_private(
+        kernel_file,
+        encode_connection_file(
+            kernel_facing(
+                frontend,
+                ip=frontend.ip,
+                control_port=kernel_ports[0],
+                iopub_port=kernel_ports[1],
+                hb_port=kernel_ports[2],
+            )
+        ),
+    )
+    cleanup = [str(private_dir), str(state_path(frontend.kernel_id))]
+    cleanup += [str(conn_path)] if owned else []
+    if frontend.transport == "ipc":  # ZeroMQ does not always remove the socket files
+        ports = [*sorted(used), *kernel_ports]
+        cleanup += [f"{frontend.ip}-{port}" for port in ports]
+    guardian = GuardianHandle.start(cleanup)
+    first = prelaunch(guardian, spec, kernel_file, private_dir, None, spec.capture_stdstreams)
+
+    import asyncio
+
+    from .nanny import Nanny, NannyConfig
+
+    config = NannyConfig(
+        spec=spec,
+        frontend=frontend,
+        connection_file=conn_path,
+        private_dir=private_dir,
+        kernel_ports=(kernel_ports[0], kernel_ports[1], kernel_ports[2]),
+        owns_connection_file=owned,
+        shutdown_grace=options.shutdown_grace,
+        term_grace=options.term_grace,
+        startup_timeout=options.startup_timeout,
+        echo_output=not options.quiet,
+        ring_bytes=options.ring_bytes,
+        spill_dir=spill_path(frontend.kernel_id) if options.spill else None,
+        spill_bytes=options.spill_bytes,
+        rate_limit=options.rate_limit,
+        managed=options.managed,
+    )
+    prune_spills()  # after the spawn: nothing here may delay the kernel
+    if not options.managed:  # under a KernelManager this would only clutter the server's log
+        print(f"kernel_id: {frontend.kernel_id}", flush=True)
+        print(f"connection_file: {conn_path}", flush=True)
+    try:
+        return asyncio.run(Nanny(config, guardian, first).run())
+    finally:
+        guardian.close()
+
+
+def _adopt_or_allocate(options: StartOptions) -> tuple[NannyConnectionInfo, Path, bool]:
+    """The frontend-facing connection info: adopted from an existing file, or fresh; with
+    the file's path and whether the nanny owns (and removes) it."""
+    path = options.connection_file.expanduser() if options.connection_file else None
+    if path is not None and path.is_file():
+        try:
+            info = decode_connection_file(path.read_bytes())
+        except ConnectionFileError as exc:
+            raise StartError(f"cannot use connection file {str(path)!r}: {exc}") from None
+        kernel_id = options.kernel_id or getattr(info, "kernel_id", "") or uuid.uuid4().hex
+        if isinstance(info, NannyConnectionInfo):  # a file a nanny wrote before: same ports
+            base = info.standard().to_dict()
+            log_ports = [info.log_port, info.log_replay_port]
+        else:
+            base = info.to_dict()
+            log_ports = []
+        if len(log_ports) != 2 or not all(log_ports):
+            taken = {
+                info.shell_port,
+                info.iopub_port,
+                info.stdin_port,
+                info.control_port,
+                info.hb_port,
+            }
+            log_ports = free_ports(info.transport, info.ip, 2, taken)
+        base["kernel_name"] = base.get("kernel_name") or options.kernel_name
+        adopted = NannyConnectionInfo.from_dict(
+            {
+                **base,
+                "kernel_id": kernel_id,
+                "log_port": log_ports[0],
+                "log_replay_port": log_ports[1],
+            }
+        )
+        return adopted, path, False
+    kernel_id = options.kernel_id or uuid.uuid4().hex
+    ip = options.ip
+    if options.transport == "ipc" and ip in ("127.0.0.1", ""):
+        ip = str(runtime_dir() / f"kernel-{kernel_id}-ipc")
+    ports = free_ports(options.transport, ip, 7, set())
+    info = NannyConnectionInfo(
+        transport=options.transport,
+        ip=ip,
+        shell_port=ports[0],
+        iopub_port=ports[1],
+        stdin_port=ports[2],
+        control_port=ports[3],
+        hb_port=ports[4],
+        key=str(uuid.uuid4()),
+        signature_scheme="hmac-sha256",
+        kernel_name=options.kernel_name,
+        kernel_id=kernel_id,
+        log_port=ports[5],
+        log_replay_port=ports[6],
+    )
+    return info, path or runtime_dir() / f"kernel-{kernel_id}.json", True
+
+
+def free_ports(transport: str, ip: str, count: int, taken: set[int]) -> list[int]:
+    """``count`` ports free on ``ip`` (ipc: socket-file suffixes), none of ``taken``."""
+    if transport == "ipc":
+        return free_ipc_ports(ip, count, taken)
+    ports = [p for p in free_tcp_ports(ip, count + len(taken)) if p not in taken]
+    return ports[:count]
