@@ -25,6 +25,8 @@ import psutil
 from nanny_io_proto.connection_files import NannyConnectionInfo, decode_connection_file
 from nanny_io_proto.errors import ConnectionFileError
 
+from .lifecycle import KernelState, kernel_process_runs
+
 
 class KernelNotFound(Exception):
     """A KERNEL argument that names no known kernel (or names several)."""
@@ -95,7 +97,7 @@ class NannyState:
     incarnation: int = 0
     # starting | running | shutting-down | restarting | dead | stopped (shut down on a
     # manager's restart request, waiting for its launch_request)
-    status: str = "starting"
+    status: str = KernelState.STARTING.value
     started_at: float = 0.0  # when the current incarnation started (unix time)
     spill_dir: str | None = None
     rejected_messages: int = 0  # invalid, unsigned or forged control messages dropped
@@ -207,7 +209,8 @@ def resolve_kernel(ref: str) -> KernelRef:
 def state_summary(state: NannyState, alive: bool, now: float) -> dict[str, Any]:
     """One row of ``nanny-io list``: the state plus live figures from psutil."""
     memory = None
-    if alive and state.kernel_pid:
+    runs = alive and kernel_process_runs(state.status)  # else kernel_pid is the last one's
+    if runs and state.kernel_pid:
         with contextlib.suppress(psutil.Error):
             kernel = psutil.Process(state.kernel_pid)
             memory = kernel.memory_info().rss
@@ -222,9 +225,7 @@ def state_summary(state: NannyState, alive: bool, now: float) -> dict[str, Any]:
         "incarnation": state.incarnation,
         "status": state.status if alive else "stale",
         "uptime": (
-            round(now - state.started_at, 1)
-            if alive and state.started_at and state.status != "dead"
-            else None
+            round(now - state.started_at, 1) if runs and state.started_at else None
         ),
         "memory": memory,
         "connection_file": state.connection_file,
