@@ -154,6 +154,22 @@ def iopub_until(
             return seen
 
 
+def start_sleeping_cell(kc: Any) -> str:
+    """Run a cell that sleeps for a minute; return once it is inside the sleep.
+
+    Its ``execute_input`` is not enough: it is published before the code runs, and an
+    interrupt that arrives before the sleep starts may hit ipykernel's own code instead.
+    """
+    msg_id: str = kc.execute("import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
+    iopub_until(
+        kc,
+        lambda m: m["msg_type"] == "stream"
+        and m["parent_header"].get("msg_id") == msg_id
+        and "sleeping" in m["content"]["text"],
+    )
+    return msg_id
+
+
 def os_environ_with(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)

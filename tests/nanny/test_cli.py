@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import NannyProcess, iopub_until, wait_gone
+from helpers import NannyProcess, start_sleeping_cell, wait_gone
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -53,8 +53,7 @@ def test_list_cleans_stale_entries(nanny: NannyProcess) -> None:
 
 def test_interrupt_by_id_prefix(nanny: NannyProcess) -> None:
     kc = nanny.client()
-    msg_id = kc.execute("import time; time.sleep(60)")
-    iopub_until(kc, lambda m: m["msg_type"] == "execute_input")
+    msg_id = start_sleeping_cell(kc)
     proc = cli("interrupt", nanny.kernel_id[:8])
     assert proc.returncode == 0, proc.stderr
     shell = kc.get_shell_msg(timeout=15)

@@ -11,7 +11,14 @@ import time
 import psutil
 import pytest
 import zmq
-from helpers import NannyProcess, execute_then_exit, gone, iopub_until, wait_gone
+from helpers import (
+    NannyProcess,
+    execute_then_exit,
+    gone,
+    iopub_until,
+    start_sleeping_cell,
+    wait_gone,
+)
 from jupyter_client.session import Session
 
 pytestmark = pytest.mark.timeout(90)
@@ -65,8 +72,7 @@ def test_execute_through_the_nanny_and_files_are_private(nanny: NannyProcess) ->
 
 def test_interrupt_request_stops_a_sleeping_cell(nanny: NannyProcess) -> None:
     kc = nanny.client()
-    msg_id = kc.execute("import time; time.sleep(60)")
-    iopub_until(kc, lambda m: m["msg_type"] == "execute_input")
+    msg_id = start_sleeping_cell(kc)
     reply = _control(kc, "interrupt_request", {})
     assert reply["content"]["status"] == "ok"
     shell = kc.get_shell_msg(timeout=15)
@@ -404,8 +410,7 @@ def test_interrupt_mode_message_is_forwarded_to_the_kernel(jupyter_env, nanny_fa
     )
     nanny = nanny_factory("msgint")
     kc = nanny.client()
-    msg_id = kc.execute("import time; time.sleep(60)")
-    iopub_until(kc, lambda m: m["msg_type"] == "execute_input")
+    msg_id = start_sleeping_cell(kc)
     reply = _control(kc, "interrupt_request", {})
     assert reply["content"]["status"] == "ok"
     assert reply["header"].get("username") != "nanny-io"  # the kernel answered, not the nanny

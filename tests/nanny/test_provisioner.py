@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import wait_for, wait_gone
+from helpers import start_sleeping_cell, wait_for, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,12 +100,7 @@ def test_kernel_manager_lifecycle_through_the_provisioner(kernels) -> None:
         kc.wait_for_ready(timeout=60)
         assert type(km.provisioner).__name__ == "NannyProvisioner"
         # interrupt (interrupt_mode signal: the provisioner asks the nanny)
-        msg_id = kc.execute("import time; time.sleep(60)")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            msg = kc.get_iopub_msg(timeout=30)
-            if msg["msg_type"] == "execute_input":
-                break
+        msg_id = start_sleeping_cell(kc)
         km.interrupt_kernel()
         reply = kc.get_shell_msg(timeout=20)
         assert reply["parent_header"]["msg_id"] == msg_id
