@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,9 @@ SIGNAL_NAMES: dict[int, str] = {number: name for name, number in reversed(SIGNAL
 _LOOPBACK_IPS = {"127.0.0.1", "localhost", "::1"}
 #: How long output read while no request runs waits for a `busy` that may be on its way.
 LIMBO_DELAY = 0.1
+#: How long a nanny that exits with its kernel lets its last iopub and log messages (the
+#: death report) leave before it closes the frontend-facing sockets.
+FINAL_LINGER_MS = 500
 
 
 class KernelStartError(Exception):
@@ -111,6 +114,10 @@ class NannyConfig:
     # with restart stops the kernel and waits for the manager's launch_request
     # (specs/protocol.md §8.3).
     managed: bool = False
+    # A launcher (`nanny-io launch`, the gateway_provisioners protocol) serves one incarnation:
+    # its manager restarts a kernel by starting a new launcher. A death ends the nanny with
+    # the kernel's exit status once it is reported, and so does a shutdown with restart.
+    exit_with_kernel: bool = False
 
     @property
     def capture(self) -> bool:
@@ -213,6 +220,10 @@ class Nanny:
         self._k_iopub: zmq.asyncio.Socket | None = None
         self._last_state_save = 0.0
         self._state_save_pending = False
+        #: The process exit status when the nanny ended with its kernel (exit_with_kernel).
+        self.exit_status: int | None = None
+        #: Called like the log channel after each append: (stream, first_seq, last_seq).
+        self.record_listeners: list[Callable[[Stream, int, int], None]] = []
         self.state = NannyState(
             kernel_id=config.kernel_id,
             kernel_name=self.spec.name,
@@ -345,7 +356,7 @@ class Nanny:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
             await self._teardown()
-        return status
+        return status if self.exit_status is None else self.exit_status
 
     def request_stop(self) -> None:
         """Shut the kernel down cleanly, then stop (SIGINT / SIGTERM to the nanny)."""
@@ -378,6 +389,9 @@ class Nanny:
         if self.echo is not None:
             self.echo.close()
         self.heartbeat.stop()
+        if self.config.exit_with_kernel:  # the death report is the last word: let it leave
+            for sock in (self.f_iopub, self.f_log):
+                sock.close(linger=FINAL_LINGER_MS)
         self.ctx.destroy(linger=0)
         self.guardian.close()
         self.state.remove()
@@ -439,6 +453,8 @@ class Nanny:
     def _on_stored(self, stream: Stream, first_seq: int, last_seq: int) -> None:
         if self.log_channel is not None:
             self.log_channel.stored(stream, first_seq, last_seq)
+        for listener in self.record_listeners:
+            listener(stream, first_seq, last_seq)
 
     def _on_output(self, stream: Stream, data: bytes) -> None:
         """Captured stdout/stderr (delimiters removed): to frontends, or echoed locally."""
@@ -763,6 +779,9 @@ class Nanny:
         # Last: a kernel manager polling the state file learns of the death only now, so a
         # restart it decides on comes after the report.
         self._save_state("dead", inc)
+        if self.config.exit_with_kernel:  # as a shell reports it: the code, or 128 + signal
+            self.exit_status = 128 + signum if signum else (exit_code or 0) & 0xFF
+            self._stop.set()
 
     def _running_parent(self) -> dict[str, Any]:
         """The request that was running: opened by a BEGIN delimiter, or seen busy on iopub.
@@ -867,7 +886,7 @@ class Nanny:
                     incarnation=inc.number,
                     restart=restart,
                 )
-            if not restart:
+            if not restart or self.config.exit_with_kernel:
                 self._stop.set()
             elif self.config.managed:
                 # The manager launches the next incarnation (launch_request) when it decides to.
@@ -1005,6 +1024,40 @@ class Nanny:
                 "launch_reply", launch_reply_content(launched), request, request.identities
             )
         )
+
+    # ------------------------------------------------------------------ for launchers
+
+    @property
+    def kernel_running(self) -> bool:
+        inc = self.incarnation
+        return inc is not None and inc.alive
+
+    async def interrupt(self) -> bool:
+        """Interrupt the kernel as its kernelspec says: SIGINT to its process group, or an
+        ``interrupt_request`` on its control channel. False when no kernel runs."""
+        inc = self.incarnation
+        if inc is None or not inc.alive:
+            return False
+        if self.spec.interrupt_mode == "message":
+            assert self._k_control is not None  # its reply comes back without identities
+            await self._k_control.send_multipart(self.session.frames("interrupt_request", {}))
+            return True
+        return self._signal_group(inc, signal.SIGINT)
+
+    def signal_kernel(self, signum: int) -> bool:
+        """``signum`` to the kernel's process group, as for a ``signal_request``."""
+        inc = self.incarnation
+        return inc is not None and inc.alive and self._signal_group(inc, signum)
+
+    def signal_tree(self, signum: int) -> int:
+        """``signum`` to every process of the kernel's tree, those that left its process
+        group included; how many were signalled."""
+        count = 0
+        for proc in self.guardian.descendants():
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signum)
+                count += 1
+        return count
 
     def _signal_group(self, inc: Incarnation, signum: int) -> bool:
         """Signal the kernel's process group, as jupyter_client's local provisioner does."""
