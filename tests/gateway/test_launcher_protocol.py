@@ -66,9 +66,11 @@ def _public_key_text(key: Any) -> str:
     """The public key as the provisioner passes it: PEM without header, footer or newlines
     (ResponseManager.public_key)."""
     pem = key.publickey().export_key("PEM").decode()
-    return pem.replace("-----BEGIN PUBLIC KEY-----", "").replace(
-        "-----END PUBLIC KEY-----", ""
-    ).replace("\n", "")
+    return (
+        pem.replace("-----BEGIN PUBLIC KEY-----", "")
+        .replace("-----END PUBLIC KEY-----", "")
+        .replace("\n", "")
+    )
 
 
 def _their_decoder(key: Any, payload: bytes) -> dict[str, Any]:
