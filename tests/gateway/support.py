@@ -74,6 +74,7 @@ class Launcher:
         from Cryptodome.PublicKey import RSA
 
         self.kernel_id = str(uuid.uuid4())
+        self.prefix = prefix
         self._key = RSA.generate(1024)
         pem = self._key.publickey().export_key("PEM").decode()
         public = "".join(line for line in pem.splitlines() if not line.startswith("-----"))
@@ -160,7 +161,11 @@ class Launcher:
         for kc in self.clients:
             kc.stop_channels()
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            # The launcher itself: a wrapper such as `unshare --fork` ignores SIGTERM.
+            targets = psutil.Process(self.proc.pid).children() if self.prefix else []
+            for target in targets or [psutil.Process(self.proc.pid)]:
+                with contextlib.suppress(psutil.Error):
+                    target.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(30)
         except subprocess.TimeoutExpired:
