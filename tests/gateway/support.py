@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -70,7 +71,13 @@ class Launcher:
     """``nanny-io launch`` started by hand, answering to a response socket of the test's own,
     as a provisioner would start it (``prefix`` runs it inside something, e.g. ``unshare``)."""
 
-    def __init__(self, *args: str, prefix: tuple[str, ...] = (), kernel: str = "python3") -> None:
+    def __init__(
+        self,
+        *args: str,
+        prefix: tuple[str, ...] = (),
+        kernel: str = "python3",
+        from_env: bool = False,
+    ) -> None:
         from Cryptodome.PublicKey import RSA
 
         self.kernel_id = str(uuid.uuid4())
@@ -81,12 +88,22 @@ class Launcher:
         self._server = socket.create_server(("127.0.0.1", 0))
         self._server.settimeout(60)
         address = f"127.0.0.1:{self._server.getsockname()[1]}"
-        argv = [sys.executable, "-m", "nanny_io", "launch", "--kernel", kernel]
-        argv += ["--kernel-id", self.kernel_id, "--response-address", address]
-        argv += ["--public-key", public, *args]
+        argv = [sys.executable, "-m", "nanny_io", "launch"]
+        env = dict(os.environ)
+        if from_env:  # as a container provisioner gives them to the pod
+            env.update(
+                NANNY_IO_KERNEL=kernel,
+                KERNEL_ID=self.kernel_id,
+                RESPONSE_ADDRESS=address,
+                PUBLIC_KEY=public,
+            )
+        else:
+            argv += ["--kernel", kernel, "--kernel-id", self.kernel_id]
+            argv += ["--response-address", address, "--public-key", public]
+        argv += args
         self.stderr: list[str] = []
         self.proc = subprocess.Popen(
-            [*prefix, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            [*prefix, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
         )
         self.stdout = b""
         self._pumps = [

@@ -144,3 +144,34 @@ def psutil_parent_chain(pid: int, ancestor: int) -> bool:
     import psutil
 
     return any(p.pid == ancestor for p in psutil.Process(pid).parents())
+
+
+def test_transport_encryption_required_gives_a_curve_kernel(gateway: Gateway) -> None:
+    """The server asks for CurveZMQ: the launcher's connection info carries a key pair, and
+    everything (the kernel's shell, the nanny's iopub and log channel) speaks CURVE."""
+    gateway.install("--remote", "distributed")
+
+    async def scenario() -> None:
+        from jupyter_client.manager import AsyncKernelManager
+
+        from nanny_io.subscriber import LogClient
+        from nanny_io_proto.connection_files import NannyConnectionInfo
+
+        km = AsyncKernelManager(kernel_name="python3-distributed", transport_encryption="required")
+        await km.start_kernel()
+        gateway.remember(km.provisioner.local_proc.pid)
+        info = dict(km.provisioner.connection_info)
+        assert len(info["curve_publickey"]) == 40 and len(info["curve_secretkey"]) == 40
+        kc = await _ready_client(km)
+        try:
+            reply = await kc.execute_interactive("z = 3", timeout=30)
+            assert reply["content"]["status"] == "ok"
+            log_info = NannyConnectionInfo.from_dict({**info, "key": info["key"].decode()})
+            async with LogClient(log_info) as client:
+                events = [r.data async for r in client.records() if r.stream.value == "nanny"]
+            assert any(b'"kernel_started"' in e for e in events)
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel()
+
+    gateway.run(scenario)
