@@ -22,28 +22,19 @@ SIGTERM of a pod deletion into a clean shutdown (the nanny's own handler).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
 import os
-import queue
 import random
-import signal
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 from nanny_io_proto.connection_files import NannyConnectionInfo
-from nanny_io_proto.errors import LocalProtocolError, RemoteProtocolError
+from nanny_io_proto.errors import RemoteProtocolError
 from nanny_io_proto.gateway import (
     BadLauncherArgument,
-    CommRequest,
-    CommRequestReader,
     encrypt_connection_info,
     launcher_connection_info,
     parse_port_range,
@@ -51,13 +42,8 @@ from nanny_io_proto.gateway import (
     parse_transport_encryption,
     public_key_der,
 )
-from nanny_io_proto.streams import Stream
 
 from .launcher import KernelSpecError, KernelSpecInfo, find_kernelspec, free_tcp_ports
-
-if TYPE_CHECKING:
-    from .nanny import Nanny
-    from .store import LogStore
 
 log = logging.getLogger("nanny_io")
 
@@ -74,10 +60,6 @@ ENV_FALLBACKS: Mapping[str, tuple[str, ...]] = {
     "transport_encryption": ("TRANSPORT_ENCRYPTION",),
     "kernel": ("NANNY_IO_KERNEL",),
 }
-#: How long the server may take to send one communication-port request.
-COMM_READ_TIMEOUT = 5.0
-#: Connections served at once; more are closed at once (a flood must not grow memory).
-COMM_MAX_CONNECTIONS = 32
 #: How long sending the connection info may take, and how often it is tried.
 RESPONSE_TIMEOUT = 10.0
 RESPONSE_ATTEMPTS = 3
@@ -166,6 +148,7 @@ def pick_ports(ip: str, port_range: tuple[int, int], count: int) -> list[int]:
     try:
         for port in _candidates(port_range):
             sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ binds
             try:
                 sock.bind((_bind_ip(ip), port))
             except OSError:
@@ -191,6 +174,7 @@ def bind_comm_socket(ip: str, port_range: tuple[int, int], taken: set[int]) -> s
         if port in taken:
             continue
         sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((_bind_ip(ip), port))
             sock.listen(16)
@@ -221,189 +205,6 @@ def send_response(address: tuple[str, int], payload: bytes) -> None:
             error = exc
             log.warning("cannot send the connection info to %s:%d: %s", *address, exc)
     raise LaunchError(f"the server at {address[0]}:{address[1]} is unreachable: {error}")
-
-
-# ---------------------------------------------------------------------- communication port
-
-
-class CommPort:
-    """Serves the communication port: one request per connection, acted on by the nanny.
-
-    Anything that is not a request (garbage, wrong types, a request too long, a sender that
-    stalls) is logged, at most once a second, and the port keeps serving.
-    """
-
-    def __init__(self, sock: socket.socket, nanny: Nanny) -> None:
-        self.sock = sock
-        self.nanny = nanny
-        self.port: int = sock.getsockname()[1]
-        self.rejected = 0
-        self._active = 0
-        self._last_complaint = -1.0
-
-    async def serve(self) -> None:
-        server = await asyncio.start_server(self._connection, sock=self.sock)
-        async with server:
-            await server.serve_forever()
-
-    def _complain(self, peer: object, reason: str) -> None:
-        self.rejected += 1
-        now = time.monotonic()
-        if now - self._last_complaint >= 1.0:
-            self._last_complaint = now
-            log.warning(
-                "communication port: ignored a request from %s: %s (%d ignored so far)",
-                peer,
-                reason,
-                self.rejected,
-            )
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        request: CommRequest | None = None
-        try:
-            if self._active >= COMM_MAX_CONNECTIONS:
-                self._complain(peer, f"more than {COMM_MAX_CONNECTIONS} connections at once")
-                return
-            self._active += 1
-            try:
-                request = await asyncio.wait_for(_read_request(reader), COMM_READ_TIMEOUT)
-            finally:
-                self._active -= 1
-        except RemoteProtocolError as exc:
-            self._complain(peer, str(exc))
-        except asyncio.TimeoutError:
-            self._complain(peer, f"no complete request within {COMM_READ_TIMEOUT:g} s")
-        except OSError as exc:
-            self._complain(peer, f"connection failed: {exc}")
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-        if request is not None:
-            await self.act(request)
-
-    async def act(self, request: CommRequest) -> None:
-        """Do what a request asks (the provisioner does not wait for an answer)."""
-        from .nanny import SIGNAL_NAMES
-
-        nanny = self.nanny
-        signum = request.signum
-        if signum:  # 0 only asks whether the launcher is alive: accepting it said yes
-            name = SIGNAL_NAMES.get(signum)
-            if name is None:
-                self._complain("the server", f"no signal {signum} on this platform")
-            elif not nanny.kernel_running:
-                log.info("communication port: %s for a kernel that is not running", name)
-            elif signum == signal.SIGINT:
-                log.info("communication port: interrupting the kernel")
-                await nanny.interrupt()
-            elif signum in (signal.SIGTERM, signal.SIGKILL):
-                log.info("communication port: %s to the kernel's process tree", name)
-                nanny.signal_tree(signum)
-            else:
-                log.info("communication port: %s to the kernel", name)
-                nanny.signal_kernel(signum)
-        if request.shutdown:
-            log.info("communication port: shutdown requested")
-            nanny.request_stop()
-
-
-async def _read_request(reader: asyncio.StreamReader) -> CommRequest:
-    decoder = CommRequestReader()
-    while chunk := await reader.read(1024):
-        decoder.feed(chunk)
-    return decoder.finish()
-
-
-# ---------------------------------------------------------------------- records on stdout
-
-
-def _iso(time_ns: int) -> str:
-    when = datetime.fromtimestamp(time_ns / 1e9, tz=timezone.utc)
-    return when.isoformat(timespec="milliseconds")
-
-
-class JsonRecordWriter:
-    """Writes every stored record as JSON lines on a file descriptor (the container's stdout),
-    from a thread, so that a slow reader never stalls capture.
-
-    What does not fit in the bounded queue is counted, and said in a ``nanny`` line when
-    writing catches up.
-    """
-
-    def __init__(self, store: LogStore, fd: int, kernel_id: str, max_batches: int = 4096) -> None:
-        self.store = store
-        self.fd = fd
-        self.kernel_id = kernel_id
-        self.dropped = 0
-        self._queue: queue.Queue[list[object] | None] = queue.Queue(max_batches)
-        self._thread = threading.Thread(target=self._run, name="nanny-io-records", daemon=True)
-        self._thread.start()
-
-    def stored(self, stream: Stream, first_seq: int, last_seq: int) -> None:
-        """A record listener of the nanny: queue the records just stored."""
-        records: list[object] = list(self.store.records(first_seq, last_seq))
-        try:
-            self._queue.put_nowait(records)
-        except queue.Full:
-            self.dropped += len(records)
-
-    def _run(self) -> None:
-        from nanny_io_proto.jsonlines import record_json_lines
-        from nanny_io_proto.logrecords import LogRecord, nanny_event_data
-
-        reported = 0
-        while (batch := self._queue.get()) is not None:
-            out: list[bytes] = []
-            if self.dropped > reported:
-                missed = self.dropped - reported
-                reported = self.dropped
-                note = nanny_event_data(
-                    "records_dropped",
-                    f"{missed} records were not written here (stdout too slow); "
-                    "they are in the log channel and the on-disk history",
-                    count=missed,
-                )
-                now = time.time_ns()
-                notice = LogRecord(
-                    seq=1, time_ns=now, incarnation=0, stream=Stream.NANNY, data=note
-                )
-                out += record_json_lines(notice, time=_iso(now), kernel_id=self.kernel_id)
-            for record in batch:
-                assert isinstance(record, LogRecord)
-                try:
-                    out += record_json_lines(
-                        record, time=_iso(record.time_ns), kernel_id=self.kernel_id
-                    )
-                except LocalProtocolError as exc:  # a kernel id too long for a line
-                    log.warning("cannot write record %d as JSON: %s", record.seq, exc)
-            data = b"".join(out)
-            with contextlib.suppress(OSError):
-                while data:
-                    data = data[os.write(self.fd, data) :]
-
-    def close(self) -> None:
-        """Write what is queued (at most a few seconds), then stop."""
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=2)
-        self._thread.join(timeout=5)
-
-
-# ---------------------------------------------------------------------- PID 1
-
-
-def reap_orphans(keep: int) -> None:
-    """As PID 1, collect processes re-parented to us that exited (``kubectl exec``
-    leftovers...). The guardian (``keep``) is waited for by its handle, never here."""
-    import psutil
-
-    with contextlib.suppress(psutil.Error):
-        for child in psutil.Process().children():
-            if child.pid == keep:
-                continue
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(child.pid, os.WNOHANG)
 
 
 # ---------------------------------------------------------------------- the launcher
@@ -509,6 +310,9 @@ def run_launch(opts: LaunchOptions) -> int:
         comm.getsockname()[1],
     )
 
+    import asyncio
+
+    from .commport import serve_launcher
     from .nanny import Nanny, NannyConfig
 
     config = NannyConfig(
@@ -528,42 +332,10 @@ def run_launch(opts: LaunchOptions) -> int:
     )
     prune_spills()
     try:
-        return asyncio.run(_serve(Nanny(config, guardian, first), comm, opts))
+        nanny = Nanny(config, guardian, first)
+        return asyncio.run(serve_launcher(nanny, comm, opts.kernel_id, opts.log_stdout))
     finally:
         guardian.close()
-
-
-async def _serve(nanny: Nanny, comm_sock: socket.socket, opts: LaunchOptions) -> int:
-    """The nanny and the communication port, side by side, until the nanny ends."""
-    loop = asyncio.get_running_loop()
-    writer = None
-    if opts.log_stdout == "json":
-        writer = JsonRecordWriter(nanny.store, 1, opts.kernel_id)
-        nanny.record_listeners.append(writer.stored)
-    if os.getpid() == 1:
-        loop.add_signal_handler(signal.SIGCHLD, reap_orphans, nanny.guardian.pid)
-    comm = CommPort(comm_sock, nanny)
-    serving = loop.create_task(comm.serve(), name="communication-port")
-    serving.add_done_callback(lambda task: _comm_port_ended(task, nanny))
-    try:
-        return await nanny.run()
-    finally:
-        # Closed only now, after the death report: a poll that finds it closed may restart.
-        serving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await serving
-        comm_sock.close()
-        if writer is not None:
-            writer.close()
-        if os.getpid() == 1:
-            loop.remove_signal_handler(signal.SIGCHLD)
-
-
-def _comm_port_ended(task: asyncio.Task[None], nanny: Nanny) -> None:
-    """Without its communication port a launcher is deaf to the server: stop cleanly."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("the communication port failed; stopping", exc_info=task.exception())
-        nanny.request_stop()
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -579,8 +351,6 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 __all__ = [
     "ENV_FALLBACKS",
-    "CommPort",
-    "JsonRecordWriter",
     "LaunchError",
     "LaunchOptions",
     "cmd_launch",
