@@ -456,8 +456,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--managed", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_start)
 
-    _add_launch_parser(sub)
-
     p = sub.add_parser("list", help="list kernels running under nanny-io on this machine")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--compact", action="store_true", help=argparse.SUPPRESS)
@@ -556,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kernel", metavar="KERNEL", help=kernel_help)
     p.add_argument("--restart", action="store_true", help="relaunch on the same ports and key")
     p.set_defaults(func=cmd_shutdown)
+
+    _add_launch_parser(sub)
     return parser
 
 
@@ -714,6 +714,7 @@ def _add_launch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         )
     for name in ("spark-context-initialization-mode", "cluster-type"):
         p.add_argument(f"--RemoteProcessProxy.{name}", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("connection_file", nargs="?", help=argparse.SUPPRESS)  # ditto, ignored
     p.set_defaults(func=cmd_launch)
 
 
