@@ -3,12 +3,15 @@ range, and clear errors (with nothing left running) when it cannot start."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from typing import Any
 
+import psutil
 import pytest
+from helpers import iopub_until
 
 pytestmark = pytest.mark.timeout(120)
 BASE = ("--kernel", "python3", "--response-address", "x:9", "--public-key", "AAAA")
@@ -100,3 +103,40 @@ def test_an_unreachable_server_ends_the_launcher_and_its_kernel(jupyter_env: Any
     assert proc.returncode == 1
     assert "is unreachable" in proc.stderr
     assert list(jupyter_env.runtime.glob("nanny-io-*")) == []  # the private dir went too
+    runtime = str(jupyter_env.runtime)  # the kernel's command line names a file in there
+    assert not [
+        p for p in psutil.process_iter(["cmdline"]) if runtime in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+def test_a_kernel_exit_code_becomes_the_launchers(launcher_factory: Any) -> None:
+    launcher = launcher_factory()
+    kc = launcher.client()
+    kc.execute("import os; os._exit(3)")
+    died = iopub_until(kc, lambda m: m["msg_type"] == "kernel_died")[-1]["content"]
+    assert died["exit_code"] == 3 and died["reason"] == "exited with code 3"
+    assert launcher.proc.wait(10) == 3
+    assert not launcher.alive()
+
+
+def test_records_on_stdout_are_json_lines_under_16_kib(launcher_factory: Any) -> None:
+    launcher = launcher_factory("--log-stdout", "json")
+    kc = launcher.client()
+    kc.execute_interactive(
+        "import os; os.write(1, b'x' * 100_000 + b'\\n'); os.write(2, b'warn\\n')", timeout=20
+    )
+    kc.stop_channels()
+    launcher.comm({"shutdown": 1})
+    assert launcher.proc.wait(20) == 0
+    launcher.stop()  # joins the reader of stdout
+    lines = launcher.stdout.splitlines(keepends=True)
+    assert lines and all(len(line) <= 16 * 1024 for line in lines)
+    records = [json.loads(line) for line in lines]
+    assert {r["kernel_id"] for r in records} == {launcher.kernel_id}
+    long = [r for r in records if r["stream"] == "stdout" and r["text"].startswith("x")]
+    assert "".join(r["text"] for r in long) == "x" * 100_000
+    assert [r.get("partial", False) for r in long][-1] is False
+    assert any(r["stream"] == "stderr" and r["text"] == "warn" for r in records)
+    events = [r["event"]["event"] for r in records if r["stream"] == "nanny"]
+    assert events[0] == "kernel_started" and "kernel_stopped" in events
+    assert not any(line.startswith(b"[nanny-io") for line in lines)  # its own log: stderr
