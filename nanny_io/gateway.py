@@ -44,6 +44,7 @@ from nanny_io_proto.gateway import (
 )
 
 from .launcher import KernelSpecError, KernelSpecInfo, find_kernelspec, free_tcp_ports
+from .limits import DEFAULT_MAX_BYTES, DEFAULT_SPILL_BYTES
 
 log = logging.getLogger("nanny_io")
 
@@ -242,7 +243,6 @@ def run_launch(opts: LaunchOptions) -> int:
     """
     from .cli import spawn_first_incarnation
     from .discovery import prune_spills, runtime_dir, spill_path
-    from .limits import DEFAULT_MAX_BYTES, DEFAULT_SPILL_BYTES
 
     try:
         import Cryptodome  # noqa: F401  (gateway_provisioners' own crypto library)
@@ -338,22 +338,10 @@ def run_launch(opts: LaunchOptions) -> int:
         guardian.close()
 
 
-def cmd_launch(args: argparse.Namespace) -> int:
-    """``nanny-io launch``: the CLI's entry point."""
-    try:
-        opts = launch_options(args, os.environ)
-        return run_launch(opts)
-    except LaunchError as exc:
-        from .cli import CLIError
-
-        raise CLIError(str(exc)) from None
-
-
 __all__ = [
     "ENV_FALLBACKS",
     "LaunchError",
     "LaunchOptions",
-    "cmd_launch",
     "launch_options",
     "run_launch",
 ]
