@@ -151,7 +151,7 @@ def stage_files(opts: RemoteOptions, source_name: str, staging: Path) -> None:
     if launcher_dir is None:
         return
     try:
-        import gateway_provisioners
+        import gateway_provisioners  # type: ignore[import-untyped]
     except ImportError:
         raise KernelSpecError(
             f"--remote {opts.remote} uses gateway_provisioners' launch script: "
