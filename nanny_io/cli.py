@@ -20,6 +20,7 @@ from .discovery import (
     state_summary,
 )
 from .errors import NannyIOError
+from .gateway_cli import add_launch_parser, add_remote_install_options
 from .launcher import KernelSpecError
 from .limits import (
     DEFAULT_MAX_BYTES,
@@ -173,9 +174,14 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
+    from .gateway_cli import remote_options
     from .install import InstallOptions, install
 
     prefix = sys.prefix if args.sys_prefix else args.prefix
+    try:
+        remote = remote_options(args)
+    except KernelSpecError as exc:
+        raise CLIError(str(exc)) from None
     opts = InstallOptions(
         source=args.source,
         name=args.name,
@@ -183,6 +189,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         user=args.user,
         prefix=prefix,
         capture=args.capture,
+        remote=remote,
     )
     try:
         name, path = install(opts)
@@ -332,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
         "jupyter_server, nbclient and jupyter console.",
     )
     p.add_argument("source", metavar="SOURCE_KERNEL", help="the kernelspec to wrap")
-    p.add_argument("--name", help="name of the new kernelspec (default: SOURCE-nanny)")
+    p.add_argument(
+        "--name", help="name of the new kernelspec (default: SOURCE-nanny, or SOURCE-REMOTE)"
+    )
     p.add_argument(
         "--display-name",
         metavar="TEXT",
@@ -353,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the kernel's stdout/stderr to frontends, attributed to cells "
         "(default: --no-capture: stored and tailed, not sent)",
     )
+    add_remote_install_options(p)
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("uninstall", help="remove a kernelspec made by 'nanny-io install'")
@@ -414,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kernel", metavar="KERNEL", help=kernel_help)
     p.add_argument("--restart", action="store_true", help="relaunch on the same ports and key")
     p.set_defaults(func=cmd_shutdown)
+
+    add_launch_parser(sub, _size)
     return parser
 
 

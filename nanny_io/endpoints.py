@@ -20,6 +20,9 @@ from .session import NannySession
 log = logging.getLogger("nanny_io")
 
 _LOOPBACK_IPS = {"127.0.0.1", "localhost", "::1"}
+#: How long a nanny that exits with its kernel lets its last iopub and log messages (the
+#: death report) leave before it closes the frontend-facing sockets.
+FINAL_LINGER_MS = 500
 
 
 class Endpoints:
@@ -119,6 +122,11 @@ class Endpoints:
         reply_type = request.msg_type.replace("_request", "_reply")
         await self.reply(request, reply_type, error_reply_content(ename, evalue))
 
-    def close(self) -> None:
+    def close(self, final: bool = False) -> None:
+        """Close every socket; ``final``: give iopub and the log FINAL_LINGER_MS to send
+        what is queued (the death report of a nanny that exits with its kernel)."""
         self.heartbeat.stop()
+        if final:
+            for sock in (self.iopub, self.log):
+                sock.close(linger=FINAL_LINGER_MS)
         self.ctx.destroy(linger=0)

@@ -9,9 +9,12 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .launcher import KernelSpecError
+
+if TYPE_CHECKING:
+    from .remote_specs import RemoteOptions
 
 PROVISIONER = "nanny-io"
 MARKER = " (nanny-io)"
@@ -31,6 +34,7 @@ class InstallOptions:
     user: bool = False
     prefix: str | None = None
     capture: bool = False
+    remote: RemoteOptions | None = None  # a kernelspec for a gateway_provisioners provisioner
 
 
 def _runs_this_python(argv: list[str]) -> bool:
@@ -85,6 +89,18 @@ def install(opts: InstallOptions) -> tuple[str, str]:
         ) from None
     name = opts.name or f"{opts.source}-nanny"
     spec = wrapped_spec(source.to_dict(), opts.source, opts.capture, opts.display_name)
+    if opts.remote is not None:
+        from . import remote_specs
+
+        if opts.capture:
+            raise KernelSpecError(
+                "--capture is read on the kernel's host: there, install a capturing spec "
+                f"(nanny-io install {opts.source} --capture) and name that one as the source"
+            )
+        name = opts.name or f"{opts.source}-{opts.remote.remote}"
+        spec = remote_specs.remote_spec(
+            source.to_dict(), opts.source, opts.remote, opts.display_name
+        )
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp) / name
         # resources (logos, kernel.js, ...) come along; kernel.json is ours
@@ -94,7 +110,11 @@ def install(opts: InstallOptions) -> tuple[str, str]:
             ignore=shutil.ignore_patterns("kernel.json", "__pycache__"),
         )
         (staging / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
+        if opts.remote is not None:
+            remote_specs.stage_files(opts.remote, opts.source, staging)
         path = ksm.install_kernel_spec(str(staging), name, user=opts.user, prefix=opts.prefix)
+    if opts.remote is not None:
+        remote_specs.finalize(Path(path))
     return name, path
 
 
@@ -108,7 +128,7 @@ def uninstall(name: str) -> str:
     except NoSuchKernel:
         raise KernelSpecError(f"no kernel named {name!r}") from None
     provisioner = (spec.metadata or {}).get("kernel_provisioner", {}).get("provisioner_name")
-    if provisioner != PROVISIONER:
+    if provisioner != PROVISIONER and "nanny_io_remote" not in (spec.metadata or {}):
         raise KernelSpecError(
             f"kernel {name!r} does not run under nanny-io; remove it with "
             "'jupyter kernelspec remove' instead"

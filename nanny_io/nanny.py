@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,10 @@ class NannyConfig:
     # with restart stops the kernel and waits for the manager's launch_request
     # (specs/protocol.md §8.3).
     managed: bool = False
+    # A launcher (`nanny-io launch`, the gateway_provisioners protocol) serves one incarnation:
+    # its manager restarts a kernel by starting a new launcher. A death ends the nanny with
+    # the kernel's exit status once it is reported, and so does a shutdown with restart.
+    exit_with_kernel: bool = False
 
     @property
     def capture(self) -> bool:
@@ -143,10 +148,14 @@ class Nanny:
         self.echo = EchoWriter(sys.stderr.fileno(), prefix=prefix) if config.echo_output else None
         self.log_channel: LogChannel | None = None
         self.endpoints: Endpoints | None = None
+        #: Called like the log channel after each append: (stream, first_seq, last_seq).
+        self.record_listeners: list[Callable[[Stream, int, int], None]] = []
 
     def _on_stored(self, stream: Stream, first_seq: int, last_seq: int) -> None:
         if self.log_channel is not None:
             self.log_channel.stored(stream, first_seq, last_seq)
+        for listener in self.record_listeners:
+            listener(stream, first_seq, last_seq)
 
     def _on_log(self, stream: Stream, data: bytes) -> None:
         self.output.pipelines[Stream.LOG].feed(stream, data)
@@ -201,6 +210,7 @@ class Nanny:
                 cwd=config.cwd,
                 capture=config.capture,
                 managed=config.managed,
+                exit_with_kernel=config.exit_with_kernel,
                 shutdown_grace=config.shutdown_grace,
                 term_grace=config.term_grace,
                 startup_timeout=config.startup_timeout,
@@ -267,7 +277,8 @@ class Nanny:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
             await self._teardown()
-        return status
+        exit_status = self.supervisor.exit_status
+        return status if exit_status is None else exit_status
 
     def request_stop(self) -> None:
         """Shut the kernel down cleanly, then stop (SIGINT / SIGTERM to the nanny)."""
@@ -295,9 +306,37 @@ class Nanny:
         if self.echo is not None:
             self.echo.close()
         assert self.endpoints is not None
-        self.endpoints.close()
+        # A nanny that ends with its kernel lets its death report leave first.
+        self.endpoints.close(final=self.config.exit_with_kernel)
         self.guardian.close()
         self.journal.state.remove()
         if self.config.owns_connection_file:
             with contextlib.suppress(OSError):
                 self.config.connection_file.unlink()
+
+    # ------------------------------------------------------------------ for launchers
+
+    @property
+    def kernel_running(self) -> bool:
+        return self.supervisor.kernel_alive
+
+    async def interrupt(self) -> bool:
+        """Interrupt the kernel as its kernelspec says: SIGINT to its process group, or an
+        ``interrupt_request`` on its control channel. False when no kernel runs."""
+        if not self.supervisor.kernel_alive:
+            return False
+        if self.config.spec.interrupt_mode == "message":
+            assert self.endpoints is not None  # its reply comes back without identities
+            frames = self.session.frames("interrupt_request", {})
+            await self.endpoints.kernel_control.send_multipart(frames)
+            return True
+        return self.supervisor.signal_group(signal.SIGINT)
+
+    def signal_kernel(self, signum: int) -> bool:
+        """``signum`` to the kernel's process group, as for a ``signal_request``."""
+        return self.supervisor.signal_group(signum)
+
+    def signal_tree(self, signum: int) -> int:
+        """``signum`` to every process of the kernel's tree, those that left its process
+        group included; how many were signalled."""
+        return self.supervisor.signal_tree(signum)

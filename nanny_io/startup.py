@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nanny_io_proto.connection_files import (
     NannyConnectionInfo,
@@ -30,6 +32,10 @@ from .limits import (
     DEFAULT_STARTUP_TIMEOUT,
     DEFAULT_TERM_GRACE,
 )
+
+if TYPE_CHECKING:
+    from .guardian import GuardianHandle
+    from .launcher import KernelSpecInfo, Prelaunch
 
 log = logging.getLogger("nanny_io")
 
@@ -60,49 +66,14 @@ class StartOptions:
 
 def run(options: StartOptions) -> int:
     """Start the kernel, run the nanny until it is shut down; the exit status."""
-    from nanny_io_proto.connection_files import kernel_facing
-
-    from .guardian import GuardianHandle
-    from .launcher import make_private_dir, prelaunch
-
     try:
         spec = find_kernelspec(options.kernel_name)
     except KernelSpecError as exc:
         raise StartError(str(exc)) from None
     frontend, conn_path, owned = _adopt_or_allocate(options)
-    private_dir = make_private_dir(runtime_dir(), frontend.kernel_id)
-    used = {
-        frontend.shell_port,
-        frontend.iopub_port,
-        frontend.stdin_port,
-        frontend.control_port,
-        frontend.hb_port,
-        frontend.log_port,
-        frontend.log_replay_port,
-    }
-    kernel_ports = free_ports(frontend.transport, frontend.ip, 3, used)
-    conn_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_private(conn_path, encode_connection_file(frontend))
-    kernel_file = private_dir / "kernel.json"
-    write_private(
-        kernel_file,
-        encode_connection_file(
-            kernel_facing(
-                frontend,
-                ip=frontend.ip,
-                control_port=kernel_ports[0],
-                iopub_port=kernel_ports[1],
-                hb_port=kernel_ports[2],
-            )
-        ),
+    private_dir, kernel_ports, guardian, first = spawn_first_incarnation(
+        spec, frontend, conn_path, owned
     )
-    cleanup = [str(private_dir), str(state_path(frontend.kernel_id))]
-    cleanup += [str(conn_path)] if owned else []
-    if frontend.transport == "ipc":  # ZeroMQ does not always remove the socket files
-        ports = [*sorted(used), *kernel_ports]
-        cleanup += [f"{frontend.ip}-{port}" for port in ports]
-    guardian = GuardianHandle.start(cleanup)
-    first = prelaunch(guardian, spec, kernel_file, private_dir, None, spec.capture_stdstreams)
 
     import asyncio
 
@@ -113,7 +84,7 @@ def run(options: StartOptions) -> int:
         frontend=frontend,
         connection_file=conn_path,
         private_dir=private_dir,
-        kernel_ports=(kernel_ports[0], kernel_ports[1], kernel_ports[2]),
+        kernel_ports=kernel_ports,
         owns_connection_file=owned,
         shutdown_grace=options.shutdown_grace,
         term_grace=options.term_grace,
@@ -133,6 +104,58 @@ def run(options: StartOptions) -> int:
         return asyncio.run(Nanny(config, guardian, first).run())
     finally:
         guardian.close()
+
+
+def spawn_first_incarnation(
+    spec: KernelSpecInfo,
+    frontend: NannyConnectionInfo,
+    conn_path: Path,
+    owned: bool,
+    kernel_ports: Sequence[int] | None = None,
+) -> tuple[Path, tuple[int, int, int], GuardianHandle, Prelaunch]:
+    """Write both connection files, fork the guardian and have it spawn the kernel.
+
+    Uses only light modules: the kernel boots while the nanny imports zmq and asyncio.
+    ``kernel_ports`` are the private control, iopub and hb ports (free ones by default).
+    Returns the private directory, those ports, the guardian and the first incarnation.
+    """
+    from nanny_io_proto.connection_files import kernel_facing
+
+    from .guardian import GuardianHandle
+    from .launcher import make_private_dir, prelaunch
+
+    private_dir = make_private_dir(runtime_dir(), frontend.kernel_id)
+    used = {
+        frontend.shell_port,
+        frontend.iopub_port,
+        frontend.stdin_port,
+        frontend.control_port,
+        frontend.hb_port,
+        frontend.log_port,
+        frontend.log_replay_port,
+    }
+    if kernel_ports is None:
+        kernel_ports = free_ports(frontend.transport, frontend.ip, 3, used)
+    control, iopub, hb = kernel_ports
+    conn_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(conn_path, encode_connection_file(frontend))
+    kernel_file = private_dir / "kernel.json"
+    write_private(
+        kernel_file,
+        encode_connection_file(
+            kernel_facing(
+                frontend, ip=frontend.ip, control_port=control, iopub_port=iopub, hb_port=hb
+            )
+        ),
+    )
+    cleanup = [str(private_dir), str(state_path(frontend.kernel_id))]
+    cleanup += [str(conn_path)] if owned else []
+    if frontend.transport == "ipc":  # ZeroMQ does not always remove the socket files
+        ports = [*sorted(used), control, iopub, hb]
+        cleanup += [f"{frontend.ip}-{port}" for port in ports]
+    guardian = GuardianHandle.start(cleanup)
+    first = prelaunch(guardian, spec, kernel_file, private_dir, None, spec.capture_stdstreams)
+    return private_dir, (control, iopub, hb), guardian, first
 
 
 def _adopt_or_allocate(options: StartOptions) -> tuple[NannyConnectionInfo, Path, bool]:

@@ -62,6 +62,7 @@ class SupervisorConfig:
     cwd: str | None
     capture: bool
     managed: bool
+    exit_with_kernel: bool  # a launcher's nanny ends with its kernel (protocol §8.4)
     shutdown_grace: float  # after shutdown_request, before SIGTERM
     term_grace: float  # after SIGTERM, before SIGKILL
     startup_timeout: float
@@ -111,6 +112,8 @@ class Supervisor:
         self.shutting_down = False
         self._launching = False
         self._death_report: asyncio.Task[None] | None = None
+        #: The process exit status when the nanny ended with its kernel (exit_with_kernel).
+        self.exit_status: int | None = None
 
     @property
     def busy(self) -> bool:
@@ -347,6 +350,9 @@ class Supervisor:
         # Last: a kernel manager polling the state file learns of the death only now, so a
         # restart it decides on comes after the report.
         self.journal.enter(KernelState.DEAD)
+        if self.config.exit_with_kernel:  # as a shell reports it: the code, or 128 + signal
+            self.exit_status = 128 + signum if signum else (exit_code or 0) & 0xFF
+            self.journal.stop.set()
 
     async def _flush_kernel_iopub(self, limit: float = 0.25) -> None:
         """Let the forwarder pass on what the dead kernel published before it died.
@@ -404,6 +410,16 @@ class Supervisor:
             os.kill(inc.pid, signum)
         return True
 
+    def signal_tree(self, signum: int) -> int:
+        """``signum`` to every process of the kernel's tree, those that left its process
+        group included; how many were signalled."""
+        count = 0
+        for proc in self.guardian.descendants():
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signum)
+                count += 1
+        return count
+
     @property
     def kernel_alive(self) -> bool:
         return self.incarnation is not None and self.incarnation.alive
@@ -451,7 +467,7 @@ class Supervisor:
                     incarnation=inc.number,
                     restart=restart,
                 )
-            if not restart:
+            if not restart or self.config.exit_with_kernel:
                 self.journal.stop.set()
             elif self.config.managed:
                 # The manager launches the next incarnation (launch_request) when it decides to.
