@@ -31,13 +31,14 @@ from .discovery import (
     state_summary,
     write_private,
 )
+from .errors import NannyIOError
 from .launcher import KernelSpecError, find_kernelspec, free_ipc_ports, free_tcp_ports
 from .limits import DEFAULT_MAX_BYTES, DEFAULT_SPILL_BYTES
 
 log = logging.getLogger("nanny_io")
 
 
-class CLIError(Exception):
+class CLIError(NannyIOError):
     """An error the user can fix; printed as one line, no traceback."""
 
 

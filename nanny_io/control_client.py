@@ -12,10 +12,11 @@ from nanny_io_proto.connection_files import ConnectionInfo
 from nanny_io_proto.errors import RemoteProtocolError
 from nanny_io_proto.messages import Message, encode_message
 
+from .errors import NannyIOError
 from .session import NannySession
 
 
-class ControlTimeout(Exception):
+class ControlTimeout(NannyIOError):
     """No reply arrived in time."""
 
 

@@ -25,8 +25,10 @@ import psutil
 from nanny_io_proto.connection_files import NannyConnectionInfo, decode_connection_file
 from nanny_io_proto.errors import ConnectionFileError
 
+from .errors import NannyIOError
 
-class KernelNotFound(Exception):
+
+class KernelNotFound(NannyIOError):
     """A KERNEL argument that names no known kernel (or names several)."""
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import NannyIOError
+
 if TYPE_CHECKING:
     from .guardian import GuardianHandle
 
@@ -22,7 +24,7 @@ PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
-class KernelSpecError(Exception):
+class KernelSpecError(NannyIOError):
     """A kernelspec that cannot be found or used; the message says what to do."""
 
 

@@ -58,6 +58,7 @@ from nanny_io_proto.streams import Stream
 
 from .capture import EchoWriter, PipeReader, StreamPipeline
 from .discovery import NannyState, write_private
+from .errors import NannyIOError
 from .forwarding import OutputForwarder
 from .guardian import GuardianHandle, wait_status_to_returncode
 from .heartbeat import Heartbeat
@@ -82,7 +83,7 @@ _LOOPBACK_IPS = {"127.0.0.1", "localhost", "::1"}
 LIMBO_DELAY = 0.1
 
 
-class KernelStartError(Exception):
+class KernelStartError(NannyIOError):
     """The kernel could not be started; the message includes the tail of its stderr."""
 
 
