@@ -169,7 +169,6 @@ class Nanny:
                 stream,
                 self.store,
                 incarnation=lambda: self.incarnations,
-                on_stored=self._on_stored,
                 on_output=self._on_output,
                 on_marker=self._on_marker,
             )
@@ -437,10 +436,6 @@ class Nanny:
         if self.echo is not None:
             self.echo.write(data, stream)
 
-    def _on_stored(self, stream: Stream, first_seq: int, last_seq: int) -> None:
-        if self.log_channel is not None:
-            self.log_channel.stored(stream, first_seq, last_seq)
-
     def _on_output(self, stream: Stream, data: bytes) -> None:
         """Captured stdout/stderr (delimiters removed): to frontends, or echoed locally."""
         if self.forwarder is None:
@@ -568,8 +563,7 @@ class Nanny:
     def _nanny_event(self, event: str, text: str, **details: Any) -> None:
         """Record a nanny event on the log channel's ``nanny`` stream."""
         data = nanny_event_data(event, text, kernel_id=self.config.kernel_id, **details)
-        seq = self.store.append_one(Stream.NANNY, self.incarnations, time.time_ns(), data)
-        self._on_stored(Stream.NANNY, seq, seq)
+        self.store.append_one(Stream.NANNY, self.incarnations, time.time_ns(), data)
 
     async def _launch(self) -> Incarnation:
         """Start the next incarnation and wait until it answers kernel_info."""

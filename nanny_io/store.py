@@ -24,7 +24,7 @@ import os
 import re
 import struct
 from collections import deque
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice, repeat
 from operator import itemgetter
@@ -36,8 +36,10 @@ from nanny_io_proto.errors import LocalProtocolError, MalformedMessage
 from nanny_io_proto.logrecords import (
     RECORD_HEADER,
     STREAM_CODES,
+    Entry,
     LogRecord,
     check_epoch,
+    pack_entries,
     unpack_records,
 )
 from nanny_io_proto.streams import FLAG_NO_EOL, Stream
@@ -52,16 +54,13 @@ __all__ = [
     "Entry",
     "LogStore",
     "Spill",
+    "StoreListener",
     "StoreStats",
     "pack_entries",
     "read_spill",
 ]
 
 logger = logging.getLogger("nanny_io")
-
-#: One stored record: (seq, time_ns, incarnation, stream code, flags, data); the stream
-#: code is ``logrecords.STREAM_CODES[stream]``.
-Entry = tuple[int, int, int, int, int, bytes]
 
 from .limits import DEFAULT_MAX_BYTES, DEFAULT_SEGMENT_BYTES, DEFAULT_SPILL_BYTES  # noqa: E402
 
@@ -79,6 +78,9 @@ _ONE = _U32.pack(1)  # the count of a one-record body
 _SEG_NAME = re.compile(r"seg-(\d{8,})-(\d{20})\.nlog")
 _HEAD = RECORD_HEADER.size
 _BY_CODE: tuple[Stream, ...] = tuple(sorted(STREAM_CODES, key=STREAM_CODES.__getitem__))
+
+#: Called after every append with ``(stream, first_seq, last_seq)`` of the records added.
+StoreListener = Callable[[Stream, int, int], None]
 
 #: What an evicted ring slot holds until the list is compacted (one shared object).
 _GONE: Entry = (0, 0, 0, 0, 0, b"")
@@ -111,21 +113,6 @@ def _body_parts(
         )
     )
     return [_U32.pack(n), heads, *map(_data, pieces)]
-
-
-def pack_entries(entries: Sequence[Entry]) -> bytes:
-    """Pack raw store entries into the log channel body, byte for byte like ``pack_records``.
-
-    For the replay server and the spill: no LogRecord objects are built. Entries come from
-    the store, so seqs are already strictly increasing.
-    """
-    heads = b"".join(
-        [
-            RECORD_HEADER.pack(seq, t, inc, code, fl, len(data))
-            for seq, t, inc, code, fl, data in entries
-        ]
-    )
-    return b"".join([_U32.pack(len(entries)), heads, *map(itemgetter(5), entries)])
 
 
 def _materialise(entries: Iterable[Entry]) -> list[LogRecord]:
@@ -178,6 +165,10 @@ class LogStore:
 
     ``oldest_seq .. last_seq`` are the seqs held; an empty store has ``oldest_seq ==
     last_seq + 1`` (1 and 0 when fresh), the convention of ``replay.plan_replay``.
+
+    Whoever needs new records (the log channel) registers with :meth:`add_listener` and is
+    told after each append, so that data flows one way, capture -> store -> channels, and
+    no writer has to remember to pass its records on.
     """
 
     def __init__(
@@ -197,6 +188,7 @@ class LogStore:
         self._last_seq = 0
         self._bytes_used = 0
         self._evicted = 0
+        self._listeners: list[StoreListener] = []
 
     # -- state --------------------------------------------------------------------------------
 
@@ -237,6 +229,19 @@ class LogStore:
             spill_bytes_written=0 if spill is None else spill.bytes_written,
         )
 
+    def add_listener(self, listener: StoreListener) -> None:
+        """Call ``listener(stream, first_seq, last_seq)`` after every append from now on.
+
+        It runs synchronously, in registration order, once the records are in the ring
+        (and the spill), so it can read them back; an exception from it propagates to the
+        writer, as a bug should.
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: StoreListener) -> None:
+        """Stop calling ``listener`` (ValueError if it was not registered)."""
+        self._listeners.remove(listener)
+
     # -- writing ------------------------------------------------------------------------------
 
     def append(
@@ -250,7 +255,7 @@ class LogStore:
 
         Returns ``(first_seq, last_seq)`` assigned (``(n + 1, n)`` for no pieces). The
         records reach the spill file with os.write before this returns; spill errors are
-        logged once and never raised.
+        logged once and never raised. Listeners are told unless there were no pieces.
         """
         first = self._last_seq + 1
         n = len(pieces)
@@ -281,12 +286,14 @@ class LogStore:
         self._bytes_used += sum(map(len, map(_data, pieces))) + n * RECORD_OVERHEAD
         if self._bytes_used > self.max_bytes:
             self._evict()
+        for listener in self._listeners:
+            listener(stream, first, last)
         return first, last
 
     def append_one(
         self, stream: Stream, incarnation: int, time_ns: int, data: bytes, flags: int = 0
     ) -> int:
-        """Store one record (e.g. a nanny event); returns its seq."""
+        """Store one record (e.g. a nanny event), tell the listeners; returns its seq."""
         _check_scalars(stream, incarnation, time_ns)
         if type(data) is not bytes or type(flags) is not int:
             raise TypeError(f"data must be bytes and flags an int, got {data!r}, {flags!r}")
@@ -302,6 +309,8 @@ class LogStore:
         self._bytes_used += len(data) + RECORD_OVERHEAD
         if self._bytes_used > self.max_bytes:
             self._evict()
+        for listener in self._listeners:
+            listener(stream, seq, seq)
         return seq
 
     def _evict(self) -> None:
