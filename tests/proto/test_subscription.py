@@ -38,6 +38,7 @@ from nanny_io_proto.subscription import (
     ReplayFailed,
     Truncated,
 )
+from nanny_io_proto.subscription_state import Phase
 
 KEY = Signer(b"a-secret-key")
 
@@ -372,8 +373,10 @@ def test_epoch_change_resets_and_rerequests() -> None:
     client.nanny = new
     new.produce(Stream.NANNY, 1)
     client.live += new.produce(Stream.STDOUT, 2)
+    assert client.sub.phase is Phase.FOLLOWING
     client.feed_live()
     assert client.events[-1] == EpochChanged("epochA", "epochB")
+    assert client.sub.phase is Phase.HISTORY
     assert client.sent[-1].since_seq == 1 and client.sub.epoch == "epochB"
     client.drain()
     assert client.seqs() == [1, 2, 3, 1, 2, 3]
@@ -404,10 +407,12 @@ def test_replay_error_on_start_falls_back_to_live_only() -> None:
     nanny.produce(Stream.STDOUT, 5)
     client = Client(nanny)
     req = client.sub.start()
+    assert client.sub.phase is Phase.HISTORY
     client.live += nanny.produce(Stream.STDOUT, 2)  # 6, 7
     client.replay = [encode_replay_response(ReplayError(None, "busy", "full"), KEY)]
     client.feed_replay()
     assert client.events == [ReplayFailed("busy", "full")]
+    assert client.sub.phase is Phase.ANCHORING  # nothing live held yet: wait for some
     assert req.request_id == "r1"
     client.drain()
     assert client.seqs() == [6, 7]
