@@ -74,7 +74,9 @@ def _spec_on_disk(name: str) -> KernelSpecInfo | None:
             continue
         if not isinstance(raw, dict) or not isinstance(raw.get("argv"), list):
             return None  # let KernelSpecManager report what is wrong with it
-        metadata = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+        metadata = raw.get("metadata")
+        if not isinstance(metadata, dict):
+            metadata = {}
         return KernelSpecInfo(
             name=name,
             argv=tuple(str(a) for a in raw["argv"]),
@@ -243,7 +245,7 @@ class Prelaunch:
     stdout_fd: int
     stderr_fd: int
     argv: list[str]
-    reply: dict[str, object]  # the guardian's answer: spawned (pid) or spawn_failed (error)
+    reply: dict[str, Any]  # the guardian's answer: spawned (pid) or spawn_failed (error)
 
 
 def prelaunch(

@@ -228,7 +228,7 @@ class Nanny:
         url = self.kernel_info.url(channel)
         return url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//*:", "//127.0.0.1:")
 
-    def _secure(self, sock: zmq.Socket) -> None:
+    def _secure(self, sock: zmq.Socket[Any]) -> None:
         """Make a frontend-facing socket a CurveZMQ server when the connection info has keys."""
         if self.frontend.curve_secretkey and self.frontend.curve_publickey:
             sock.curve_secretkey = self.frontend.curve_secretkey.encode()
@@ -592,7 +592,7 @@ class Nanny:
             raise KernelStartError(
                 f"cannot start kernel {self.spec.name!r} ({' '.join(argv)}): {reply.get('error')}"
             )
-        pid = int(reply["pid"])  # type: ignore[arg-type]
+        pid = int(reply["pid"])
         readers = [
             PipeReader(
                 out_r,
@@ -677,7 +677,7 @@ class Nanny:
                 probe = self.session.message("kernel_info_request", {})
                 self._probe_ids.add(probe.msg_id)
                 await sock.send_multipart(encode_message(probe, self.session.signer))
-                recv = asyncio.ensure_future(sock.recv_multipart())
+                recv: asyncio.Future[Any] = asyncio.ensure_future(sock.recv_multipart())
                 done, _ = await asyncio.wait(
                     {recv, inc.exited}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -783,7 +783,7 @@ class Nanny:
         deadline = time.monotonic() + limit
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= 0.02:
                 return
@@ -1015,7 +1015,7 @@ class Nanny:
         """Kernel control replies back to the frontend that asked (its identity leads)."""
         sock = self._k_control
         assert sock is not None
-        front = zmq.Socket.shadow(self.f_control.underlying)
+        front: zmq.Socket[bytes] = zmq.Socket.shadow(self.f_control.underlying)
         async for frames in _arrivals(sock):
             idents, rest = _safe_split(frames)
             if not idents:
@@ -1030,7 +1030,7 @@ class Nanny:
         """Forward the kernel's iopub to every frontend, watching busy/idle for attribution."""
         sock = self._k_iopub
         assert sock is not None
-        front = zmq.Socket.shadow(self.f_iopub.underlying)
+        front: zmq.Socket[bytes] = zmq.Socket.shadow(self.f_iopub.underlying)
         async for frames in _arrivals(sock):
             _, rest = _safe_split(frames)
             # Most messages only pass through: parse a header only when it can matter.
@@ -1096,7 +1096,7 @@ async def _arrivals(sock: zmq.asyncio.Socket) -> AsyncIterator[list[bytes]]:
     Receiving through a plain (shadow) socket once the poll fired avoids a future per
     message; on a busy channel that is most of the cost of a hop through the nanny.
     """
-    raw = zmq.Socket.shadow(sock.underlying)
+    raw: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
     while True:
         await sock.poll()  # POLLIN
         while True:

@@ -32,7 +32,7 @@ from typing import Any
 
 import psutil
 from jupyter_client.connect import KernelConnectionInfo
-from jupyter_client.provisioning import LocalProvisioner
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
 from .discovery import NannyState, load_connection_info
 from .nanny import SIGNAL_NAMES
@@ -47,7 +47,7 @@ LAUNCH_TIMEOUT = 90.0
 RUNNING_STATES = frozenset({"starting", "running", "shutting-down", "restarting"})
 
 
-class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
+class NannyProvisioner(LocalProvisioner):
     """Launch the kernel under ``nanny-io start --managed`` and manage it through the nanny."""
 
     exit_details: dict[str, Any] | None = None  # how the kernel died, once it has
@@ -57,7 +57,7 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
         """Let LocalProvisioner allocate ports and write the connection file, then run the
         nanny instead of the kernel command (the nanny formats the kernel command itself)."""
         kwargs = await super().pre_launch(**kwargs)
-        km = self.parent
+        km = self._km
         name = getattr(self.kernel_spec, "name", "") or os.path.basename(
             self.kernel_spec.resource_dir
         )
@@ -75,8 +75,16 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
         ]
         return kwargs
 
-    def _manager_ports(self) -> tuple[int, ...]:
+    @property
+    def _km(self) -> Any:
+        """The KernelManager that owns this provisioner (traitlets types ``parent`` as
+        optional, but jupyter_client always creates a provisioner with its manager)."""
         km = self.parent
+        assert km is not None, "a provisioner belongs to a kernel manager"
+        return km
+
+    def _manager_ports(self) -> tuple[int, ...]:
+        km = self._km
         return (km.shell_port, km.iopub_port, km.stdin_port, km.control_port, km.hb_port)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
@@ -149,7 +157,7 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
                 # jupyter_server's kernel model reports its manager's `reason`: the browser
                 # then says how the kernel died instead of "the kernel appears to have died".
                 with contextlib.suppress(Exception):
-                    self.parent.reason = f"kernel died: {state.get('exit_reason')}"
+                    self._km.reason = f"kernel died: {state.get('exit_reason')}"
             signum = state.get("exit_signal")
             return -int(signum) if signum else int(state.get("exit_code") or 1)
         if status == "stopped":  # shut down on request, waiting for a restart or cleanup
@@ -173,7 +181,7 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
     ) -> dict[str, Any]:
         from .control_client import request
 
-        info = load_connection_info(self.parent.connection_file)
+        info = load_connection_info(self._km.connection_file)
         try:
             reply = await asyncio.to_thread(request, info, msg_type, content, timeout)
         except RuntimeError:  # no new threads at interpreter exit (an atexit interrupt)
@@ -237,7 +245,7 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
             return
         if self._kernel_running() and await self._signal_kernel_tree(signal.SIGTERM):
             return
-        if not self._kernel_running():
+        if not self._kernel_running() or self.process is None:  # the awaits above may end it
             return
         with contextlib.suppress(ProcessLookupError):
             self.process.send_signal(signal.SIGTERM)
