@@ -37,11 +37,12 @@ log = logging.getLogger("nanny_io")
 
 #: Replays served at once; more get a "busy" error so one slow client cannot pile up work.
 MAX_CONCURRENT_REPLAYS = 8
-#: SNDHWM for the replay ROUTER: answer messages (each up to ~1 MiB) queued per client.
-#: Beyond it an answer waits for its client to read (spec 8.3), so a client that stops
-#: reading holds at most this much of the nanny's memory instead of ZeroMQ's default of 1000
-#: messages (~1 GiB). It must be set on the socket *before* bind: a listener copies the
-#: socket's options when it is bound, so a later setting never reaches accepted clients.
+#: SNDHWM for the replay ROUTER: answer messages queued per client (each at most 1 MiB of
+#: data plus 26 bytes a record, under 1.5 MB). Beyond it an answer waits for its client to
+#: read (spec 8.3), so a client that stops reading holds at most this many messages of the
+#: nanny's memory instead of ZeroMQ's default of 1000 (~1 GiB). It must be set on the socket
+#: *before* bind: a listener copies the socket's options when it is bound, so a later setting
+#: never reaches accepted clients.
 REPLAY_SNDHWM = 16
 _RETRY_MIN, _RETRY_MAX = 0.001, 0.02  # pause between sends to a client whose queue is full
 
