@@ -94,9 +94,8 @@ def start_nanny(
     (SIGTERM, then its tree is killed if it hangs). With ``wait``, it returns once the nanny
     announced its kernel; without, at once (the caller times the start-up)."""
     nanny = NannyProcess(*args, command=command, new_session=True)
-    stack.callback(stop_nanny, nanny, tracker)
-    tracker.add_tree(nanny.pid)
-    if wait:
+    stack.callback(stop_nanny, nanny, tracker)  # which tracks its tree before stopping it
+    if wait:  # (not before: scanning /proc would compete with a start-up being timed)
         try:
             nanny.wait_announced(NANNY_START_TIMEOUT)
         except NannyStartFailed as exc:
