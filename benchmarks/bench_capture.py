@@ -53,9 +53,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+import benchkit
 import psutil
 import zmq
-from benchkit import ProcessTracker, kill_survivors
+from benchkit import BenchmarkError, ProcessTracker, kill_survivors
+
+from nanny_io.testing import NannyProcess
 
 MiB = 1 << 20
 MB = 1e6
@@ -63,17 +66,12 @@ LOG_LINE = 100  # bytes per log-FIFO line, newline included
 FD_LINE = 1024  # bytes per stdout line, newline included
 READY_TIMEOUT = 60.0  # seconds for a kernel to answer wait_for_ready
 SETTLE = 3.0  # seconds of iopub silence after idle before missing bytes are declared lost
-NANNY_STOP_TIMEOUT = 20.0  # seconds after SIGTERM before a nanny's tree is SIGKILLed
 TARGET_FD_RATIO = 5.0
 TARGET_INGEST_LINES_S = 500_000
 TARGET_REPLAY_S = 2.0
 RSS_SLACK = 64 * MiB  # target: nanny RSS <= ring size + this
 CAPTURE_SPEC = "bench-capture-nanny"  # ipykernel with capture_fd_output off, capture opt-in
 DIRECT_SPEC = "bench-capture-direct"  # ipykernel with its default settings
-
-
-class BenchmarkError(Exception):
-    """The benchmark cannot go on (a kernel did not start, a cell failed, output was lost)."""
 
 
 def say(args: argparse.Namespace, text: str) -> None:
@@ -113,79 +111,7 @@ def make_jupyter_env(workdir: Path, delimiters: bool) -> None:
     os.environ.pop("PYTEST_CURRENT_TEST", None)
 
 
-# ---------------------------------------------------------------------- process bookkeeping
-
-
-def _kill_tree(pid: int) -> None:
-    with contextlib.suppress(psutil.Error):
-        for proc in psutil.Process(pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-
-
 # ---------------------------------------------------------------------- kernels
-
-
-class NannyProcess:
-    """``python -m nanny_io start KERNEL --connection-file F [options]`` as a subprocess."""
-
-    def __init__(self, kernel_name: str, options: Sequence[str], workdir: Path,
-                 tracker: ProcessTracker) -> None:
-        tag = uuid.uuid4().hex[:8]
-        self.connection_file = workdir / f"nanny-{tag}.json"
-        self.log_path = workdir / f"nanny-{tag}.log"
-        self._tracker = tracker
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
-        cmd = [sys.executable, "-m", "nanny_io", "start", kernel_name,
-               "--connection-file", str(self.connection_file), *options]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self._log, start_new_session=True)
-        self.ps = psutil.Process(self.proc.pid)
-
-    def wait_connection_file(self, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, ValueError):
-                info = json.loads(self.connection_file.read_bytes())
-                if isinstance(info, dict) and "log_port" in info:
-                    return
-            if self.proc.poll() is not None:
-                raise BenchmarkError(f"nanny exited with {self.proc.returncode}{self.log_tail()}")
-            time.sleep(0.005)
-        raise BenchmarkError(f"no connection file from the nanny in {timeout:g} s"
-                             f"{self.log_tail()}")
-
-    def log_tail(self, lines: int = 15) -> str:
-        with contextlib.suppress(OSError):
-            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-            return "; its stderr ends:\n  " + "\n  ".join(text) if text else ""
-        return ""
-
-    def cpu_seconds(self) -> float:
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
-
-    def rss(self) -> int:
-        return int(self.ps.memory_info().rss)
-
-    def stop(self) -> None:
-        """SIGTERM (the nanny shuts its kernel down cleanly), SIGKILL the tree if it hangs."""
-        self._tracker.add_tree(self.proc.pid)
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(NANNY_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                print(f"warning: nanny {self.proc.pid} ignored SIGTERM for "
-                      f"{NANNY_STOP_TIMEOUT:g} s; killing its process tree", file=sys.stderr)
-                _kill_tree(self.proc.pid)
-                self.proc.kill()
-                self.proc.wait()
-        elif self.proc.returncode not in (0, -signal.SIGTERM):
-            print(f"warning: nanny {self.proc.pid} had exited with {self.proc.returncode}"
-                  f"{self.log_tail()}", file=sys.stderr)
-        self._log.close()
 
 
 def start_nanny(options: Sequence[str], workdir: Path, tracker: ProcessTracker,
@@ -193,15 +119,15 @@ def start_nanny(options: Sequence[str], workdir: Path, tracker: ProcessTracker,
     """A nanny running the capture kernelspec, and a ready BlockingKernelClient to it."""
     from jupyter_client.blocking.client import BlockingKernelClient
 
-    nanny = NannyProcess(CAPTURE_SPEC, options, workdir, tracker)
-    stack.callback(nanny.stop)
-    nanny.wait_connection_file()
+    connection_file = workdir / f"nanny-{uuid.uuid4().hex[:8]}.json"
+    nanny = benchkit.start_nanny(
+        [CAPTURE_SPEC, "--connection-file", str(connection_file), *options], tracker, stack)
     kc = BlockingKernelClient()
     kc.load_connection_file(str(nanny.connection_file))
     kc.start_channels()
     stack.callback(kc.stop_channels)
     kc.wait_for_ready(timeout=READY_TIMEOUT)
-    tracker.add_tree(nanny.proc.pid)
+    tracker.add_tree(nanny.pid)
     return nanny, kc
 
 

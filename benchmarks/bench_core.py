@@ -33,7 +33,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,12 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import psutil
+import benchkit
 import zmq
-from benchkit import ProcessTracker, kill_survivors
+from benchkit import BenchmarkError, ProcessTracker, kill_survivors
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 from jupyter_client.session import Session
+
+from nanny_io.testing import NannyProcess
 
 DELIM = b"<IDS|MSG>"
 PATHS = ("direct", "nanny")
@@ -57,11 +58,6 @@ TARGET_CONTROL_ADDED_MS = 0.2
 TARGET_START_RATIO = 1.10
 REPLY_TIMEOUT = 10.0  # seconds, for any single round trip
 READY_TIMEOUT = 60.0  # seconds, for a kernel to start
-NANNY_STOP_TIMEOUT = 20.0  # seconds after SIGTERM before the nanny's tree is SIGKILLed
-
-
-class BenchmarkError(Exception):
-    """The benchmark cannot go on (a kernel did not start or stopped answering)."""
 
 
 # ---------------------------------------------------------------------- statistics
@@ -144,70 +140,29 @@ def stop_direct(km: KernelManager) -> None:
         km.shutdown_kernel(now=False)
 
 
-class NannyProcess:
-    """``nanny-io start KERNEL --connection-file F`` as a subprocess."""
-
-    def __init__(self, kernel_name: str, workdir: Path, tracker: ProcessTracker) -> None:
-        tag = uuid.uuid4().hex[:8]
-        self.connection_file = workdir / f"nanny-{tag}.json"
-        self.log_path = workdir / f"nanny-{tag}.log"
-        self._tracker = tracker
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
-        cmd = [*nanny_command(), "start", kernel_name,
-               "--connection-file", str(self.connection_file)]
-        self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self._log, start_new_session=True)
-
-    def wait_connection_file(self, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
-        """Poll (1 ms) until the connection file exists and parses; returns its content."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, ValueError):
-                info = json.loads(self.connection_file.read_bytes())
-                if isinstance(info, dict) and "shell_port" in info:
-                    return info
-            if self.proc.poll() is not None:
-                raise BenchmarkError(f"nanny exited with {self.proc.returncode}{self.log_tail()}")
-            time.sleep(0.001)
-        raise BenchmarkError(f"no connection file from the nanny in {timeout:g} s"
-                             f"{self.log_tail()}")
-
-    def log_tail(self, lines: int = 15) -> str:
-        with contextlib.suppress(OSError):
-            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-            return "; its stderr ends:\n  " + "\n  ".join(text) if text else ""
-        return ""
-
-    def stop(self) -> None:
-        """SIGTERM (the nanny shuts its kernel down cleanly), SIGKILL the tree if it hangs."""
-        self._tracker.add_tree(self.proc.pid)
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(NANNY_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                print(f"warning: nanny {self.proc.pid} ignored SIGTERM for "
-                      f"{NANNY_STOP_TIMEOUT:g} s; killing its process tree", file=sys.stderr)
-                with contextlib.suppress(psutil.Error):
-                    tree = psutil.Process(self.proc.pid).children(recursive=True)
-                    for proc in tree:
-                        with contextlib.suppress(psutil.Error):
-                            proc.kill()
-                self.proc.kill()
-                self.proc.wait()
-        elif self.proc.returncode not in (0, -signal.SIGTERM):
-            print(f"warning: nanny {self.proc.pid} had exited with {self.proc.returncode}"
-                  f"{self.log_tail()}", file=sys.stderr)
-        self._log.close()
-
-
 def start_nanny(kernel_name: str, workdir: Path, tracker: ProcessTracker,
-                stack: contextlib.ExitStack) -> NannyProcess:
-    nanny = NannyProcess(kernel_name, workdir, tracker)
-    stack.callback(nanny.stop)
-    return nanny
+                stack: contextlib.ExitStack, *, wait: bool = True) -> NannyProcess:
+    """``nanny-io start KERNEL --connection-file F`` (stopped by ``stack``); without
+    ``wait``, it returns at once, for the caller to time the start-up."""
+    connection_file = workdir / f"nanny-{uuid.uuid4().hex[:8]}.json"
+    return benchkit.start_nanny([kernel_name, "--connection-file", str(connection_file)],
+                                tracker, stack, command=nanny_command(), wait=wait)
+
+
+def wait_connection_file(nanny: NannyProcess, path: Path,
+                         timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+    """Poll (1 ms) until the connection file exists and parses; returns its content."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads(path.read_bytes())
+            if isinstance(info, dict) and "shell_port" in info:
+                return info
+        if nanny.proc.poll() is not None:
+            raise BenchmarkError(f"nanny exited with {nanny.proc.returncode}{nanny.log_tail()}")
+        time.sleep(0.001)
+    raise BenchmarkError(f"no connection file from the nanny in {timeout:g} s"
+                         f"{nanny.log_tail()}")
 
 
 def launch_for_latency(path: str, kernel_name: str, workdir: Path, tracker: ProcessTracker,
@@ -216,7 +171,7 @@ def launch_for_latency(path: str, kernel_name: str, workdir: Path, tracker: Proc
     if path == "direct":
         km, _ = start_direct(kernel_name, workdir, tracker, stack)
         return dict(km.get_connection_info())
-    return start_nanny(kernel_name, workdir, tracker, stack).wait_connection_file()
+    return start_nanny(kernel_name, workdir, tracker, stack).connection_info()
 
 
 # ---------------------------------------------------------------------- round trips
@@ -363,13 +318,14 @@ def start_to_ready(path: str, kernel_name: str, workdir: Path,
             km, t0 = start_direct(kernel_name, workdir, tracker, stack)
             _ready_client(km.client())
             return StartSample(time.perf_counter() - t0)
-        nanny = start_nanny(kernel_name, workdir, tracker, stack)
-        nanny.wait_connection_file()
-        setup = time.perf_counter() - nanny.t0
+        nanny = start_nanny(kernel_name, workdir, tracker, stack, wait=False)
+        path = Path(nanny.args[nanny.args.index("--connection-file") + 1])
+        wait_connection_file(nanny, path)
+        setup = time.perf_counter() - nanny.started_at
         client = BlockingKernelClient()
-        client.load_connection_file(str(nanny.connection_file))
+        client.load_connection_file(str(path))
         _ready_client(client)
-        return StartSample(time.perf_counter() - nanny.t0, setup)
+        return StartSample(time.perf_counter() - nanny.started_at, setup)
 
 
 def measure_starts(kernel_name: str, reps: int, workdir: Path, tracker: ProcessTracker,

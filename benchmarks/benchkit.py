@@ -1,7 +1,9 @@
-"""What the benchmarks share: knowing every process they started, to leave none behind.
+"""What the benchmarks share: starting nannies, and knowing every process they started,
+to leave none behind.
 
-The benchmark scripts run as ``python benchmarks/NAME.py``, so this directory is on their
-import path.
+Nannies are run with ``nanny_io.testing`` (the helper the test suite uses too), so that what
+the benchmarks measure is what the tests check. The benchmark scripts run as ``python
+benchmarks/NAME.py``, so this directory is on their import path.
 """
 
 from __future__ import annotations
@@ -9,8 +11,21 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+from collections.abc import Sequence
 
 import psutil
+
+from nanny_io.testing import NannyProcess, NannyStartFailed
+
+#: Seconds for a nanny to announce its kernel.
+NANNY_START_TIMEOUT = 60.0
+#: Seconds after SIGTERM before a nanny's tree is SIGKILLed.
+NANNY_STOP_TIMEOUT = 20.0
+
+
+class BenchmarkError(Exception):
+    """The benchmark cannot go on (a kernel did not start or stopped answering, a cell failed,
+    output was lost)."""
 
 
 class ProcessTracker:
@@ -65,3 +80,37 @@ def kill_survivors(tracker: ProcessTracker) -> int:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     return len(survivors)
+
+
+def start_nanny(
+    args: Sequence[str],
+    tracker: ProcessTracker,
+    stack: contextlib.ExitStack,
+    *,
+    command: Sequence[str] | None = None,
+    wait: bool = True,
+) -> NannyProcess:
+    """``nanny-io start ARGS`` in a session of its own, tracked, and stopped by ``stack``
+    (SIGTERM, then its tree is killed if it hangs). With ``wait``, it returns once the nanny
+    announced its kernel; without, at once (the caller times the start-up)."""
+    nanny = NannyProcess(*args, command=command, new_session=True)
+    stack.callback(stop_nanny, nanny, tracker)  # which tracks its tree before stopping it
+    if wait:  # (not before: scanning /proc would compete with a start-up being timed)
+        try:
+            nanny.wait_announced(NANNY_START_TIMEOUT)
+        except NannyStartFailed as exc:
+            raise BenchmarkError(str(exc)) from None
+        tracker.add_tree(nanny.pid)
+    return nanny
+
+
+def stop_nanny(nanny: NannyProcess, tracker: ProcessTracker) -> None:
+    """Stop a nanny; say so when it had failed before (its stderr tells why)."""
+    tracker.add_tree(nanny.pid)
+    already = nanny.proc.poll()
+    nanny.stop(NANNY_STOP_TIMEOUT)
+    if already is not None and already not in (0, -signal.SIGTERM):
+        print(
+            f"warning: nanny {nanny.pid} had exited with {already}{nanny.log_tail()}",
+            file=sys.stderr,
+        )

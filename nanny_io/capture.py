@@ -174,8 +174,9 @@ class EchoWriter:
 class StreamPipeline:
     """One stream's way into the store: delimiters out, lines assembled, records appended.
 
-    ``on_stored(stream, first_seq, last_seq)`` runs after each append; ``on_output`` gets the
-    bytes meant for humans (delimiters removed), ``on_marker`` each delimiter found.
+    Whoever wants the records registers with the store (``LogStore.add_listener``);
+    ``on_output`` gets the bytes meant for humans (delimiters removed), ``on_marker`` each
+    delimiter found.
     """
 
     def __init__(
@@ -184,7 +185,6 @@ class StreamPipeline:
         store: LogStore,
         *,
         incarnation: Callable[[], int],
-        on_stored: Callable[[Stream, int, int], None],
         on_output: Callable[[Stream, bytes], None] | None = None,
         on_marker: Callable[[Stream, Begin | End], None] | None = None,
         partial_delay: float = PARTIAL_LINE_DELAY,
@@ -193,7 +193,6 @@ class StreamPipeline:
         self.stream = stream
         self.store = store
         self._incarnation = incarnation
-        self._on_stored = on_stored
         self._on_output = on_output
         self._on_marker = on_marker
         # Only stdout and stderr carry delimiters; the log FIFO is stored as written.
@@ -230,10 +229,7 @@ class StreamPipeline:
 
     def _append(self, pieces: list[tuple[bytes, int]]) -> None:
         if pieces:
-            first, last = self.store.append(
-                self.stream, self._incarnation(), time.time_ns(), pieces
-            )
-            self._on_stored(self.stream, first, last)
+            self.store.append(self.stream, self._incarnation(), time.time_ns(), pieces)
 
     def _arm(self) -> None:
         if self._timer is None:

@@ -169,7 +169,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     except KernelNotFound as exc:
         raise CLIError(str(exc)) from None
     except BrokenPipeError:  # `nanny-io tail ... | head`
-        sys.stdout = None  # type: ignore[assignment]
+        sys.stdout = None
         return 0
 
 

@@ -143,7 +143,7 @@ async def serve_launcher(
     writer = None
     if log_stdout == "json":
         writer = JsonRecordWriter(nanny.store, 1, kernel_id)
-        nanny.record_listeners.append(writer.stored)
+        nanny.store.add_listener(writer.stored)
     if os.getpid() == 1:
         loop.add_signal_handler(signal.SIGCHLD, reap_orphans, nanny.guardian.pid)
     comm = CommPort(comm_sock, nanny)

@@ -12,14 +12,17 @@ from nanny_io_proto.connection_files import ConnectionInfo
 from nanny_io_proto.errors import RemoteProtocolError
 from nanny_io_proto.messages import Message, encode_message
 
+from .errors import NannyIOError
 from .session import NannySession
 
 
-class ControlTimeout(Exception):
+class ControlTimeout(NannyIOError):
     """No reply arrived in time."""
 
 
-def _connect(ctx: zmq.Context, info: ConnectionInfo, socket_type: int, channel: str) -> zmq.Socket:
+def _connect(
+    ctx: zmq.Context[zmq.Socket[bytes]], info: ConnectionInfo, socket_type: int, channel: str
+) -> zmq.Socket[bytes]:
     sock = ctx.socket(socket_type)
     sock.linger = 0
     if info.curve_publickey and info.curve_secretkey:
@@ -33,7 +36,10 @@ def _connect(ctx: zmq.Context, info: ConnectionInfo, socket_type: int, channel: 
 
 
 def _receive(
-    sock: zmq.Socket, session: NannySession, deadline: float, accept: Callable[[Message], bool]
+    sock: zmq.Socket[bytes],
+    session: NannySession,
+    deadline: float,
+    accept: Callable[[Message], bool],
 ) -> Message | None:
     while (left := deadline - time.monotonic()) > 0 and sock.poll(int(left * 1000) + 1):
         try:

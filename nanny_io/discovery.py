@@ -25,10 +25,11 @@ import psutil
 from nanny_io_proto.connection_files import NannyConnectionInfo, decode_connection_file
 from nanny_io_proto.errors import ConnectionFileError
 
+from .errors import NannyIOError
 from .lifecycle import KernelState, kernel_process_runs
 
 
-class KernelNotFound(Exception):
+class KernelNotFound(NannyIOError):
     """A KERNEL argument that names no known kernel (or names several)."""
 
 

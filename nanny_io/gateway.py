@@ -281,7 +281,7 @@ def run_launch(opts: LaunchOptions) -> int:
     try:
         if first.reply.get("event") != "spawned":
             raise LaunchError(f"cannot start kernel {spec.name!r}: {first.reply.get('error')}")
-        kernel_pid = int(first.reply["pid"])  # type: ignore[call-overload]
+        kernel_pid = int(first.reply["pid"])
         comm = bind_comm_socket(opts.ip, opts.port_range, set(ports))
         info = launcher_connection_info(
             frontend,

@@ -28,6 +28,7 @@ import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -135,7 +136,8 @@ class _Guardian:
             env = {str(k): str(v) for k, v in request["env"].items()}  # type: ignore[attr-defined]
             cwd = request.get("cwd")
             path = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
-            actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+            # posix_spawn's file actions are tuples of different shapes per action
+            actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
             for target, fd in zip((1, 2), fds, strict=False):
                 actions.append((os.POSIX_SPAWN_DUP2, fd, target))
             old_cwd = os.getcwd()

@@ -18,7 +18,10 @@ class _EchoThread:
     """One binding of the heartbeat port, echoing until terminated."""
 
     def __init__(
-        self, context: zmq.Context, url: str, configure: Callable[[zmq.Socket], None] | None
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        url: str,
+        configure: Callable[[zmq.Socket[bytes]], None] | None,
     ) -> None:
         self._context = context
         self._url = url
@@ -72,7 +75,10 @@ class Heartbeat:
     """Echo pings on ``url`` until :meth:`stop`; :meth:`pause` / :meth:`resume` the echo."""
 
     def __init__(
-        self, context: zmq.Context, url: str, configure: Callable[[zmq.Socket], None] | None = None
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        url: str,
+        configure: Callable[[zmq.Socket[bytes]], None] | None = None,
     ) -> None:
         self._context = context
         self._url = url

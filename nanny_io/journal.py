@@ -30,19 +30,13 @@ STATE_SAVE_INTERVAL = 1.0
 class Journal:
     """What the nanny knows about itself, and the tasks it runs."""
 
-    def __init__(
-        self,
-        state: NannyState,
-        store: LogStore,
-        on_stored: Callable[[Stream, int, int], None] | None = None,
-    ) -> None:
+    def __init__(self, state: NannyState, store: LogStore) -> None:
         self.state = state
         self.store = store
         self.lifecycle = Lifecycle(KernelState(state.status))
         #: How many incarnations were launched: the current one's number once launched.
         self.incarnations = 0
         self.stop = asyncio.Event()
-        self._on_stored = on_stored
         self._on_change: list[Callable[[Journal], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_save = 0.0
@@ -74,11 +68,10 @@ class Journal:
     # ------------------------------------------------------------------ events
 
     def event(self, event: str, text: str, **details: Any) -> None:
-        """Record a nanny event on the log's ``nanny`` stream."""
+        """Record a nanny event on the log's ``nanny`` stream (the store tells its listeners,
+        the log channel among them)."""
         data = nanny_event_data(event, text, kernel_id=self.state.kernel_id, **details)
-        seq = self.store.append_one(Stream.NANNY, self.incarnations, time.time_ns(), data)
-        if self._on_stored is not None:
-            self._on_stored(Stream.NANNY, seq, seq)
+        self.store.append_one(Stream.NANNY, self.incarnations, time.time_ns(), data)
 
     # ------------------------------------------------------------------ lifecycle
 

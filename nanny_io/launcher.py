@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import NannyIOError
+
 if TYPE_CHECKING:
     from .guardian import GuardianHandle
 
@@ -22,7 +24,7 @@ PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
-class KernelSpecError(Exception):
+class KernelSpecError(NannyIOError):
     """A kernelspec that cannot be found or used; the message says what to do."""
 
 
@@ -72,7 +74,9 @@ def _spec_on_disk(name: str) -> KernelSpecInfo | None:
             continue
         if not isinstance(raw, dict) or not isinstance(raw.get("argv"), list):
             return None  # let KernelSpecManager report what is wrong with it
-        metadata = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+        metadata = raw.get("metadata")
+        if not isinstance(metadata, dict):
+            metadata = {}
         return KernelSpecInfo(
             name=name,
             argv=tuple(str(a) for a in raw["argv"]),
@@ -241,7 +245,7 @@ class Prelaunch:
     stdout_fd: int
     stderr_fd: int
     argv: list[str]
-    reply: dict[str, object]  # the guardian's answer: spawned (pid) or spawn_failed (error)
+    reply: dict[str, Any]  # the guardian's answer: spawned (pid) or spawn_failed (error)
 
 
 def prelaunch(

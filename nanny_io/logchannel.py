@@ -1,9 +1,10 @@
 """The log channel, server side: live records on PUB, heartbeat ticks, and replay on ROUTER.
 
 Capture never waits for a subscriber: the PUB socket drops at its high-water mark, and
-subscribers repair gaps from replay (specs/log-channel.md). Replay answers are streamed from
-the store in bounded chunks, packed straight from its entries, so a late joiner asking for a
-million records costs neither a million objects nor the capture path's time.
+subscribers repair gaps from replay (specs/log-channel.md). What to send is decided by the
+pure ``nanny_io_proto.logserver`` (``LogPublisher``, ``ReplayAnswer``); this module only
+does the socket I/O around it: non-blocking publishing, serving requests concurrently, and
+waiting for a slow replay reader without holding up anyone else.
 """
 
 from __future__ import annotations
@@ -18,48 +19,40 @@ import zmq
 import zmq.asyncio
 
 from nanny_io_proto.errors import RemoteProtocolError
-from nanny_io_proto.logrecords import (
-    MAX_BATCH_BYTES,
-    MAX_BATCH_RECORDS,
-    TICK_INTERVAL,
-    TICK_TOPIC,
-    StreamSeqs,
-    Tick,
-    encode_packed_batch,
-    encode_tick,
-    topic_for,
-)
+from nanny_io_proto.logrecords import TICK_INTERVAL
+from nanny_io_proto.logserver import LogPublisher, ReplayAnswer
 from nanny_io_proto.replay import (
-    ReplayEnd,
     ReplayError,
     ReplayRequest,
     decode_replay_request,
-    encode_packed_replay_batch,
     encode_replay_response,
     error_response,
-    plan_replay,
 )
 from nanny_io_proto.signing import DigestHistory, Signer
 from nanny_io_proto.streams import Stream
 
-from .store import Entry, LogStore, pack_entries
+from .store import LogStore
 
 log = logging.getLogger("nanny_io")
 
 #: Replays served at once; more get a "busy" error so one slow client cannot pile up work.
 MAX_CONCURRENT_REPLAYS = 8
-#: SNDHWM for the replay ROUTER: answer messages (each up to ~1 MiB) queued per client.
-#: Beyond it an answer waits for its client to read (spec 8.3), so a client that stops
-#: reading holds at most this much of the nanny's memory instead of ZeroMQ's default of 1000
-#: messages (~1 GiB). It must be set on the socket *before* bind: a listener copies the
-#: socket's options when it is bound, so a later setting never reaches accepted clients.
+#: SNDHWM for the replay ROUTER: answer messages queued per client (each at most 1 MiB of
+#: data plus 26 bytes a record, under 1.5 MB). Beyond it an answer waits for its client to
+#: read (spec 8.3), so a client that stops reading holds at most this many messages of the
+#: nanny's memory instead of ZeroMQ's default of 1000 (~1 GiB). It must be set on the socket
+#: *before* bind: a listener copies the socket's options when it is bound, so a later setting
+#: never reaches accepted clients.
 REPLAY_SNDHWM = 16
 _RETRY_MIN, _RETRY_MAX = 0.001, 0.02  # pause between sends to a client whose queue is full
-_STREAMS = tuple(Stream)
 
 
 class LogChannel:
-    """Publishes what the store receives and answers replay requests from it."""
+    """Publishes what the store receives and answers replay requests from it.
+
+    It registers itself with the store, so every append reaches it (and through it, the
+    live subscribers) without the nanny relaying anything: capture -> store -> channel.
+    """
 
     def __init__(
         self, pub: zmq.asyncio.Socket, replay: zmq.asyncio.Socket, store: LogStore, signer: Signer
@@ -70,61 +63,30 @@ class LogChannel:
         self.signer = signer
         self.epoch = store.epoch
         self.history = DigestHistory()
-        self._topics: set[bytes] = set()  # what live subscribers asked for (XPUB reports it)
-        self._last: dict[Stream, int] = dict.fromkeys(_STREAMS, 0)  # stored, per stream
+        self.publisher = LogPublisher(store.epoch, signer)
         self._replays: set[asyncio.Task[Any]] = set()
         self.stats = {"published_batches": 0, "replays": 0, "replay_errors": 0, "replay_waits": 0}
         self.kernel_state = "starting"
         self.incarnation = 0
         replay.router_mandatory = 1  # wait for a slow reader instead of dropping an answer
+        store.add_listener(self.stored)
 
     # ------------------------------------------------------------------ live
 
-    def _wanted(self, stream: Stream) -> bool:
-        topic = topic_for(stream)
-        return any(topic.startswith(t) for t in self._topics)
-
     def stored(self, stream: Stream, first_seq: int, last_seq: int) -> None:
         """Publish records ``first_seq..last_seq`` (one stream) just appended to the store."""
-        if last_seq < first_seq:
-            return
-        if self._wanted(stream):
-            entries = self.store.entries(first_seq, last_seq)
-            # prev_seqs are the last *stored* seqs: records stored while nobody subscribed
-            # to their stream were not published, but they are in the log, and a subscriber
-            # whose cursor is behind them must see the link and repair (spec 4.1, 9 step 5).
-            prev = StreamSeqs(**{s.value: n for s, n in self._last.items()})
-            for start in range(0, len(entries), MAX_BATCH_RECORDS):
-                chunk = entries[start : start + MAX_BATCH_RECORDS]
-                frames = encode_packed_batch(
-                    self.epoch,
-                    stream,
-                    len(chunk),
-                    chunk[0][0],
-                    chunk[-1][0],
-                    prev,
-                    pack_entries(chunk),
-                    self.signer,
-                )
-                with contextlib.suppress(zmq.Again):
-                    self.pub.send_multipart(frames, flags=zmq.NOBLOCK)
-                self.stats["published_batches"] += 1
-                prev = prev.advanced(stream, chunk[-1][0])
-        self._last[stream] = last_seq
+        for frames in self.publisher.stored(stream, first_seq, last_seq, self.store):
+            with contextlib.suppress(zmq.Again):
+                self.pub.send_multipart(frames, flags=zmq.NOBLOCK)
+            self.stats["published_batches"] += 1
 
     def tick(self) -> None:
         """The heartbeat: the latest seq per stream, so idle and dead can be told apart."""
-        seqs = StreamSeqs(**{s.value: n for s, n in self._last.items()})
-        tick = Tick(
-            epoch=self.epoch,
-            last_seq=seqs.latest(),
-            time_ns=time.time_ns(),
-            incarnation=self.incarnation,
-            kernel_state=self.kernel_state,
-            last_seqs=seqs,
+        frames = self.publisher.tick(
+            time_ns=time.time_ns(), incarnation=self.incarnation, kernel_state=self.kernel_state
         )
         with contextlib.suppress(zmq.Again):
-            self.pub.send_multipart(encode_tick(tick, self.signer), flags=zmq.NOBLOCK)
+            self.pub.send_multipart(frames, flags=zmq.NOBLOCK)
 
     async def serve_ticks(self) -> None:
         while True:
@@ -138,16 +100,8 @@ class LogChannel:
         topic, which is what a set of wanted topics needs.
         """
         while True:
-            event = await self.pub.recv()
-            if not event:
-                continue
-            topic = bytes(event[1:])
-            if event[0] == 1:
-                self._topics.add(topic)
-                if TICK_TOPIC.startswith(topic):
-                    self.tick()  # greet: the subscriber now knows live messages reach it
-            elif event[0] == 0:
-                self._topics.discard(topic)
+            if self.publisher.subscription(await self.pub.recv()):
+                self.tick()  # greet: the subscriber now knows live messages reach it
 
     # ------------------------------------------------------------------ replay
 
@@ -226,82 +180,19 @@ class LogChannel:
     async def _answer(self, identity: bytes, frames: list[bytes], req: ReplayRequest) -> None:
         self.stats["replays"] += 1
         store = self.store
-        plan = plan_replay(req, store.oldest_seq, store.last_seq)
+        answer = ReplayAnswer(
+            req,
+            epoch=self.epoch,
+            signer=self.signer,
+            oldest_seq=store.oldest_seq,
+            last_seq=store.last_seq,
+        )
         try:
-            if plan.truncated is not None:
-                await self._send(
-                    identity, encode_replay_response(plan.truncated, self.signer), frames
-                )
-            sent, complete = 0, True
-            if not plan.empty:
-                sent, complete = await self._stream(identity, frames, plan)
-            await self._send(
-                identity,
-                encode_replay_response(
-                    ReplayEnd(req.request_id, self.epoch, plan.end_seq, sent, complete), self.signer
-                ),
-                frames,
-            )
+            while True:
+                for message in answer.next_messages(store):
+                    await self._send(identity, message, frames)
+                if answer.finished:
+                    return
+                await asyncio.sleep(0)  # let capture run between chunks
         except zmq.ZMQError as exc:  # the client went away mid-answer
             log.debug("replay to a departed client abandoned: %s", exc)
-
-    async def _stream(self, identity: bytes, frames: list[bytes], plan: Any) -> tuple[int, bool]:
-        """Send the selected records in chunks; (records sent, complete)."""
-        store = self.store
-        streams = plan.streams
-        limit = plan.limit
-        if plan.last is not None:
-            selected: list[Entry] | None = store.last_entries(
-                plan.last, streams, from_seq=plan.first_seq, to_seq=plan.last_seq
-            )
-            if limit is not None and len(selected) > limit:
-                return await self._send_entries(identity, frames, plan, selected[:limit]), False
-            return await self._send_entries(identity, frames, plan, selected), True
-        sent = 0
-        cursor = plan.first_seq
-        while cursor <= plan.last_seq:
-            if cursor < store.oldest_seq:
-                # Records of this answer were evicted while it waited for a slow client: end
-                # it incomplete rather than skip them silently; the client asks again and is
-                # told what was lost (spec 8.2, 9 step 5).
-                return sent, False
-            want = MAX_BATCH_RECORDS if limit is None else min(MAX_BATCH_RECORDS, limit - sent)
-            if want <= 0:
-                more = store.entries(cursor, plan.last_seq, streams, limit=1)
-                return sent, not more
-            chunk = store.entries(cursor, plan.last_seq, streams, limit=want)
-            if not chunk:
-                break
-            sent += await self._send_entries(identity, frames, plan, chunk)
-            cursor = chunk[-1][0] + 1
-            await asyncio.sleep(0)  # let capture run between chunks
-        return sent, True
-
-    async def _send_entries(
-        self, identity: bytes, frames: list[bytes], plan: Any, entries: list[Entry]
-    ) -> int:
-        start = 0
-        while start < len(entries):
-            size = 0
-            end = start
-            while end < len(entries) and end - start < MAX_BATCH_RECORDS:
-                size += len(entries[end][5]) + 26
-                if size > MAX_BATCH_BYTES and end > start:
-                    break
-                end += 1
-            chunk = entries[start:end]
-            await self._send(
-                identity,
-                encode_packed_replay_batch(
-                    plan.request_id,
-                    self.epoch,
-                    len(chunk),
-                    chunk[0][0],
-                    chunk[-1][0],
-                    pack_entries(chunk),
-                    self.signer,
-                ),
-                frames,
-            )
-            start = end
-        return len(entries)

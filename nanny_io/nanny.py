@@ -10,7 +10,7 @@ pieces, each with one job:
 - ``attribution``: which cell an output belongs to, and holding ``idle`` until it went out;
 - ``supervisor``: launching, readiness, death, shutdown, the process tree;
 - ``proxy``: control and iopub;
-- ``logchannel``: the log channel (live and replay) from the store.
+- ``logchannel``: the log channel (live and replay), a listener of the store.
 
 Data flows one way: capture → store → log channel and forwarder → frontends.
 """
@@ -24,7 +24,6 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,7 +138,6 @@ class Nanny:
                 spill_dir=str(config.spill_dir) if config.spill_dir else None,
             ),
             self.store,
-            on_stored=self._on_stored,
         )
         # The foreground nanny shows the kernel's log live (and its output, unless that goes
         # to frontends), as the server's terminal shows a kernel's output today.
@@ -148,14 +146,6 @@ class Nanny:
         self.echo = EchoWriter(sys.stderr.fileno(), prefix=prefix) if config.echo_output else None
         self.log_channel: LogChannel | None = None
         self.endpoints: Endpoints | None = None
-        #: Called like the log channel after each append: (stream, first_seq, last_seq).
-        self.record_listeners: list[Callable[[Stream, int, int], None]] = []
-
-    def _on_stored(self, stream: Stream, first_seq: int, last_seq: int) -> None:
-        if self.log_channel is not None:
-            self.log_channel.stored(stream, first_seq, last_seq)
-        for listener in self.record_listeners:
-            listener(stream, first_seq, last_seq)
 
     def _on_log(self, stream: Stream, data: bytes) -> None:
         self.output.pipelines[Stream.LOG].feed(stream, data)
@@ -195,7 +185,6 @@ class Nanny:
                     stream,
                     self.store,
                     incarnation=lambda: self.journal.incarnations,
-                    on_stored=self._on_stored,
                     on_output=attribution.on_output,
                     on_marker=attribution.on_marker,
                 )

@@ -37,7 +37,7 @@ from typing import Any
 
 import psutil
 from jupyter_client.connect import KernelConnectionInfo
-from jupyter_client.provisioning import LocalProvisioner
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from traitlets import Float, Int
 
 from .discovery import load_connection_info, state_path
@@ -59,7 +59,7 @@ NANNY_EXIT_TIMEOUT = 15.0
 LAUNCH_MARGIN = 30.0
 
 
-class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
+class NannyProvisioner(LocalProvisioner):
     """Launch the kernel under ``nanny-io start --managed`` and manage it through the nanny."""
 
     startup_timeout = Float(
@@ -88,7 +88,7 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
         """Let LocalProvisioner allocate ports and write the connection file, then run the
         nanny instead of the kernel command (the nanny formats the kernel command itself)."""
         kwargs = await super().pre_launch(**kwargs)
-        km = self.parent
+        km = self._km
         name = getattr(self.kernel_spec, "name", "") or os.path.basename(
             self.kernel_spec.resource_dir
         )
@@ -111,8 +111,16 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
         ]
         return kwargs
 
-    def _manager_ports(self) -> tuple[int, ...]:
+    @property
+    def _km(self) -> Any:
+        """The KernelManager that owns this provisioner (traitlets types ``parent`` as
+        optional, but jupyter_client always creates a provisioner with its manager)."""
         km = self.parent
+        assert km is not None, "a provisioner belongs to a kernel manager"
+        return km
+
+    def _manager_ports(self) -> tuple[int, ...]:
+        km = self._km
         return (km.shell_port, km.iopub_port, km.stdin_port, km.control_port, km.hb_port)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
@@ -185,7 +193,7 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
                 # jupyter_server's kernel model reports its manager's `reason`: the browser
                 # then says how the kernel died instead of "the kernel appears to have died".
                 with contextlib.suppress(Exception):
-                    self.parent.reason = f"kernel died: {state.get('exit_reason')}"
+                    self._km.reason = f"kernel died: {state.get('exit_reason')}"
             signum = state.get("exit_signal")
             return -int(signum) if signum else int(state.get("exit_code") or 1)
         if status == KernelState.STOPPED:  # shut down on request, waits for restart or cleanup
@@ -209,7 +217,7 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
     ) -> dict[str, Any]:
         from .control_client import request
 
-        info = load_connection_info(self.parent.connection_file)
+        info = load_connection_info(self._km.connection_file)
         try:
             reply = await asyncio.to_thread(request, info, msg_type, content, timeout)
         except RuntimeError:  # no new threads at interpreter exit (an atexit interrupt)
@@ -273,7 +281,7 @@ class NannyProvisioner(LocalProvisioner):  # type: ignore[misc]
             return
         if self._kernel_running() and await self._signal_kernel_tree(signal.SIGTERM):
             return
-        if not self._kernel_running():
+        if not self._kernel_running() or self.process is None:  # the awaits above may end it
             return
         with contextlib.suppress(ProcessLookupError):
             self.process.send_signal(signal.SIGTERM)

@@ -1,48 +1,43 @@
-"""The log store: a byte-bounded ring of captured records plus a rotating on-disk spill.
+"""The log store: a byte-bounded ring of captured records, optionally spilled to disk.
 
 The capture path appends thousands of lines per call, so entries are kept as plain tuples
-``(seq, time_ns, incarnation, stream_code, flags, data)`` and :class:`LogRecord` objects are
-built only when someone reads. The stream is kept as its wire code (``STREAM_CODES``), not
-the enum member: a tuple of ints and bytes is untracked by the garbage collector, so a ring
-of a million entries adds nothing to the cost of a full collection. Seqs are assigned here,
-start at 1 and are consecutive, so a seq maps to a ring index by arithmetic. The store is not
-thread-safe: the nanny owns it from one event loop.
+``(seq, time_ns, incarnation, stream_code, flags, data)`` (``logrecords.Entry``) and
+:class:`LogRecord` objects are built only when someone reads. The stream is kept as its wire
+code (``STREAM_CODES``), not the enum member: a tuple of ints and bytes is untracked by the
+garbage collector, so a ring of a million entries adds nothing to the cost of a full
+collection. Seqs are assigned here, start at 1 and are consecutive, so a seq maps to a ring
+index by arithmetic. The store is not thread-safe: the nanny owns it from one event loop.
 
-The spill keeps history readable after the nanny has exited (``nanny-io tail`` post mortem).
-A spill directory holds segment files ``seg-<index:08d>-<first_seq:020d>.nlog``; each is a
-header (magic, log format version, epoch) followed by chunks, one per append: a u32 length
-and a body in exactly the log channel's binary layout (``logrecords.pack_records``).
+Every append is also written to the :class:`~nanny_io.spill.Spill` (the on-disk history,
+see ``spill.py``) when there is one, and then announced to the store's listeners.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import heapq
-import logging
-import os
-import re
 import struct
-from collections import deque
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice, repeat
 from operator import itemgetter
-from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
-from nanny_io_proto.errors import LocalProtocolError, MalformedMessage
 from nanny_io_proto.logrecords import (
     RECORD_HEADER,
     STREAM_CODES,
+    Entry,
     LogRecord,
     check_epoch,
-    unpack_records,
+    pack_entries,
 )
+from nanny_io_proto.spillformat import SPILL_MAGIC
 from nanny_io_proto.streams import FLAG_NO_EOL, Stream
-from nanny_io_proto.version import LOG_FORMAT_VERSION
 
+from .limits import DEFAULT_MAX_BYTES, DEFAULT_SEGMENT_BYTES, DEFAULT_SPILL_BYTES
+from .spill import Spill, read_spill
+
+# Entry, pack_entries, SPILL_MAGIC, Spill and read_spill live elsewhere now; they stay
+# importable from here, where the rest of the package and its users have always found them.
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_SEGMENT_BYTES",
@@ -52,33 +47,23 @@ __all__ = [
     "Entry",
     "LogStore",
     "Spill",
+    "StoreListener",
     "StoreStats",
     "pack_entries",
     "read_spill",
 ]
-
-logger = logging.getLogger("nanny_io")
-
-#: One stored record: (seq, time_ns, incarnation, stream code, flags, data); the stream
-#: code is ``logrecords.STREAM_CODES[stream]``.
-Entry = tuple[int, int, int, int, int, bytes]
-
-from .limits import DEFAULT_MAX_BYTES, DEFAULT_SEGMENT_BYTES, DEFAULT_SPILL_BYTES  # noqa: E402
 
 #: Bytes charged per record on top of its data: the 6-tuple (88), seq and time ints (2 x 32),
 #: the bytes object header (33, rounded up) and the ring slot. Measured with tracemalloc; it
 #: keeps real memory under ``max_bytes`` even when every record is a single byte.
 RECORD_OVERHEAD: Final = 200
 
-#: First 8 bytes of every spill segment; the container format. The body layout inside is
-#: versioned by LOG_FORMAT_VERSION, which the header carries too.
-SPILL_MAGIC: Final = b"NIOSPILL"
-_SEG_HEADER = struct.Struct("<8sHH")  # magic, log format version, epoch length (then epoch)
 _U32 = struct.Struct("<I")
 _ONE = _U32.pack(1)  # the count of a one-record body
-_SEG_NAME = re.compile(r"seg-(\d{8,})-(\d{20})\.nlog")
-_HEAD = RECORD_HEADER.size
 _BY_CODE: tuple[Stream, ...] = tuple(sorted(STREAM_CODES, key=STREAM_CODES.__getitem__))
+
+#: Called after every append with ``(stream, first_seq, last_seq)`` of the records added.
+StoreListener = Callable[[Stream, int, int], None]
 
 #: What an evicted ring slot holds until the list is compacted (one shared object).
 _GONE: Entry = (0, 0, 0, 0, 0, b"")
@@ -111,21 +96,6 @@ def _body_parts(
         )
     )
     return [_U32.pack(n), heads, *map(_data, pieces)]
-
-
-def pack_entries(entries: Sequence[Entry]) -> bytes:
-    """Pack raw store entries into the log channel body, byte for byte like ``pack_records``.
-
-    For the replay server and the spill: no LogRecord objects are built. Entries come from
-    the store, so seqs are already strictly increasing.
-    """
-    heads = b"".join(
-        [
-            RECORD_HEADER.pack(seq, t, inc, code, fl, len(data))
-            for seq, t, inc, code, fl, data in entries
-        ]
-    )
-    return b"".join([_U32.pack(len(entries)), heads, *map(itemgetter(5), entries)])
 
 
 def _materialise(entries: Iterable[Entry]) -> list[LogRecord]:
@@ -178,6 +148,10 @@ class LogStore:
 
     ``oldest_seq .. last_seq`` are the seqs held; an empty store has ``oldest_seq ==
     last_seq + 1`` (1 and 0 when fresh), the convention of ``replay.plan_replay``.
+
+    Whoever needs new records (the log channel) registers with :meth:`add_listener` and is
+    told after each append, so that data flows one way, capture -> store -> channels, and
+    no writer has to remember to pass its records on.
     """
 
     def __init__(
@@ -197,6 +171,7 @@ class LogStore:
         self._last_seq = 0
         self._bytes_used = 0
         self._evicted = 0
+        self._listeners: list[StoreListener] = []
 
     # -- state --------------------------------------------------------------------------------
 
@@ -237,6 +212,19 @@ class LogStore:
             spill_bytes_written=0 if spill is None else spill.bytes_written,
         )
 
+    def add_listener(self, listener: StoreListener) -> None:
+        """Call ``listener(stream, first_seq, last_seq)`` after every append from now on.
+
+        It runs synchronously, in registration order, once the records are in the ring
+        (and the spill), so it can read them back; an exception from it propagates to the
+        writer, as a bug should.
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: StoreListener) -> None:
+        """Stop calling ``listener`` (ValueError if it was not registered)."""
+        self._listeners.remove(listener)
+
     # -- writing ------------------------------------------------------------------------------
 
     def append(
@@ -250,7 +238,7 @@ class LogStore:
 
         Returns ``(first_seq, last_seq)`` assigned (``(n + 1, n)`` for no pieces). The
         records reach the spill file with os.write before this returns; spill errors are
-        logged once and never raised.
+        logged once and never raised. Listeners are told unless there were no pieces.
         """
         first = self._last_seq + 1
         n = len(pieces)
@@ -281,12 +269,14 @@ class LogStore:
         self._bytes_used += sum(map(len, map(_data, pieces))) + n * RECORD_OVERHEAD
         if self._bytes_used > self.max_bytes:
             self._evict()
+        for listener in self._listeners:
+            listener(stream, first, last)
         return first, last
 
     def append_one(
         self, stream: Stream, incarnation: int, time_ns: int, data: bytes, flags: int = 0
     ) -> int:
-        """Store one record (e.g. a nanny event); returns its seq."""
+        """Store one record (e.g. a nanny event), tell the listeners; returns its seq."""
         _check_scalars(stream, incarnation, time_ns)
         if type(data) is not bytes or type(flags) is not int:
             raise TypeError(f"data must be bytes and flags an int, got {data!r}, {flags!r}")
@@ -302,6 +292,8 @@ class LogStore:
         self._bytes_used += len(data) + RECORD_OVERHEAD
         if self._bytes_used > self.max_bytes:
             self._evict()
+        for listener in self._listeners:
+            listener(stream, seq, seq)
         return seq
 
     def _evict(self) -> None:
@@ -482,279 +474,3 @@ def _check_scalars(stream: object, incarnation: object, time_ns: object) -> None
         raise ValueError(f"incarnation must be a u32, got {incarnation!r}")
     if type(time_ns) is not int or not 0 <= time_ns <= 0xFFFF_FFFF_FFFF_FFFF:
         raise ValueError(f"time_ns must be a u64, got {time_ns!r}")
-
-
-# -- the spill ---------------------------------------------------------------------------------
-
-
-class Spill:
-    """Rotating segment files that keep the log readable after the nanny exits.
-
-    Every chunk is handed to the OS with os.write before :meth:`write_parts` returns, so a
-    SIGKILL of the nanny loses nothing already acknowledged (no fsync: a machine crash may).
-    Any OSError turns the spill off for good, with one warning: the store goes on in memory.
-    """
-
-    def __init__(
-        self,
-        directory: str | os.PathLike[str],
-        *,
-        epoch: str,
-        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-        max_total_bytes: int = DEFAULT_SPILL_BYTES,
-    ) -> None:
-        if segment_bytes < 1 or max_total_bytes < segment_bytes:
-            raise ValueError(
-                f"need 0 < segment_bytes <= max_total_bytes, got {segment_bytes!r}, "
-                f"{max_total_bytes!r}"
-            )
-        self.directory = Path(directory)
-        self.epoch = check_epoch(epoch)
-        self.segment_bytes = segment_bytes
-        self.max_total_bytes = max_total_bytes
-        self.error: str | None = None
-        self.bytes_written = 0
-        self._fd = -1  # -1: no segment open yet, -2: closed for good
-        self._path = self.directory  # the open segment's path
-        self._seg_size = 0  # bytes in the open segment
-        self._next_index = 1
-        self._closed: deque[tuple[Path, int]] = deque()  # finished segments, oldest first
-        self._closed_bytes = 0
-        self._header = _SEG_HEADER.pack(SPILL_MAGIC, LOG_FORMAT_VERSION, len(epoch)) + (
-            epoch.encode("ascii")
-        )
-        try:
-            self._prepare()
-        except OSError as exc:
-            self._fail("cannot use", exc)
-
-    @property
-    def active(self) -> bool:
-        """False once the spill has failed or was closed: the store is memory-only."""
-        return self.error is None and self._fd != -2
-
-    def _prepare(self) -> None:
-        """Create the directory (0700) and account for segments of earlier epochs."""
-        self.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            self.directory.mkdir(mode=0o700)
-        except FileExistsError:
-            if not self.directory.is_dir():
-                raise
-        os.chmod(self.directory, 0o700)
-        for index, _, path in _segments(self.directory):
-            size = path.stat().st_size
-            self._closed.append((path, size))
-            self._closed_bytes += size
-            self._next_index = index + 1
-
-    def write_parts(self, first_seq: int, parts: list[bytes]) -> bool:
-        """Write one body (the log channel layout, given as parts to join) as one chunk.
-
-        ``first_seq`` is the body's first seq (it names a new segment). Returns False when
-        the spill is off. Never raises OSError.
-        """
-        if not self.active:
-            return False
-        size = sum(map(len, parts))
-        chunk = b"".join([_U32.pack(size), *parts])
-        try:
-            if self._fd < 0 or (
-                self._seg_size and self._seg_size + len(chunk) > self.segment_bytes
-            ):
-                self._rotate(first_seq)
-            _write_all(self._fd, chunk)
-        except OSError as exc:
-            self._fail("cannot write to", exc)
-            return False
-        self._seg_size += len(chunk)
-        self.bytes_written += len(chunk)
-        return True
-
-    def write_entries(self, entries: Sequence[Entry]) -> bool:
-        """Write raw store entries (one chunk); see :meth:`write_parts`."""
-        if not entries:
-            return self.active
-        return self.write_parts(entries[0][0], [pack_entries(entries)])
-
-    def _rotate(self, first_seq: int) -> None:
-        """Close the open segment, drop the oldest ones over the bound, open a new one."""
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-            self._closed.append((self._path, self._seg_size))
-            self._closed_bytes += self._seg_size
-        while self._closed and self._closed_bytes + self.segment_bytes > self.max_total_bytes:
-            path, size = self._closed.popleft()
-            self._closed_bytes -= size
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-        for _ in range(100):  # another writer in the same directory: take the next index
-            self._path = self.directory / f"seg-{self._next_index:08d}-{first_seq:020d}.nlog"
-            self._next_index += 1
-            try:
-                self._fd = os.open(self._path, flags, 0o600)
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise OSError(errno.EEXIST, "no free segment name", str(self.directory))
-        self._seg_size = 0
-        _write_all(self._fd, self._header)
-        self._seg_size = len(self._header)
-        self.bytes_written += len(self._header)
-
-    def _fail(self, what: str, exc: OSError) -> None:
-        self.error = f"{what} {str(self.directory)!r}: {exc.strerror or exc}"
-        logger.warning(
-            "log spill off, %s; history will not survive the nanny (memory only)", self.error
-        )
-        self._close_fd()
-
-    def _close_fd(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def close(self) -> None:
-        """Close the open segment; later writes are ignored (the files stay)."""
-        self._close_fd()
-        self._fd = -2
-
-    def __enter__(self) -> Spill:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _segments(directory: Path) -> list[tuple[int, int, Path]]:
-    """(index, first_seq, path) of the segment files in ``directory``, in write order."""
-    found = []
-    for entry in os.scandir(directory):
-        m = _SEG_NAME.fullmatch(entry.name)
-        if m:
-            found.append((int(m[1]), int(m[2]), Path(entry.path)))
-    found.sort()
-    return found
-
-
-# -- post-mortem reading -----------------------------------------------------------------------
-
-
-def read_spill(directory: str | os.PathLike[str]) -> Iterator[tuple[str, LogRecord]]:
-    """Every record in a spill directory as (epoch, record), in write order.
-
-    Within an epoch seqs increase; a later epoch (a new nanny) starts again from 1. A
-    truncated last chunk (the nanny was killed mid-write) yields its complete records and
-    ends that file; an unreadable or corrupt file is skipped with a warning. A missing
-    directory yields nothing.
-    """
-    try:
-        segments = _segments(Path(directory))
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    last_seq: dict[str, int] = {}
-    for _, _, path in segments:
-        try:
-            buf = path.read_bytes()
-        except OSError as exc:
-            logger.warning("skipping spill segment %r: %s", str(path), exc.strerror or exc)
-            continue
-        yield from _read_segment(path, buf, last_seq)
-
-
-def _read_segment(
-    path: Path, buf: bytes, last_seq: dict[str, int]
-) -> Iterator[tuple[str, LogRecord]]:
-    if len(buf) < _SEG_HEADER.size:
-        if buf:  # a zero-length file is a segment killed before its header: nothing to say
-            logger.warning("skipping spill segment %r: truncated header", str(path))
-        return
-    magic, version, epoch_len = _SEG_HEADER.unpack_from(buf, 0)
-    if magic != SPILL_MAGIC or version != LOG_FORMAT_VERSION:
-        logger.warning(
-            "skipping %r: not a nanny-io spill segment (magic %r, version %r)",
-            str(path),
-            magic,
-            version,
-        )
-        return
-    pos = _SEG_HEADER.size + epoch_len
-    try:
-        epoch = check_epoch(buf[_SEG_HEADER.size : pos].decode("ascii"))
-    except (UnicodeDecodeError, LocalProtocolError):
-        if len(buf) >= pos:
-            logger.warning("skipping spill segment %r: bad epoch", str(path))
-        return
-    end = len(buf)
-    while pos < end:
-        if pos + 4 > end:
-            return  # killed while writing a length prefix
-        (size,) = _U32.unpack_from(buf, pos)
-        body_end = pos + 4 + size
-        try:
-            if body_end > end:
-                records = _salvage(buf[pos + 4 :])
-            else:
-                records = unpack_records(buf[pos + 4 : body_end])
-        except MalformedMessage as exc:
-            logger.warning(
-                "spill segment %r is corrupt at byte %d (%s): skipping the rest",
-                str(path),
-                pos,
-                exc,
-            )
-            return
-        if records:
-            if records[0].seq <= last_seq.get(epoch, 0):
-                logger.warning(
-                    "spill segment %r goes back to seq %d: skipping the rest",
-                    str(path),
-                    records[0].seq,
-                )
-                return
-            last_seq[epoch] = records[-1].seq
-        for rec in records:
-            yield epoch, rec
-        if body_end > end:
-            return
-        pos = body_end
-
-
-def _salvage(body: bytes) -> list[LogRecord]:
-    """The complete records at the start of a truncated body (headers first, then data)."""
-    if len(body) < 4:
-        return []
-    (count,) = _U32.unpack_from(body, 0)
-    heads_end = 4 + count * _HEAD
-    if heads_end > len(body):
-        return []
-    out: list[LogRecord] = []
-    start = heads_end
-    prev = 0
-    for seq, t, inc, code, flags, length in RECORD_HEADER.iter_unpack(body[4:heads_end]):
-        stop = start + length
-        if stop > len(body) or code >= len(_BY_CODE) or seq <= prev:
-            break
-        try:
-            out.append(LogRecord(seq, t, inc, _BY_CODE[code], body[start:stop], flags))
-        except LocalProtocolError:
-            break
-        prev = seq
-        start = stop
-    return out

@@ -17,7 +17,7 @@ import contextlib
 import gc
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,7 +124,7 @@ class LogClient:
         for req in requests:
             await self.dealer.send_multipart(encode_replay_request(req, self.signer))
 
-    async def events(self, *, follow: bool = True) -> AsyncIterator[ClientEvent]:
+    async def events(self, *, follow: bool = True) -> AsyncGenerator[ClientEvent, None]:
         """Events in seq order: Records, Gap, Truncated, EpochChanged, ReplayFailed, Alive,
         and NannySilent when nothing arrives for ``silent_after`` seconds.
 
@@ -220,7 +220,7 @@ def _gc_paused() -> Iterator[None]:
 
 def _recv_all(sock: zmq.asyncio.Socket) -> Iterator[list[bytes]]:
     """Every message waiting on ``sock`` right now, without awaiting."""
-    inner = zmq.Socket.shadow(sock.underlying)
+    inner: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
     while True:
         try:
             yield inner.recv_multipart(zmq.NOBLOCK)

@@ -190,7 +190,7 @@ class Supervisor:
                 f"cannot start kernel {self.config.spec.name!r} ({' '.join(argv)}): "
                 f"{reply.get('error')}"
             )
-        pid = int(reply["pid"])  # type: ignore[call-overload]
+        pid = int(reply["pid"])
         inc = Incarnation(number, pid, loop.create_future())
         self.incarnation = inc
         self.journal.incarnations = number

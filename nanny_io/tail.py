@@ -18,7 +18,7 @@ from nanny_io_proto.logrecords import LogRecord, parse_nanny_event
 from nanny_io_proto.streams import FLAG_NO_EOL, Stream
 
 from .discovery import KernelNotFound, KernelRef, resolve_kernel, spill_path, state_dir
-from .store import read_spill
+from .spill import read_spill
 from .subscriber import (
     BlockingLogClient,
     EpochChanged,

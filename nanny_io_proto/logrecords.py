@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from operator import attrgetter, lt
+from operator import attrgetter, itemgetter, lt
 from typing import Any, cast
 
 from .errors import LocalProtocolError, MalformedMessage, UnsupportedVersion
@@ -32,7 +32,7 @@ __all__ = [
     "STREAM_CODES",
     "TICK_INTERVAL",
     "TICK_TOPIC",
-    "LogPublisher",
+    "Entry",
     "LogRecord",
     "RecordBatch",
     "Stream",
@@ -45,10 +45,10 @@ __all__ = [
     "encode_tick",
     "json_header",
     "nanny_event_data",
+    "pack_entries",
     "pack_records",
     "parse_header",
     "parse_nanny_event",
-    "split_batches",
     "topic_for",
     "unpack_records",
 ]
@@ -70,6 +70,12 @@ STREAM_CODES: dict[Stream, int] = {
     Stream.NANNY: 3,
 }
 _STREAM_BY_CODE: tuple[Stream, ...] = tuple(sorted(STREAM_CODES, key=STREAM_CODES.__getitem__))
+
+#: One record as a plain tuple: (seq, time_ns, incarnation, stream code, flags, data), the
+#: stream code being ``STREAM_CODES[stream]``. The nanny's store keeps and serves records in
+#: this shape, because a tuple of ints and bytes costs a fraction of a LogRecord and is
+#: untracked by the garbage collector; :func:`pack_entries` packs them without building one.
+Entry = tuple[int, int, int, int, int, bytes]
 
 #: SUB topic of the heartbeat tick. Record batches use the stream's name as their topic.
 #: The five topics are prefix-free: no topic is a prefix of another.
@@ -276,6 +282,22 @@ def pack_records(records: Iterable[LogRecord]) -> bytes:
         [pack(r.seq, r.time_ns, r.incarnation, codes[r.stream], r.flags, len(r.data)) for r in recs]
     )
     return b"".join([_COUNT.pack(len(recs)), heads, *map(attrgetter("data"), recs)])
+
+
+def pack_entries(entries: Sequence[Entry]) -> bytes:
+    """Pack :data:`Entry` tuples into the binary body, byte for byte like :func:`pack_records`.
+
+    For servers that stream from a store: no LogRecord is built. The caller vouches that
+    seqs are strictly increasing and every field is in range (the store checked them on the
+    way in), so nothing is validated again on this hot path.
+    """
+    heads = b"".join(
+        [
+            RECORD_HEADER.pack(seq, t, inc, code, fl, len(data))
+            for seq, t, inc, code, fl, data in entries
+        ]
+    )
+    return b"".join([_COUNT.pack(len(entries)), heads, *map(itemgetter(5), entries)])
 
 
 def unpack_records(body: bytes) -> list[LogRecord]:
@@ -516,104 +538,6 @@ def decode_log_message(frames: Sequence[bytes], signer: Signer) -> RecordBatch |
         RecordBatch, epoch=epoch, records=tuple(records), prev_seqs=prev_seqs
     )
     return batch
-
-
-# -- publishing -------------------------------------------------------------------------------
-
-
-def split_batches(
-    records: Sequence[LogRecord],
-    *,
-    max_records: int = MAX_BATCH_RECORDS,
-    max_bytes: int = MAX_BATCH_BYTES,
-    by_stream: bool = True,
-) -> list[Sequence[LogRecord]]:
-    """Cut records into runs of at most ``max_records`` / about ``max_bytes`` data bytes.
-
-    With ``by_stream`` a run never mixes streams (live batches); a single record larger
-    than ``max_bytes`` still gets a run of its own.
-    """
-    if max_records < 1 or max_bytes < 1:
-        raise LocalProtocolError(f"batch limits must be positive: {max_records!r}, {max_bytes!r}")
-    runs: list[Sequence[LogRecord]] = []
-    start = 0
-    size = 0
-    stream = records[0].stream if records else None
-    for i, rec in enumerate(records):
-        n = len(rec.data)
-        if i > start and (
-            i - start >= max_records
-            or size + n > max_bytes
-            or (by_stream and rec.stream is not stream)
-        ):
-            runs.append(records[start:i])
-            start = i
-            size = 0
-        stream = rec.stream
-        size += n
-    if start < len(records):
-        runs.append(records[start:])
-    return runs
-
-
-class LogPublisher:
-    """The nanny's side of the live log channel, without sockets.
-
-    Give it every record in seq order as it is stored; it returns the messages to publish
-    and keeps the per-stream seqs that batches and ticks carry.
-    """
-
-    def __init__(
-        self,
-        epoch: str,
-        signer: Signer,
-        *,
-        max_records: int = MAX_BATCH_RECORDS,
-        max_bytes: int = MAX_BATCH_BYTES,
-    ) -> None:
-        self.epoch = check_epoch(epoch)
-        self.signer = signer
-        self.max_records = max_records
-        self.max_bytes = max_bytes
-        self._seqs = StreamSeqs()
-
-    @property
-    def last_seqs(self) -> StreamSeqs:
-        """The last seq published per stream."""
-        return self._seqs
-
-    @property
-    def last_seq(self) -> int:
-        return self._seqs.latest()
-
-    def batches(self, records: Sequence[LogRecord]) -> list[RecordBatch]:
-        """Turn newly stored records (seqs above every earlier one) into live batches."""
-        if records and records[0].seq <= self.last_seq:
-            raise LocalProtocolError(
-                f"record seq {records[0].seq!r} is not above the last published {self.last_seq!r}"
-            )
-        out = []
-        for run in split_batches(records, max_records=self.max_records, max_bytes=self.max_bytes):
-            batch = RecordBatch(self.epoch, tuple(run), self._seqs)
-            self._seqs = self._seqs.advanced(batch.stream, batch.last_seq)
-            out.append(batch)
-        return out
-
-    def publish(self, records: Sequence[LogRecord]) -> list[list[bytes]]:
-        """The signed messages (frame lists) to send on the PUB socket for ``records``."""
-        return [encode_batch(b, self.signer) for b in self.batches(records)]
-
-    def tick(self, *, time_ns: int, incarnation: int, kernel_state: str) -> list[bytes]:
-        """The signed heartbeat message; send it about every :data:`TICK_INTERVAL` seconds."""
-        tick = Tick(
-            epoch=self.epoch,
-            last_seq=self.last_seq,
-            time_ns=time_ns,
-            incarnation=incarnation,
-            kernel_state=kernel_state,
-            last_seqs=self._seqs,
-        )
-        return encode_tick(tick, self.signer)
 
 
 # -- nanny events ----------------------------------------------------------------------------

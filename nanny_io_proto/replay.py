@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import islice
 
 from .errors import (
     BadSignature,
@@ -23,8 +21,6 @@ from .errors import (
     UnsupportedVersion,
 )
 from .logrecords import (
-    MAX_BATCH_BYTES,
-    MAX_BATCH_RECORDS,
     U64,
     LogRecord,
     check_body_matches,
@@ -37,7 +33,6 @@ from .logrecords import (
     json_header,
     pack_records,
     parse_header,
-    split_batches,
     trusted,
     unpack_records,
 )
@@ -60,7 +55,6 @@ __all__ = [
     "encode_replay_response",
     "error_response",
     "plan_replay",
-    "replay_answer",
 ]
 
 _ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
@@ -460,38 +454,3 @@ def plan_replay(req: ReplayRequest, oldest_seq: int, last_seq: int) -> ReplayPla
         truncated=truncated,
         end_seq=last_seq,
     )
-
-
-def replay_answer(
-    plan: ReplayPlan,
-    epoch: str,
-    records: Iterable[LogRecord],
-    *,
-    max_records: int = MAX_BATCH_RECORDS,
-    max_bytes: int = MAX_BATCH_BYTES,
-) -> Iterator[ReplayTruncated | ReplayBatch | ReplayEnd]:
-    """Every message of the answer, in order, for the server to encode and send.
-
-    ``records`` are the store's records with seq in ``plan.first_seq .. plan.last_seq`` and
-    a stream in ``plan.streams``, ascending (the store filters; this only cuts and counts).
-    """
-    if plan.truncated is not None:
-        yield plan.truncated
-    selected: Sequence[LogRecord] = ()
-    complete = True
-    if not plan.empty:
-        if plan.last is not None:
-            selected = list(deque(records, maxlen=plan.last))
-        if plan.limit is not None:
-            source = iter(selected) if plan.last is not None else iter(records)
-            selected = list(islice(source, plan.limit + 1))
-            if len(selected) > plan.limit:
-                complete = False
-                del selected[plan.limit :]
-        elif plan.last is None:
-            selected = list(records)
-    for run in split_batches(
-        selected, max_records=max_records, max_bytes=max_bytes, by_stream=False
-    ):
-        yield ReplayBatch(plan.request_id, epoch, tuple(run))
-    yield ReplayEnd(plan.request_id, epoch, plan.end_seq, len(selected), complete)

@@ -6,6 +6,9 @@ messages to :meth:`~LogSubscription.receive_live`, decoded replay answers to
 :meth:`~LogSubscription.receive_replay`, sends what :meth:`~LogSubscription.requests_to_send`
 returns, and gets back events with every record exactly once, in seq order.
 
+Its phases (waiting for history, anchoring on live after a refusal, following) and the
+moves between them are one table in :mod:`~nanny_io_proto.subscription_state`.
+
 How gaps are found: every live batch carries ``prev_seqs``, the last seq of each stream
 before it. For the streams we follow, ``max(prev_seqs[s] for s in ours)`` is the seq of the
 record just before the batch in *our* part of the log, so a lost message shows up even when
@@ -30,6 +33,7 @@ from .replay import (
     ReplayTruncated,
 )
 from .streams import Stream
+from .subscription_state import ESTABLISHED, Phase, Trigger, next_phase
 
 __all__ = [
     "Alive",
@@ -169,9 +173,7 @@ class LogSubscription:
         self._make_nonce = make_nonce
         self._prefix = request_prefix
         self._counter = 0
-        self._started = False
-        self._established = False  # the current epoch's first answer has ended
-        self._anchor = False  # live-only fallback: the next live message sets the cursor
+        self._phase = Phase.NEW  # see subscription_state: the one place that moves it
         self._epoch: str | None = None
         self._retired: set[str] = set()
         self._cursor = 0  # every record of ours with seq <= cursor was delivered or reported
@@ -207,10 +209,15 @@ class LogSubscription:
         return self._cursor
 
     @property
+    def phase(self) -> Phase:
+        """Where the subscription is in its life (``subscription_state.Phase``)."""
+        return self._phase
+
+    @property
     def caught_up(self) -> bool:
         """History was delivered and nothing is missing or waiting right now."""
         return (
-            self._established
+            self._phase in ESTABLISHED
             and not self._outstanding
             and not self._segments
             and self._target <= self._cursor
@@ -224,9 +231,9 @@ class LogSubscription:
 
     def start(self) -> ReplayRequest:
         """The history request to send once the SUB socket is connected and subscribed."""
-        if self._started:
+        if self._phase is not Phase.NEW:
             raise LocalProtocolError("the subscription was already started")
-        self._started = True
+        self._move(Trigger.START)
         if self._last is not None:
             return self._request("initial", since=None, until=None, last=self._last, link=-1)
         since = 1 if self._since is None else self._since
@@ -252,11 +259,11 @@ class LogSubscription:
             self._n.stale += 1
             return events
         seg = _Segment(item.prev_seqs.latest(self._streams), item.records)
-        if self._anchor:  # live-only fallback: start from the first thing we see
-            self._anchor = False
+        if self._phase is Phase.ANCHORING:  # live-only fallback: start from what we see
+            self._move(Trigger.ANCHORED)
             self._epoch = item.epoch
             self._cursor = seg.link
-        if not self._established:
+        if self._phase not in ESTABLISHED:
             self._held.append((item.epoch, seg))
             return events
         if item.epoch != self._epoch:
@@ -349,12 +356,16 @@ class LogSubscription:
         self._outstanding[rid] = _Pending(kind, 1 if since is None else since, until, link)
         return req
 
+    def _move(self, trigger: Trigger) -> None:
+        self._phase = next_phase(self._phase, trigger)
+
     def _receive_tick(self, tick: Tick, events: list[Event]) -> list[Event]:
-        if self._anchor:
-            self._anchor = False
+        if self._phase is Phase.ANCHORING:
+            self._move(Trigger.ANCHORED)
             self._epoch = tick.epoch
             self._cursor = tick.last_seqs.latest(self._streams)
-        if self._established and tick.epoch != self._epoch:
+        established = self._phase in ESTABLISHED
+        if established and tick.epoch != self._epoch:
             self._change_epoch(tick.epoch, events)
         events.append(Alive(tick))
         tail = tick.last_seqs.latest(self._streams)
@@ -362,7 +373,7 @@ class LogSubscription:
             self._target_epoch, self._target = tick.epoch, tail
         else:
             self._target = max(self._target, tail)
-        if self._established:
+        if established:
             self._maybe_repair()
         return events
 
@@ -370,7 +381,7 @@ class LogSubscription:
         """Whether a replay answer's epoch lets us use it (adopting or changing epochs)."""
         if epoch == self._epoch:
             return True
-        if pend.kind == "initial" and not self._established:
+        if pend.kind == "initial" and self._phase not in ESTABLISHED:
             if self._epoch is not None:  # we guessed the new epoch from live; the server knows
                 events.append(EpochChanged(self._epoch, epoch))
                 self._retired.add(self._epoch)
@@ -389,8 +400,7 @@ class LogSubscription:
             events.append(EpochChanged(old, new))
             self._retired.add(old)
         self._epoch = new
-        self._established = False
-        self._anchor = False
+        self._move(Trigger.EPOCH_CHANGED)
         self._cursor = 0
         self._segments.clear()
         self._unsorted = False
@@ -402,7 +412,7 @@ class LogSubscription:
 
     def _establish(self) -> None:
         """The first answer ended: live batches held meanwhile may now be delivered."""
-        self._established = True
+        self._move(Trigger.HISTORY_ENDED)
         for epoch, seg in self._held:
             if epoch == self._epoch:
                 self._add(seg)
@@ -413,23 +423,21 @@ class LogSubscription:
 
     def _live_only(self) -> None:
         """History is unavailable: follow live from the first batch or tick we have."""
-        self._established = True
+        self._move(Trigger.HISTORY_REFUSED)
         held = self._held
         if not held:
-            self._anchor = True
-            return
+            return  # anchoring: the next live message of ours sets the cursor
         epoch = held[-1][0]
         if self._epoch is None:
             self._epoch = epoch
         mine = [seg for e, seg in held if e == self._epoch]
         self._n.stale += len(held) - len(mine)
         held.clear()
-        if mine:
+        if mine:  # anchored by what we held
+            self._move(Trigger.ANCHORED)
             self._cursor = min(seg.link for seg in mine)
             for seg in mine:
                 self._add(seg)
-        else:
-            self._anchor = True
 
     def _add(self, seg: _Segment) -> None:
         segs = self._segments
@@ -474,7 +482,7 @@ class LogSubscription:
 
     def _maybe_repair(self) -> None:
         """Ask for what is missing after the cursor, one repair at a time."""
-        if not self._established or self._anchor or self._outstanding:
+        if self._phase is not Phase.FOLLOWING or self._outstanding:
             return
         lo = self._cursor + 1
         if self._segments:

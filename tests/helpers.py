@@ -1,22 +1,36 @@
-"""Helpers for tests that run real nannies, kernels and clients."""
+"""Helpers for tests that run real nannies, kernels and clients.
+
+Nannies are started with ``nanny_io.testing`` (``spawn_nanny``, ``NannyProcess``), the one
+helper the benchmarks use too; it is re-exported here for the tests' convenience.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import queue
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from nanny_io.testing import NannyProcess, spawn_nanny
+
+__all__ = [
+    "NannyProcess",
+    "execute_then_exit",
+    "gone",
+    "history",
+    "iopub_until",
+    "last_seq",
+    "os_environ_with",
+    "spawn_nanny",
+    "stored",
+    "stored_bytes",
+    "wait_for",
+    "wait_gone",
+]
 
 
 def gone(pid: int) -> bool:
@@ -35,104 +49,6 @@ def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
         time.sleep(0.05)
         alive = [p for p in alive if not gone(p)]
     return alive
-
-
-@dataclass
-class NannyProcess:
-    """A ``nanny-io start`` process with its output collected in the background."""
-
-    proc: subprocess.Popen[bytes]
-    kernel_id: str
-    connection_file: Path
-    stderr_lines: list[str] = field(default_factory=list)
-    clients: list[Any] = field(default_factory=list)
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.stderr_lines)
-
-    def client(self, timeout: float = 60) -> Any:
-        """An unmodified jupyter_client BlockingKernelClient, ready."""
-        from jupyter_client import BlockingKernelClient
-
-        kc = BlockingKernelClient()
-        kc.load_connection_file(str(self.connection_file))
-        kc.start_channels()
-        self.clients.append(kc)
-        kc.wait_for_ready(timeout=timeout)
-        return kc
-
-    def state(self) -> dict[str, Any]:
-        path = self.connection_file.parent / "nanny-io" / f"nanny-{self.kernel_id}.json"
-        return json.loads(path.read_text())
-
-    def wait_status(self, status: str, timeout: float = 10) -> dict[str, Any]:
-        """The state once it reads ``status`` (the nanny writes it a moment after clients can
-        see the change)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(OSError, ValueError):
-                state = self.state()
-                if state["status"] == status:
-                    return state
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nanny status never became {status!r}")
-            time.sleep(0.02)
-
-    def tree_pids(self) -> list[int]:
-        """The nanny's descendants: the guardian, every kernel and their children."""
-        try:
-            return [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def stop(self, timeout: float = 30) -> int:
-        for kc in self.clients:
-            kc.stop_channels()
-        self.clients.clear()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
-def _pump(stream: Any, sink: list[str], lines: queue.Queue[str] | None) -> None:
-    for raw in iter(stream.readline, b""):
-        line = raw.decode("utf-8", "replace")
-        sink.append(line)
-        if lines is not None:
-            lines.put(line)
-    stream.close()
-
-
-def spawn_nanny(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> NannyProcess:
-    """Start ``python -m nanny_io start ARGS`` and wait for its kernel id and connection file."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nanny_io", "start", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    out_lines: queue.Queue[str] = queue.Queue()
-    stdout: list[str] = []
-    stderr: list[str] = []
-    threading.Thread(target=_pump, args=(proc.stdout, stdout, out_lines), daemon=True).start()
-    threading.Thread(target=_pump, args=(proc.stderr, stderr, None), daemon=True).start()
-    found: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
-    while len(found) < 2:
-        try:
-            line = out_lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            proc.kill()
-            detail = "".join(stderr)
-            raise RuntimeError(f"nanny printed no connection file; stderr: {detail}") from None
-        key, _, value = line.partition(": ")
-        found[key] = value.strip()
-    return NannyProcess(proc, found["kernel_id"], Path(found["connection_file"]), stderr)
 
 
 def iopub_until(

@@ -99,7 +99,7 @@ def test_the_journal_saves_each_state_with_its_incarnation(journal: Journal) -> 
 
 def test_journal_events_are_nanny_records_of_the_current_incarnation(journal: Journal) -> None:
     stored: list[tuple[Stream, int, int]] = []
-    journal._on_stored = lambda *a: stored.append(a)
+    journal.store.add_listener(lambda *a: stored.append(a))
     journal.incarnations = 3
     journal.event("kernel_stopped", "kernel stopped", incarnation=3, restart=True)
     (record,) = journal.store.records(streams=(Stream.NANNY,))

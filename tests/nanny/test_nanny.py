@@ -20,6 +20,7 @@ from helpers import (
     wait_gone,
 )
 from jupyter_client.session import Session
+from zmq.utils.monitor import recv_monitor_message
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -370,14 +371,33 @@ def test_curve_keys_in_the_connection_info_encrypt_frontend_sockets(nanny_factor
     plain = ctx.socket(zmq.REQ)
     plain.linger = 0
     plain.sndtimeo = 1500  # a REQ whose handshake was refused has no peer: send would block
+    handshakes = (
+        zmq.EVENT_HANDSHAKE_SUCCEEDED
+        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    )
+    monitor = plain.get_monitor_socket(handshakes)
     try:
         plain.connect(f"tcp://127.0.0.1:{info['hb_port']}")
         try:
             plain.send(b"ping")
-        except zmq.Again:
-            return  # refused before the ping could even leave: nothing reached the nanny
-        assert not plain.poll(1500)  # a client without the keys gets nothing
+            sent = True
+        except zmq.Again:  # refused before the ping could even leave: the REQ has no peer
+            sent = False
+        # Either way, the nanny refused the handshake (a plain client offers the NULL
+        # mechanism to a CURVE server; libzmq reports a protocol error or, when the server
+        # hangs up first, a failure without detail) and nothing came back.
+        assert monitor.poll(5000), "no handshake event for the plain client"
+        first = recv_monitor_message(monitor)
+        assert first["event"] != zmq.EVENT_HANDSHAKE_SUCCEEDED, first
+        if sent:
+            assert not plain.poll(1500)  # a client without the keys gets nothing
+        while monitor.poll(0):  # it retries, and is refused every time
+            assert recv_monitor_message(monitor)["event"] != zmq.EVENT_HANDSHAKE_SUCCEEDED
     finally:
+        plain.disable_monitor()
+        monitor.close()
         plain.close()
         ctx.term()
 

@@ -120,6 +120,41 @@ def test_eviction_keeps_the_byte_bound(size: int) -> None:
     assert stats.evicted_records == store.oldest_seq - 1 == stats.last_seq - stats.count
 
 
+def test_listeners_are_told_after_every_append_and_can_read_it_back() -> None:
+    store = LogStore(epoch="e1", spill=None)
+    seen: list[tuple[Stream, int, int, list[bytes]]] = []
+
+    def listener(stream: Stream, first: int, last: int) -> None:
+        seen.append((stream, first, last, [r.data for r in store.records(first, last)]))
+
+    order: list[str] = []
+    store.append(OUT, 1, T0, lines(1))  # before registering: not told
+    store.add_listener(listener)
+    store.add_listener(lambda *_: order.append("second"))
+    assert store.append(OUT, 1, T0, [(b"a\n", 0), (b"b", FLAG_NO_EOL)]) == (2, 3)
+    assert store.append_one(NANNY, 0, T0, b"event\n") == 4
+    assert store.append(ERR, 1, T0, []) == (5, 4)  # nothing stored: nobody is told
+    assert seen == [(OUT, 2, 3, [b"a\n", b"b"]), (NANNY, 4, 4, [b"event\n"])]
+    assert order == ["second", "second"]  # in registration order, after the first
+    store.remove_listener(listener)
+    store.append_one(LOG, 1, T0, b"x\n")
+    assert len(seen) == 2 and len(order) == 3
+    with pytest.raises(ValueError):
+        store.remove_listener(listener)
+
+
+def test_a_failing_listener_fails_the_writer_after_the_records_are_stored() -> None:
+    store = LogStore(epoch="e1")
+
+    def broken(stream: Stream, first: int, last: int) -> None:
+        raise RuntimeError("listener bug")
+
+    store.add_listener(broken)
+    with pytest.raises(RuntimeError, match="listener bug"):
+        store.append(OUT, 1, T0, lines(2))
+    assert store.last_seq == 2 and [r.seq for r in store.records(1)] == [1, 2]
+
+
 def test_record_larger_than_the_ring_is_evicted_at_once() -> None:
     store = LogStore(epoch="e1", max_bytes=1000)
     store.append(OUT, 1, T0, lines(2))

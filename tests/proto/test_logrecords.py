@@ -21,7 +21,6 @@ from nanny_io_proto.logrecords import (
     FLAG_NO_EOL,
     RECORD_HEADER,
     TICK_TOPIC,
-    LogPublisher,
     LogRecord,
     RecordBatch,
     Stream,
@@ -33,7 +32,6 @@ from nanny_io_proto.logrecords import (
     nanny_event_data,
     pack_records,
     parse_nanny_event,
-    split_batches,
     topic_for,
     unpack_records,
 )
@@ -376,42 +374,6 @@ def test_header_must_describe_the_body_exactly() -> None:
         decode_log_message(_signed_header(good, other), KEY)
     with pytest.raises(UnsupportedVersion):
         decode_log_message(_signed_header(good | {"version": 2}, body), KEY)
-
-
-# -- publishing -------------------------------------------------------------------------------
-
-
-def test_split_batches_by_stream_count_and_size() -> None:
-    records = [rec(1), rec(2), rec(3, stream=Stream.STDERR), rec(4, b"y" * 100), rec(5), rec(6)]
-    runs = split_batches(records, max_records=2, max_bytes=50)
-    assert [[r.seq for r in run] for run in runs] == [[1, 2], [3], [4], [5, 6]]
-    mixed = split_batches(records, max_records=10, max_bytes=1000, by_stream=False)
-    assert [[r.seq for r in run] for run in mixed] == [[1, 2, 3, 4, 5, 6]]
-    assert split_batches([]) == []
-
-
-def test_publisher_tracks_prev_seqs_and_ticks() -> None:
-    pub = LogPublisher("ep", KEY, max_records=2)
-    out = pub.batches([rec(1), rec(2), rec(3), rec(4, stream=Stream.STDERR), rec(5)])
-    assert [(b.stream, b.first_seq, b.last_seq) for b in out] == [
-        (Stream.STDOUT, 1, 2),
-        (Stream.STDOUT, 3, 3),
-        (Stream.STDERR, 4, 4),
-        (Stream.STDOUT, 5, 5),
-    ]
-    assert [b.prev_seqs for b in out] == [
-        StreamSeqs(),
-        StreamSeqs(stdout=2),
-        StreamSeqs(stdout=3),
-        StreamSeqs(stdout=3, stderr=4),
-    ]
-    assert pub.last_seqs == StreamSeqs(stdout=5, stderr=4) and pub.last_seq == 5
-    tick = decode_log_message(pub.tick(time_ns=9, incarnation=2, kernel_state="running"), KEY)
-    assert tick == Tick("ep", 5, 9, 2, "running", StreamSeqs(stdout=5, stderr=4))
-    frames = pub.publish([rec(6, stream=Stream.LOG)])
-    assert frames[0][0] == b"log"
-    with pytest.raises(LocalProtocolError):
-        pub.publish([rec(6)])
 
 
 # -- nanny events -----------------------------------------------------------------------------

@@ -30,7 +30,6 @@ from nanny_io_proto.replay import (
     encode_replay_response,
     error_response,
     plan_replay,
-    replay_answer,
 )
 from nanny_io_proto.signing import DigestHistory, Signer
 
@@ -355,93 +354,3 @@ def test_plan_rejects_impossible_store() -> None:
         plan(0, 5)
     with pytest.raises(LocalProtocolError):
         plan(10, 5)
-
-
-def store(n: int) -> list[LogRecord]:
-    kinds = [Stream.STDOUT, Stream.STDERR, Stream.STDOUT, Stream.LOG]
-    return [rec(i, kinds[i % 4]) for i in range(1, n + 1)]
-
-
-def serve(records: list[LogRecord], oldest: int, req: ReplayRequest, **kw):  # type: ignore[no-untyped-def]
-    """A reference server: the store filters, replay_answer cuts and counts."""
-    last_seq = records[-1].seq if records else 0
-    p = plan_replay(req, oldest, last_seq)
-    held = [
-        r
-        for r in records
-        if p.first_seq <= r.seq <= p.last_seq
-        and r.seq >= oldest
-        and (p.streams is None or r.stream in p.streams)
-    ]
-    return list(replay_answer(p, "ep", held, **kw))
-
-
-def seqs_of(answer: list) -> list[int]:
-    return [r.seq for m in answer if isinstance(m, ReplayBatch) for r in m.records]
-
-
-def test_answer_last_n_with_stream_filter() -> None:
-    answer = serve(store(100), 1, ReplayRequest("r", "n", last=3, streams=(Stream.STDERR,)))
-    assert seqs_of(answer) == [89, 93, 97]
-    assert answer[-1] == ReplayEnd("r", "ep", 100, 3, True)
-    answer = serve(store(10), 1, ReplayRequest("r", "n", last=50, streams=(Stream.LOG,)))
-    assert seqs_of(answer) == [3, 7]
-    assert answer[-1] == ReplayEnd("r", "ep", 10, 2, True)
-
-
-def test_answer_limit_cuts_and_says_incomplete() -> None:
-    answer = serve(store(100), 1, ReplayRequest("r", "n", since_seq=10, limit=5))
-    assert seqs_of(answer) == [10, 11, 12, 13, 14]
-    assert answer[-1] == ReplayEnd("r", "ep", 100, 5, False)
-    answer = serve(store(14), 1, ReplayRequest("r", "n", since_seq=10, limit=5))
-    assert answer[-1] == ReplayEnd("r", "ep", 14, 5, True)
-
-
-def test_answer_truncated_first_then_batches_then_end() -> None:
-    answer = serve(store(100), 60, ReplayRequest("r", "n", since_seq=50), max_records=16)
-    assert answer[0] == ReplayTruncated("r", 60, 10)
-    assert [len(m.records) for m in answer[1:-1]] == [16, 16, 9]
-    assert seqs_of(answer) == list(range(60, 101))
-    assert answer[-1] == ReplayEnd("r", "ep", 100, 41, True)
-
-
-def test_answer_empty_store() -> None:
-    assert serve([], 1, ReplayRequest("r", "n")) == [ReplayEnd("r", "ep", 0, 0, True)]
-
-
-@EXAMPLES
-@given(
-    st.integers(0, 60),
-    st.integers(1, 70),
-    opt_seq.map(lambda s: None if s is None else s % 80 + 1),
-    st.integers(0, 80),
-    st.one_of(st.none(), st.integers(0, 30)),
-    st.one_of(st.none(), st.integers(1, 30)),
-    st.one_of(st.none(), st.sets(st.sampled_from(list(Stream)), min_size=1).map(tuple)),
-)
-def test_answer_matches_a_reference_selection(
-    n: int, oldest: int, since: int | None, span: int, last: int | None, limit: int | None, streams
-) -> None:  # type: ignore[no-untyped-def]
-    oldest = min(oldest, n + 1)
-    until = None if since is None or span == 0 else since + span
-    req = ReplayRequest(
-        "r", "n", since_seq=since, until_seq=until, last=last, limit=limit, streams=streams
-    )
-    answer = serve(store(n), oldest, req, max_records=4)
-    lo, hi = max(since or 1, oldest), min(until or n, n)
-    match = [s for s in range(lo, hi + 1) if streams is None or store(n)[s - 1].stream in streams]
-    if last is not None:
-        match = match[-last:] if last else []
-    expected = match[:limit] if limit is not None else match
-    assert seqs_of(answer) == expected
-    end = answer[-1]
-    assert isinstance(end, ReplayEnd) and end.sent == len(expected) and end.last_seq == n
-    assert end.complete == (limit is None or len(match) <= limit)
-    truncated = [m for m in answer if isinstance(m, ReplayTruncated)]
-    if last is None and (since or 1) < oldest:
-        gone_to = min(oldest - 1, until if until is not None else oldest - 1)
-        assert truncated == [ReplayTruncated("r", oldest, gone_to - (since or 1) + 1)]
-    else:
-        assert truncated == []
-    for m in answer:  # every message survives the wire
-        assert decode_replay_response(encode_replay_response(m, KEY), KEY) == m

@@ -7,15 +7,17 @@ import itertools
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from memstore import MemoryStore
 
 from nanny_io_proto.errors import LocalProtocolError
 from nanny_io_proto.logrecords import (
-    LogPublisher,
     LogRecord,
     Stream,
     Tick,
     decode_log_message,
+    topic_for,
 )
+from nanny_io_proto.logserver import LogPublisher, ReplayAnswer
 from nanny_io_proto.replay import (
     ReplayEnd,
     ReplayError,
@@ -24,8 +26,6 @@ from nanny_io_proto.replay import (
     decode_replay_response,
     encode_replay_request,
     encode_replay_response,
-    plan_replay,
-    replay_answer,
 )
 from nanny_io_proto.signing import DigestHistory, Signer
 from nanny_io_proto.subscription import (
@@ -38,46 +38,60 @@ from nanny_io_proto.subscription import (
     ReplayFailed,
     Truncated,
 )
+from nanny_io_proto.subscription_state import Phase
 
 KEY = Signer(b"a-secret-key")
 
 
 class Nanny:
-    """A store, a publisher and a replay server, exchanging real (encoded) frames."""
+    """A store, a publisher and a replay server, exchanging real (encoded) frames.
 
-    def __init__(self, epoch: str = "ep1", batch_records: int = 3) -> None:
+    ``topics``: what live subscribers asked the PUB socket for (everything by default);
+    records of other streams are stored but not published, as in the nanny.
+    """
+
+    def __init__(
+        self, epoch: str = "ep1", batch_records: int = 3, topics: tuple[bytes, ...] = (b"",)
+    ) -> None:
         self.epoch = epoch
-        self.records: list[LogRecord] = []
-        self.oldest = 1
+        self.store = MemoryStore()
         self.pub = LogPublisher(epoch, KEY, max_records=batch_records)
+        for topic in topics:
+            self.pub.subscription(b"\x01" + topic)
         self.history = DigestHistory()
 
+    @property
+    def records(self) -> list[LogRecord]:
+        return self.store.records
+
+    @property
+    def oldest(self) -> int:
+        return self.store.oldest
+
     def produce(self, stream: Stream, n: int = 1) -> list[list[bytes]]:
-        start = len(self.records) + 1
-        new = [
-            LogRecord(s, s, 1, stream, b"%s %d\n" % (stream.value.encode(), s))
-            for s in range(start, start + n)
-        ]
-        self.records += new
-        return self.pub.publish(new)
+        first, last = self.store.add(stream, n)
+        return self.pub.stored(stream, first, last, self.store)
 
     def tick(self) -> list[bytes]:
         return self.pub.tick(time_ns=0, incarnation=1, kernel_state="running")
 
     def evict(self, oldest: int) -> None:
-        self.oldest = max(self.oldest, min(oldest, len(self.records) + 1))
+        self.store.evict(oldest)
 
     def serve(self, frames: list[bytes], max_records: int = 4) -> list[list[bytes]]:
         req = decode_replay_request(frames, KEY, self.history)
-        plan = plan_replay(req, self.oldest, len(self.records))
-        held = [
-            r
-            for r in self.records[self.oldest - 1 :]
-            if plan.first_seq <= r.seq <= plan.last_seq
-            and (plan.streams is None or r.stream in plan.streams)
-        ]
-        answer = replay_answer(plan, self.epoch, held, max_records=max_records)
-        return [encode_replay_response(m, KEY) for m in answer]
+        answer = ReplayAnswer(
+            req,
+            epoch=self.epoch,
+            signer=KEY,
+            oldest_seq=self.store.oldest_seq,
+            last_seq=self.store.last_seq,
+            max_records=max_records,
+        )
+        out: list[list[bytes]] = []
+        while not answer.finished:
+            out += answer.next_messages(self.store)
+        return out
 
 
 class Client:
@@ -140,7 +154,14 @@ STEPS = ["produce", "produce", "tick", "live", "live", "reorder", "replay", "rep
 def test_every_available_record_once_in_order_gaps_reported(data: st.DataObject) -> None:
     streams = data.draw(st.one_of(st.none(), st.sets(st.sampled_from(list(Stream)), min_size=1)))
     since = data.draw(st.one_of(st.none(), st.integers(1, 20)))
-    nanny = Nanny(batch_records=data.draw(st.integers(1, 4)))
+    # The nanny publishes only what a subscriber asked for (its XPUB knows), or everything
+    # when another subscriber follows all streams: prev_seqs link both ways.
+    topics = (
+        (b"",)
+        if streams is None or data.draw(st.booleans())
+        else (tuple(topic_for(s) for s in streams))
+    )
+    nanny = Nanny(batch_records=data.draw(st.integers(1, 4)), topics=topics)
     client = Client(nanny, streams=streams, since_seq=since)
     steps = data.draw(st.lists(st.sampled_from(STEPS), min_size=10, max_size=80))
     start_at = data.draw(st.integers(0, len(steps)))
@@ -352,8 +373,10 @@ def test_epoch_change_resets_and_rerequests() -> None:
     client.nanny = new
     new.produce(Stream.NANNY, 1)
     client.live += new.produce(Stream.STDOUT, 2)
+    assert client.sub.phase is Phase.FOLLOWING
     client.feed_live()
     assert client.events[-1] == EpochChanged("epochA", "epochB")
+    assert client.sub.phase is Phase.HISTORY
     assert client.sent[-1].since_seq == 1 and client.sub.epoch == "epochB"
     client.drain()
     assert client.seqs() == [1, 2, 3, 1, 2, 3]
@@ -384,10 +407,12 @@ def test_replay_error_on_start_falls_back_to_live_only() -> None:
     nanny.produce(Stream.STDOUT, 5)
     client = Client(nanny)
     req = client.sub.start()
+    assert client.sub.phase is Phase.HISTORY
     client.live += nanny.produce(Stream.STDOUT, 2)  # 6, 7
     client.replay = [encode_replay_response(ReplayError(None, "busy", "full"), KEY)]
     client.feed_replay()
     assert client.events == [ReplayFailed("busy", "full")]
+    assert client.sub.phase is Phase.ANCHORING  # nothing live held yet: wait for some
     assert req.request_id == "r1"
     client.drain()
     assert client.seqs() == [6, 7]

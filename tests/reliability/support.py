@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import psutil
 import zmq
-from helpers import NannyProcess
 
 from nanny_io_proto.logrecords import LogRecord, parse_nanny_event
 from nanny_io_proto.streams import Stream
@@ -124,11 +121,3 @@ def hb_ping(ctx: zmq.Context, url: str, timeout_ms: int = 1500) -> bool:
         return sock.recv() == b"ping"
     finally:
         sock.close()
-
-
-def state_file(nanny: NannyProcess) -> Path:
-    return nanny.connection_file.parent / "nanny-io" / f"nanny-{nanny.kernel_id}.json"
-
-
-def read_state(nanny: NannyProcess) -> dict[str, Any]:
-    return json.loads(state_file(nanny).read_text())

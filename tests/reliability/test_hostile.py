@@ -23,7 +23,6 @@ from reliability.support import (
     add_kernel,
     expression,
     hb_ping,
-    read_state,
     run,
     shell_reply,
 )
@@ -375,7 +374,7 @@ def test_garbage_and_forgeries_on_control_hb_and_replay_change_nothing(
     t_control = time.monotonic() - t0
     # counted, exactly (the state file is saved at most once a second)
     wait_for(
-        lambda: read_state(nanny).get("rejected_messages") == rejected,
+        lambda: nanny.state().get("rejected_messages") == rejected,
         5,
         f"rejected_messages == {rejected} in the state file",
     )
@@ -400,7 +399,7 @@ def test_garbage_and_forgeries_on_control_hb_and_replay_change_nothing(
     assert control_replies == 1  # only the genuine signal_request was answered
     # counted
     # raw junk may be read as ZMTP 1.0 frames, which are garbage messages too: counted
-    assert read_state(nanny).get("rejected_messages", 0) >= rejected
+    assert nanny.state().get("rejected_messages", 0) >= rejected
     assert sum(codes.values()) == FLOOD
     assert codes.get("duplicate") == FLOOD // 4
     assert codes.get("bad_signature", 0) >= FLOOD // 2

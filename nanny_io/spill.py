@@ -1,0 +1,285 @@
+"""The spill: rotating segment files that keep a nanny's log readable after it exits.
+
+``nanny-io tail`` reads a kernel's history post mortem from here. A spill directory holds
+segment files ``seg-<index:08d>-<first_seq:020d>.nlog`` (the index orders them, the first
+seq names where each starts); the bytes inside are the segment format of
+``nanny_io_proto.spillformat``: a header (magic, log format version, epoch), then one chunk
+per store append, a u32 length and a body in exactly the log channel's binary layout.
+
+This module does the files: creating, rotating and bounding them (:class:`Spill`, written
+by the store), and reading a directory back (:func:`read_spill`), where everything that is
+not whole is skipped with one warning and never raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from nanny_io_proto.logrecords import Entry, LogRecord, check_epoch, pack_entries
+from nanny_io_proto.spillformat import (
+    END,
+    NEED_DATA,
+    SEGMENT_HEADER,
+    BadEpoch,
+    CorruptChunk,
+    NotASegment,
+    SegmentDecoder,
+    SegmentHeader,
+    TruncatedHeader,
+    encode_chunk,
+    encode_segment_header,
+)
+
+from .limits import DEFAULT_SEGMENT_BYTES, DEFAULT_SPILL_BYTES
+
+__all__ = ["Spill", "read_spill"]
+
+logger = logging.getLogger("nanny_io")
+
+_SEG_NAME = re.compile(r"seg-(\d{8,})-(\d{20})\.nlog")
+
+
+class Spill:
+    """Rotating segment files that keep the log readable after the nanny exits.
+
+    Every chunk is handed to the OS with os.write before :meth:`write_parts` returns, so a
+    SIGKILL of the nanny loses nothing already acknowledged (no fsync: a machine crash may).
+    Any OSError turns the spill off for good, with one warning: the store goes on in memory.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        epoch: str,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        max_total_bytes: int = DEFAULT_SPILL_BYTES,
+    ) -> None:
+        if segment_bytes < 1 or max_total_bytes < segment_bytes:
+            raise ValueError(
+                f"need 0 < segment_bytes <= max_total_bytes, got {segment_bytes!r}, "
+                f"{max_total_bytes!r}"
+            )
+        self.directory = Path(directory)
+        self.epoch = check_epoch(epoch)
+        self.segment_bytes = segment_bytes
+        self.max_total_bytes = max_total_bytes
+        self.error: str | None = None
+        self.bytes_written = 0
+        self._fd = -1  # -1: no segment open yet, -2: closed for good
+        self._path = self.directory  # the open segment's path
+        self._seg_size = 0  # bytes in the open segment
+        self._next_index = 1
+        self._closed: deque[tuple[Path, int]] = deque()  # finished segments, oldest first
+        self._closed_bytes = 0
+        self._header = encode_segment_header(epoch)
+        try:
+            self._prepare()
+        except OSError as exc:
+            self._fail("cannot use", exc)
+
+    @property
+    def active(self) -> bool:
+        """False once the spill has failed or was closed: the store is memory-only."""
+        return self.error is None and self._fd != -2
+
+    def _prepare(self) -> None:
+        """Create the directory (0700) and account for segments of earlier epochs."""
+        self.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(mode=0o700)
+        except FileExistsError:
+            if not self.directory.is_dir():
+                raise
+        os.chmod(self.directory, 0o700)
+        for index, _, path in _segments(self.directory):
+            size = path.stat().st_size
+            self._closed.append((path, size))
+            self._closed_bytes += size
+            self._next_index = index + 1
+
+    def write_parts(self, first_seq: int, parts: list[bytes]) -> bool:
+        """Write one body (the log channel layout, given as parts to join) as one chunk.
+
+        ``first_seq`` is the body's first seq (it names a new segment). Returns False when
+        the spill is off. Never raises OSError.
+        """
+        if not self.active:
+            return False
+        chunk = encode_chunk(parts)
+        try:
+            if self._fd < 0 or (
+                self._seg_size and self._seg_size + len(chunk) > self.segment_bytes
+            ):
+                self._rotate(first_seq)
+            _write_all(self._fd, chunk)
+        except OSError as exc:
+            self._fail("cannot write to", exc)
+            return False
+        self._seg_size += len(chunk)
+        self.bytes_written += len(chunk)
+        return True
+
+    def write_entries(self, entries: Sequence[Entry]) -> bool:
+        """Write raw store entries (one chunk); see :meth:`write_parts`."""
+        if not entries:
+            return self.active
+        return self.write_parts(entries[0][0], [pack_entries(entries)])
+
+    def _rotate(self, first_seq: int) -> None:
+        """Close the open segment, drop the oldest ones over the bound, open a new one."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+            self._closed.append((self._path, self._seg_size))
+            self._closed_bytes += self._seg_size
+        while self._closed and self._closed_bytes + self.segment_bytes > self.max_total_bytes:
+            path, size = self._closed.popleft()
+            self._closed_bytes -= size
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        for _ in range(100):  # another writer in the same directory: take the next index
+            self._path = self.directory / f"seg-{self._next_index:08d}-{first_seq:020d}.nlog"
+            self._next_index += 1
+            try:
+                self._fd = os.open(self._path, flags, 0o600)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise OSError(errno.EEXIST, "no free segment name", str(self.directory))
+        self._seg_size = 0
+        _write_all(self._fd, self._header)
+        self._seg_size = len(self._header)
+        self.bytes_written += len(self._header)
+
+    def _fail(self, what: str, exc: OSError) -> None:
+        self.error = f"{what} {str(self.directory)!r}: {exc.strerror or exc}"
+        logger.warning(
+            "log spill off, %s; history will not survive the nanny (memory only)", self.error
+        )
+        self._close_fd()
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close(self) -> None:
+        """Close the open segment; later writes are ignored (the files stay)."""
+        self._close_fd()
+        self._fd = -2
+
+    def __enter__(self) -> Spill:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _segments(directory: Path) -> list[tuple[int, int, Path]]:
+    """(index, first_seq, path) of the segment files in ``directory``, in write order."""
+    found = []
+    for entry in os.scandir(directory):
+        m = _SEG_NAME.fullmatch(entry.name)
+        if m:
+            found.append((int(m[1]), int(m[2]), Path(entry.path)))
+    found.sort()
+    return found
+
+
+# -- post-mortem reading -----------------------------------------------------------------------
+
+
+def read_spill(directory: str | os.PathLike[str]) -> Iterator[tuple[str, LogRecord]]:
+    """Every record in a spill directory as (epoch, record), in write order.
+
+    Within an epoch seqs increase; a later epoch (a new nanny) starts again from 1. A
+    truncated last chunk (the nanny was killed mid-write) yields its complete records and
+    ends that file; an unreadable or corrupt file is skipped with a warning. A missing
+    directory yields nothing.
+    """
+    try:
+        segments = _segments(Path(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    last_seq: dict[str, int] = {}
+    for _, _, path in segments:
+        try:
+            buf = path.read_bytes()
+        except OSError as exc:
+            logger.warning("skipping spill segment %r: %s", str(path), exc.strerror or exc)
+            continue
+        yield from _read_segment(path, buf, last_seq)
+
+
+def _read_segment(
+    path: Path, buf: bytes, last_seq: dict[str, int]
+) -> Iterator[tuple[str, LogRecord]]:
+    """The records of one segment file; ``last_seq`` (per epoch, across files) rejects a
+    segment that goes back in seq, which only a stray or copied file can do."""
+    decoder = SegmentDecoder()
+    decoder.receive_data(buf)
+    decoder.receive_data(b"")  # the whole file is there
+    epoch = ""
+    try:
+        while (event := decoder.next_event()) is not END:
+            if isinstance(event, SegmentHeader):
+                epoch = event.epoch
+                continue
+            assert event is not NEED_DATA  # the end of the file was given
+            records = event.records
+            if records:
+                if records[0].seq <= last_seq.get(epoch, 0):
+                    logger.warning(
+                        "spill segment %r goes back to seq %d: skipping the rest",
+                        str(path),
+                        records[0].seq,
+                    )
+                    return
+                last_seq[epoch] = records[-1].seq
+            for rec in records:
+                yield epoch, rec
+    except TruncatedHeader as exc:
+        # Killed before its header was written: say so only when not even the fixed part
+        # made it (a cut inside the epoch is the same accident, left silent as it always was).
+        if exc.length < SEGMENT_HEADER.size:
+            logger.warning("skipping spill segment %r: truncated header", str(path))
+    except NotASegment as exc:
+        logger.warning(
+            "skipping %r: not a nanny-io spill segment (magic %r, version %r)",
+            str(path),
+            exc.magic,
+            exc.version,
+        )
+    except BadEpoch:
+        logger.warning("skipping spill segment %r: bad epoch", str(path))
+    except CorruptChunk as exc:
+        logger.warning(
+            "spill segment %r is corrupt at byte %d (%s): skipping the rest",
+            str(path),
+            exc.offset,
+            exc.reason,
+        )
