@@ -43,6 +43,7 @@ from nanny_io_proto.gateway import (
     public_key_der,
 )
 
+from .errors import NannyIOError
 from .launcher import KernelSpecError, KernelSpecInfo, find_kernelspec, free_tcp_ports
 from .limits import DEFAULT_MAX_BYTES, DEFAULT_SPILL_BYTES
 
@@ -66,7 +67,7 @@ RESPONSE_TIMEOUT = 10.0
 RESPONSE_ATTEMPTS = 3
 
 
-class LaunchError(Exception):
+class LaunchError(NannyIOError):
     """The launcher cannot start; the message says why and what to do."""
 
 

@@ -52,6 +52,9 @@ __all__ = [
     "Truncated",
 ]
 
+#: How long a client waits before it asks again a nanny that answered "busy".
+RETRY_DELAY = 0.05
+
 
 @dataclass(frozen=True, slots=True)
 class NannySilent:
@@ -146,10 +149,19 @@ class LogClient:
         poller.register(sub, zmq.POLLIN)
         poller.register(dealer, zmq.POLLIN)
         heard = time.monotonic()
+        retry_at: float | None = None
         while True:
             if not follow and state.caught_up:
                 return
-            ready = dict(await poller.poll(250))
+            if state.retry_pending:  # the nanny was busy: ask again a moment later
+                if retry_at is None:
+                    retry_at = time.monotonic() + RETRY_DELAY
+                elif time.monotonic() >= retry_at:
+                    retry_at = None
+                    state.retry()
+                    await self._send(state.requests_to_send())
+            wait = 250 if retry_at is None else max(1, int((retry_at - time.monotonic()) * 1000))
+            ready = dict(await poller.poll(min(250, wait)))
             if not ready:
                 if time.monotonic() - heard > self.silent_after:
                     yield NannySilent(time.monotonic() - heard)

@@ -183,6 +183,7 @@ class LogSubscription:
         self._target = 0  # latest seq of ours the nanny says it published (from ticks)
         self._target_epoch: str | None = None
         self._outstanding: dict[str, _Pending] = {}
+        self._retry: _Pending | None = None  # a request the nanny was too busy to answer
         self._queue: list[ReplayRequest] = []
         self._n = _Counters()
 
@@ -239,6 +240,30 @@ class LogSubscription:
         since = 1 if self._since is None else self._since
         self._cursor = since - 1
         return self._request("initial", since=since, until=None, last=None, link=since - 1)
+
+    @property
+    def retry_pending(self) -> bool:
+        """The nanny answered "busy": call :meth:`retry` after a short pause (the caller
+        has the clock). Nothing is lost meanwhile: live records wait in order."""
+        return self._retry is not None
+
+    def retry(self) -> None:
+        """Ask again for what the nanny was too busy to answer (see ``retry_pending``)."""
+        pend, self._retry = self._retry, None
+        if pend is None:
+            return
+        if pend.kind == "repair":
+            self._maybe_repair()
+        elif pend.link == -1:  # the first request asked for the last N records
+            self._queue.append(
+                self._request("initial", since=None, until=None, last=self._last, link=-1)
+            )
+        else:
+            self._queue.append(
+                self._request(
+                    "initial", since=pend.since, until=pend.until, last=None, link=pend.link
+                )
+            )
 
     def requests_to_send(self) -> list[ReplayRequest]:
         """Requests (gap repairs, history after an epoch change) to send now; then forgotten."""
@@ -318,6 +343,9 @@ class LogSubscription:
                 self._target = max(self._target, upto)  # more to fetch: repair asks for it
             if pend.kind == "initial":
                 self._establish()
+        elif item.code == "busy":  # all replay slots taken: the same request, a bit later
+            del self._outstanding[rid]
+            self._retry = pend
         else:  # ReplayError
             del self._outstanding[rid]
             events.append(ReplayFailed(item.code, item.message))
@@ -482,7 +510,7 @@ class LogSubscription:
 
     def _maybe_repair(self) -> None:
         """Ask for what is missing after the cursor, one repair at a time."""
-        if self._phase is not Phase.FOLLOWING or self._outstanding:
+        if self._phase is not Phase.FOLLOWING or self._outstanding or self._retry is not None:
             return
         lo = self._cursor + 1
         if self._segments:

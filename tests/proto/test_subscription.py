@@ -396,10 +396,49 @@ def test_replay_error_on_repair_reports_a_gap_and_moves_on() -> None:
     client.feed_live()
     client.feed_live()
     rid = client.sent[-1].request_id
-    client.replay = [encode_replay_response(ReplayError(rid, "busy", "try later"), KEY)]
+    client.replay = [encode_replay_response(ReplayError(rid, "malformed", "bad"), KEY)]
     client.feed_replay()
-    assert client.events[-3:-1] == [ReplayFailed("busy", "try later"), Gap(2, 2)]
+    assert client.events[-3:-1] == [ReplayFailed("malformed", "bad"), Gap(2, 2)]
     assert client.seqs() == [1, 3]
+
+
+def test_a_busy_nanny_is_asked_again_and_nothing_is_lost() -> None:
+    nanny = Nanny(batch_records=1)
+    client = Client(nanny)
+    client.start()
+    client.drain()
+    out = nanny.produce(Stream.STDOUT, 3)
+    client.live += [out[0], out[2]]  # 2 was dropped on the way: a repair is asked for
+    client.feed_live()
+    client.feed_live()
+    repair = client.sent[-1]
+    client.replay = [
+        encode_replay_response(ReplayError(repair.request_id, "busy", "try later"), KEY)
+    ]
+    client.feed_replay()
+    assert not any(isinstance(e, (ReplayFailed, Gap)) for e in client.events)
+    assert client.sub.retry_pending and client.sub.requests_to_send() == []
+    assert client.seqs() == [1]  # 3 waits for 2
+    client.sub.retry()
+    again = client.sub.requests_to_send()
+    assert [(r.since_seq, r.until_seq) for r in again] == [(repair.since_seq, repair.until_seq)]
+    for req in again:
+        client._send(req)
+    client.drain()
+    assert client.seqs() == [1, 2, 3] and not client.sub.retry_pending
+
+
+def test_a_busy_nanny_at_start_is_asked_again_for_the_same_history() -> None:
+    nanny = Nanny()
+    nanny.produce(Stream.STDOUT, 5)
+    client = Client(nanny, last=3)
+    first = client.sub.start()
+    client.replay = [encode_replay_response(ReplayError(first.request_id, "busy", "full"), KEY)]
+    client.feed_replay()
+    assert client.events == [] and client.sub.retry_pending
+    client.sub.retry()
+    (again,) = client.sub.requests_to_send()
+    assert (again.last, again.since_seq) == (3, None) and again.request_id != first.request_id
 
 
 def test_replay_error_on_start_falls_back_to_live_only() -> None:
@@ -409,9 +448,9 @@ def test_replay_error_on_start_falls_back_to_live_only() -> None:
     req = client.sub.start()
     assert client.sub.phase is Phase.HISTORY
     client.live += nanny.produce(Stream.STDOUT, 2)  # 6, 7
-    client.replay = [encode_replay_response(ReplayError(None, "busy", "full"), KEY)]
+    client.replay = [encode_replay_response(ReplayError(None, "malformed", "bad"), KEY)]
     client.feed_replay()
-    assert client.events == [ReplayFailed("busy", "full")]
+    assert client.events == [ReplayFailed("malformed", "bad")]
     assert client.sub.phase is Phase.ANCHORING  # nothing live held yet: wait for some
     assert req.request_id == "r1"
     client.drain()
