@@ -23,3 +23,74 @@ async def settle(condition: Callable[[], Any], what: str, timeout: float = 10.0)
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def execute(kc: Any, code: str, timeout: float = 60) -> dict[str, Any]:
+    """Run ``code`` in the kernel and return its execute_reply content."""
+    msg_id = kc.execute(code)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        reply = await kc.get_shell_msg(timeout=max(0.1, deadline - loop.time()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            content: dict[str, Any] = reply["content"]
+            return content
+
+
+class Follower:
+    """The client side of a ``.../log/follow`` WebSocket: every frame, records and events."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.frames: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.closed = False
+
+    async def next(self, timeout: float = 30) -> dict[str, Any] | None:
+        """The next frame, or None when the server closed the socket."""
+        message = await asyncio.wait_for(self.ws.read_message(), timeout)
+        if message is None:
+            self.closed = True
+            return None
+        frame: dict[str, Any] = json.loads(message)
+        self.frames.append(frame)
+        if "records" in frame:
+            self.records.extend(frame["records"])
+        else:
+            self.events.append(frame)
+        return frame
+
+    async def until(
+        self, predicate: Callable[[dict[str, Any]], Any], what: str, timeout: float = 30
+    ) -> dict[str, Any]:
+        """Read frames until one satisfies ``predicate``; return it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            frame = await self.next(timeout=max(0.01, deadline - loop.time()))
+            if frame is None:
+                raise AssertionError(f"the server closed the follow before {what}")
+            if predicate(frame):
+                return frame
+
+    async def until_text(self, text: str, timeout: float = 30) -> dict[str, Any]:
+        """Read until a record with exactly this text arrived; return the record."""
+        found = [r for r in self.records if r["text"] == text]
+        if not found:
+            await self.until(
+                lambda f: any(r["text"] == text for r in f.get("records", ())), repr(text), timeout
+            )
+        return next(r for r in self.records if r["text"] == text)
+
+    def event(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == name]
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def in_order_without_gaps(records: list[dict[str, Any]]) -> bool:
+    """Seqs strictly increasing and consecutive (a follow of every stream sees every seq)."""
+    seqs = [r["seq"] for r in records]
+    return seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True

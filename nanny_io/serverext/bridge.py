@@ -143,11 +143,7 @@ class NannyKernel:
 
     def present(self) -> bool:
         """Whether the server still runs this kernel (the same one: ids may be reused)."""
-        try:
-            current = self.bridge.kernel_manager.get_kernel(self.kernel_id)
-        except KeyError:
-            return False
-        return not self.closed and current is self.km
+        return not self.closed and self.bridge.manager_of(self.kernel_id) is self.km
 
     def _read_info(self) -> NannyConnectionInfo | None:
         """The connection info if the file names a log channel; cached until the file changes."""
@@ -457,10 +453,9 @@ class Bridge:
             return kernel
         if self.stopped:
             raise KernelUnavailable(503, "the server is shutting down")
-        try:
-            km = self.kernel_manager.get_kernel(kernel_id)
-        except KeyError:
-            raise KernelUnavailable(404, f"no such kernel: {kernel_id!r}") from None
+        km = self.manager_of(kernel_id)
+        if km is None:
+            raise KernelUnavailable(404, f"no such kernel: {kernel_id!r}")
         if not runs_under_nanny(km):
             name = getattr(km, "kernel_name", "") or "SOURCE"
             raise KernelUnavailable(
@@ -483,6 +478,12 @@ class Bridge:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("nanny-io: %s failed", task.get_name(), exc_info=task.exception())
+
+    def manager_of(self, kernel_id: str) -> Any:
+        """The KernelManager of a kernel of the server, or None."""
+        if kernel_id not in self.kernel_manager:
+            return None
+        return self.kernel_manager.get_kernel(kernel_id)
 
     def forget(self, kernel_id: str) -> None:
         """Close a kernel's followers and watcher (from synchronous code)."""

@@ -18,9 +18,8 @@ import psutil
 import pytest
 from helpers import wait_gone
 from pytest_jupyter.jupyter_server import *  # noqa: F403
-from traitlets.config import Config
-
 from server_helpers import body, settle
+from traitlets.config import Config
 
 from nanny_io.install import IPYKERNEL_NO_FD_CAPTURE, wrapped_spec
 
@@ -58,36 +57,63 @@ def nanny_kernelspec(jp_environ: Any, jp_kernel_dir: Path, tmp_path: Path, monke
     return path
 
 
-@pytest.fixture
-def nanny_kernels(
-    jp_serverapp: Any, jp_fetch: Callable[..., Awaitable[Any]], jp_asyncio_loop: Any
-) -> Iterator[Callable[..., Awaitable[str]]]:
-    """Start kernels through the REST API; at teardown shut them down through it and check
-    that no process of theirs and no socket of the bridge survives."""
-    started: list[str] = []
+class Kernels:
+    """Kernels a test started through the server's REST API, and clients connected to them."""
 
-    async def start(name: str = NANNY_KERNEL) -> str:
-        r = await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": name}))
+    def __init__(self, serverapp: Any, fetch: Callable[..., Awaitable[Any]]) -> None:
+        self.serverapp = serverapp
+        self.fetch = fetch
+        self.started: list[str] = []
+        self.clients: list[Any] = []
+
+    async def start(self, name: str = NANNY_KERNEL) -> str:
+        body_ = json.dumps({"name": name})
+        r = await self.fetch("api", "kernels", method="POST", body=body_)
         kernel_id: str = body(r)["id"]
-        started.append(kernel_id)
+        self.started.append(kernel_id)
         return kernel_id
 
-    async def shutdown_all() -> list[int]:
-        km = jp_serverapp.kernel_manager
+    async def client(self, kernel_id: str) -> Any:
+        """A ready AsyncKernelClient of the kernel (through the nanny, as JupyterLab's is)."""
+        kc = self.serverapp.kernel_manager.get_kernel(kernel_id).client()
+        kc.start_channels()
+        self.clients.append(kc)
+        await kc.wait_for_ready(timeout=60)
+        return kc
+
+    def nanny_pid(self, kernel_id: str) -> int:
+        return int(self.serverapp.kernel_manager.get_kernel(kernel_id).provisioner.process.pid)
+
+    async def shutdown_all(self) -> list[int]:
+        """Shut every kernel down through the API; the pids that must be gone now."""
+        for kc in self.clients:
+            kc.stop_channels()
+        km = self.serverapp.kernel_manager
         trees: list[int] = []
-        for kernel_id in started:
+        for kernel_id in self.started:
             if kernel_id not in km:
                 continue
-            process = getattr(km.get_kernel(kernel_id).provisioner, "process", None)
-            if process is not None:
-                with contextlib.suppress(psutil.Error):
-                    nanny = psutil.Process(process.pid)
-                    trees += [nanny.pid, *(p.pid for p in nanny.children(recursive=True))]
-            await jp_fetch("api", "kernels", kernel_id, method="DELETE")
-        bridge = jp_serverapp.web_app.settings["nanny_io_bridge"]
+            with contextlib.suppress(psutil.Error, AttributeError):
+                nanny = psutil.Process(self.nanny_pid(kernel_id))
+                trees += [nanny.pid, *(p.pid for p in nanny.children(recursive=True))]
+            await self.fetch("api", "kernels", kernel_id, method="DELETE")
+        bridge = self.serverapp.web_app.settings["nanny_io_bridge"]
         await settle(lambda: not bridge.kernels and bridge.open_sockets() == 0, "bridge cleanup")
         return trees
 
-    yield start
-    trees = jp_asyncio_loop.run_until_complete(shutdown_all())
+
+@pytest.fixture
+def kernels(
+    jp_serverapp: Any, jp_fetch: Callable[..., Awaitable[Any]], jp_asyncio_loop: Any
+) -> Iterator[Kernels]:
+    """Start kernels; at teardown shut them down through the API and check that no process of
+    theirs and no ZeroMQ socket of the bridge survives."""
+    started = Kernels(jp_serverapp, jp_fetch)
+    yield started
+    trees = jp_asyncio_loop.run_until_complete(started.shutdown_all())
     assert wait_gone(trees) == [], "kernel processes outlived their shutdown"
+
+
+@pytest.fixture
+def bridge(jp_serverapp: Any) -> Any:
+    return jp_serverapp.web_app.settings["nanny_io_bridge"]
