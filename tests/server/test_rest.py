@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 import pytest
-from server_helpers import body, execute, settle
+from server_helpers import body, execute
 from tornado.httpclient import HTTPClientError
 
 from nanny_io.discovery import load_connection_info
@@ -65,7 +65,8 @@ async def test_kernel_view(jp_fetch, jp_serverapp, kernels) -> None:
     assert kernel.pid in {p.pid for p in psutil.Process(model["nanny_pid"]).children(True)}
     channel = model["log_channel"]
     assert (channel["transport"], channel["ip"]) == (info.transport, info.ip)
-    assert (channel["log_port"], channel["log_replay_port"]) == (info.log_port, info.log_replay_port)
+    assert channel["log_port"] == info.log_port
+    assert channel["log_replay_port"] == info.log_replay_port
     assert channel["nanny_protocol_version"] == "1.0"
     assert channel["last_seq"] >= 1 and channel["epoch"]
     assert model["deaths"] == []
