@@ -7,6 +7,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+from tornado.httpclient import HTTPClientError
+
 
 def body(response: Any) -> Any:
     return json.loads(response.body.decode())
@@ -94,3 +97,29 @@ def in_order_without_gaps(records: list[dict[str, Any]]) -> bool:
     """Seqs strictly increasing and consecutive (a follow of every stream sees every seq)."""
     seqs = [r["seq"] for r in records]
     return seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True
+
+
+async def fetch_json(jp_fetch: Any, *parts: str, **params: Any) -> Any:
+    return body(await jp_fetch("api", "nanny-io", "kernels", *parts, params=params))
+
+
+async def fetch_error(jp_fetch: Any, *parts: str, **params: Any) -> tuple[int, str]:
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch("api", "nanny-io", "kernels", *parts, params=params)
+    return info.value.code, body(info.value.response)["message"]
+
+
+async def logged(jp_fetch: Any, kernel_id: str, text: str) -> list[dict[str, Any]]:
+    """The whole log once a record with ``text`` is in it (the nanny stores pipe output a
+    moment after the kernel wrote it)."""
+
+    async def poll() -> list[dict[str, Any]] | None:
+        page = await fetch_json(jp_fetch, kernel_id, "log", since="1")
+        return page["records"] if any(r["text"] == text for r in page["records"]) else None
+
+    result: list[dict[str, Any]] | None = None
+    while result is None:
+        result = await asyncio.wait_for(poll(), 10)
+        if result is None:
+            await asyncio.sleep(0.05)
+    return result

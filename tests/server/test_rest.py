@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Any
 
 import psutil
 import pytest
-from server_helpers import body, execute
-from tornado.httpclient import HTTPClientError
+from server_helpers import body, execute, fetch_error, fetch_json, logged
 
 from nanny_io.discovery import load_connection_info
 
@@ -23,32 +21,6 @@ WRITE = (
     "os.write(2, b'err line\\n')\n"
     "os.write(1, b'prompt> ')\n"
 )
-
-
-async def fetch_json(jp_fetch: Any, *parts: str, **params: Any) -> Any:
-    return body(await jp_fetch("api", "nanny-io", "kernels", *parts, params=params))
-
-
-async def fetch_error(jp_fetch: Any, *parts: str, **params: Any) -> tuple[int, str]:
-    with pytest.raises(HTTPClientError) as info:
-        await jp_fetch("api", "nanny-io", "kernels", *parts, params=params)
-    return info.value.code, body(info.value.response)["message"]
-
-
-async def logged(jp_fetch: Any, kernel_id: str, text: str) -> list[dict[str, Any]]:
-    """The whole log once a record with ``text`` is in it (the nanny stores pipe output a
-    moment after the kernel wrote it)."""
-
-    async def poll() -> list[dict[str, Any]] | None:
-        page = await fetch_json(jp_fetch, kernel_id, "log", since="1")
-        return page["records"] if any(r["text"] == text for r in page["records"]) else None
-
-    result: list[dict[str, Any]] | None = None
-    while result is None:
-        result = await asyncio.wait_for(poll(), 10)
-        if result is None:
-            await asyncio.sleep(0.05)
-    return result
 
 
 async def test_kernel_view(jp_fetch, jp_serverapp, kernels) -> None:
