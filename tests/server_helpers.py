@@ -123,3 +123,13 @@ async def logged(jp_fetch: Any, kernel_id: str, text: str) -> list[dict[str, Any
         if result is None:
             await asyncio.sleep(0.05)
     return result
+
+
+async def follow(jp_ws_fetch: Any, kernel_id: str, **params: Any) -> Follower:
+    query = [(k, str(v)) for k, values in params.items() for v in _listify(values)]
+    ws = await jp_ws_fetch("api", "nanny-io", "kernels", kernel_id, "log", "follow", params=query)
+    return Follower(ws)
+
+
+def _listify(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]

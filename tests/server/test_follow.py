@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
-from server_helpers import Follower, execute, fetch_json, in_order_without_gaps, logged, settle
+from server_helpers import execute, fetch_json, follow, in_order_without_gaps, logged, settle
 from tornado.httpclient import HTTPClientError
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def follow(jp_ws_fetch: Any, kernel_id: str, **params: Any) -> Follower:
-    query = [(k, str(v)) for k, values in params.items() for v in _listify(values)]
-    ws = await jp_ws_fetch("api", "nanny-io", "kernels", kernel_id, "log", "follow", params=query)
-    return Follower(ws)
-
-
-def _listify(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def lines(prefix: str, count: int, pause_every: int = 0) -> str:
