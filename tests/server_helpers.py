@@ -133,3 +133,20 @@ async def follow(jp_ws_fetch: Any, kernel_id: str, **params: Any) -> Follower:
 
 def _listify(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+async def http_status(jp_fetch: Any, *parts: str, **kwargs: Any) -> int:
+    try:
+        response = await jp_fetch(*parts, **kwargs)
+    except HTTPClientError as exc:
+        return exc.code
+    return int(response.code)
+
+
+async def ws_status(jp_ws_fetch: Any, *parts: str, **kwargs: Any) -> int:
+    try:
+        ws = await jp_ws_fetch(*parts, **kwargs)
+    except HTTPClientError as exc:
+        return exc.code
+    ws.close()
+    return 101
