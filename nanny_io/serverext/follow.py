@@ -29,7 +29,7 @@ from ..subscriber import (
     Truncated,
 )
 from ..tail import record_json
-from .bridge import CaughtUp, NannyKernel, death_json, nanny_event
+from .bridge import CaughtUp, NannyKernel, death_json, log, nanny_event
 
 #: Nanny events that also come as event frames, whatever streams the follow asked for.
 LIFECYCLE = frozenset({"kernel_started", "kernel_restarted", "kernel_died"})
@@ -201,6 +201,7 @@ class Follow:
         """Read and write until the client leaves, or the kernel is gone and all is sent."""
         self.kernel.followers.add(self)
         self._reader = asyncio.get_running_loop().create_task(self._read())
+        self._reader.add_done_callback(self._reader_done)
         try:
             while (frame := await self.outbox.next_frame()) is not None:
                 await self.send(frame)
@@ -209,6 +210,18 @@ class Follow:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+
+    def _reader_done(self, task: asyncio.Task[None]) -> None:
+        """A reader that failed ends the follow (after what is queued), rather than leave the
+        client waiting for records that will never come."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error(
+            "nanny-io: a log follow of kernel %s failed",
+            self.kernel.kernel_id,
+            exc_info=task.exception(),
+        )
+        self._finish("error", f"the server could not follow the log: {task.exception()}")
 
     def kernel_gone(self) -> None:
         """The server shut the kernel down: say so, send what is queued, then end."""
