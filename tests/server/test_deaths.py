@@ -52,6 +52,7 @@ async def test_a_death_is_reported_everywhere(jp_fetch, jp_ws_fetch, kernels, di
     km.stop_restarter()  # the kernel stays dead: what is reported is this death
     follower = await follow(jp_ws_fetch, kernel_id, last=0)
     await follower.until(lambda f: f.get("event") == "caught_up", "caught_up")
+    events = Follower(await jp_ws_fetch("api", "events", "subscribe"))  # what lab extensions see
     kc.execute(DIE)
 
     frame = await follower.until(lambda f: f.get("event") == "kernel_died", "kernel_died")
@@ -80,6 +81,11 @@ async def test_a_death_is_reported_everywhere(jp_fetch, jp_ws_fetch, kernels, di
         "incarnation", "time", "exit_code", "signal", "signal_name", "reason", "last_words"
     }  # fmt: skip
     assert died.empty(), "one death, one event"
+    forwarded = await events.until(
+        lambda f: f.get("schema_id") == KERNEL_DIED_SCHEMA_ID, "the event on api/events/subscribe"
+    )
+    assert forwarded["kernel_id"] == kernel_id and forwarded["reason"] == frame["reason"]
+    events.close()
     follower.close()
 
 
