@@ -92,8 +92,10 @@ def runs_under_nanny(km: Any) -> bool:
 
     if isinstance(getattr(km, "provisioner", None), NannyProvisioner):
         return True
-    spec = getattr(km, "_kernel_spec", None)  # before launch, only the kernelspec tells
-    metadata = getattr(spec, "metadata", None) or {}
+    try:  # before launch, only the kernelspec tells
+        metadata = getattr(km.kernel_spec, "metadata", None) or {}
+    except Exception:  # no kernelspec (a KernelManager given a bare command)
+        return False
     return bool(metadata.get("kernel_provisioner", {}).get("provisioner_name") == "nanny-io")
 
 
@@ -133,7 +135,6 @@ class NannyKernel:
         self._info: NannyConnectionInfo | None = None
         self._stamp: tuple[int, int, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self.deaths_seen = 0  # kernel_died records the watcher has handled
 
     # -- connection info ----------------------------------------------------------------------
 
@@ -391,7 +392,6 @@ class NannyKernel:
 
     def _died(self, rec: LogRecord, event: dict[str, Any]) -> None:
         """A death record: the kernel model's reason, and a jupyter_events event."""
-        self.deaths_seen += 1
         death = death_json(rec, event)
         with contextlib.suppress(Exception):  # a KernelManager without a `reason` trait
             self.km.reason = f"kernel died: {death['reason']}"
@@ -514,5 +514,6 @@ class Bridge:
         self.context.destroy(linger=0)
 
     def open_sockets(self) -> int:
-        """ZeroMQ sockets of this bridge that are still open (for leak checks)."""
+        """ZeroMQ sockets of this bridge that are still open (for leak checks; pyzmq's
+        context keeps a weak set of its sockets)."""
         return sum(1 for s in list(getattr(self.context, "_sockets", ())) if not s.closed)

@@ -119,6 +119,10 @@ class Outbox:
             }
         )
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """No more items: ``next_frame`` returns None once the queue is empty."""
         self._closed = True
@@ -230,7 +234,7 @@ class Follow:
         self._finish("kernel_shutdown", "the kernel was shut down")
 
     def _finish(self, event: str, text: str) -> None:
-        if not self.outbox._closed:
+        if not self.outbox.closed:
             self.outbox.put_event({"event": event, "text": text})
             self.outbox.close()
 

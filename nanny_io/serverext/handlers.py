@@ -22,7 +22,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from nanny_io_proto.streams import Stream
 
-from .bridge import Bridge, KernelUnavailable, NannyKernel
+from .bridge import Bridge, KernelUnavailable, NannyKernel, log
 from .follow import Follow, FollowLimits, LogQuery
 
 AUTH_RESOURCE = "kernels"
@@ -194,9 +194,14 @@ class FollowHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: 
         try:
             await follow.run()
         except WebSocketClosedError:
-            return
+            return  # the client left
+        except Exception:
+            log.exception("nanny-io: the log follow of kernel %s failed", follow.kernel.kernel_id)
+            code, reason = 1011, "the server could not go on following the log"
+        else:
+            code, reason = 1000, "the kernel was shut down"
         if self.ws_connection is not None:
-            self.close(1000, "the kernel was shut down")
+            self.close(code, reason)
 
     def on_message(self, message: str | bytes) -> None:
         """Nothing is expected from the client; what it sends is ignored."""
