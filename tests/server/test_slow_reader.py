@@ -121,3 +121,26 @@ async def test_slow_reader(jp_fetch, jp_ws_fetch, jp_serverapp, kernels, bridge)
     }
     print("slow reader:", figures)
     assert rate > RATE / 2, f"the kernel did not write fast enough to test anything: {figures}"
+
+
+async def test_a_reader_that_keeps_up_loses_nothing(jp_fetch, jp_ws_fetch, kernels, bridge) -> None:
+    """The same flood with the default limits and a client that reads as fast as it can."""
+    kernel_id = await kernels.start()
+    kc = await kernels.client(kernel_id)
+    follower = await follow(jp_ws_fetch, kernel_id, last=0, stream="stdout")
+    await follower.until(lambda f: f.get("event") == "caught_up", "caught_up")
+    (outbox,) = [f.outbox for f in bridge.kernels[kernel_id].followers]
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    writing = asyncio.ensure_future(execute(kc, WRITER, timeout=120))
+    await follower.until_text("load done", timeout=120)
+    seconds = loop.time() - t0
+    await writing
+    follower.close()
+    stats = outbox.statistics()
+    assert not follower.event("gap") and stats.dropped == 0
+    assert [index(r["text"]) for r in follower.records[:-1]] == list(range(LINES))
+    print(
+        "fast reader:",
+        {"records/s": round(LINES / seconds), "outbox peak records": stats.peak_records},
+    )
