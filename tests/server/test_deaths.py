@@ -1,9 +1,11 @@
 """Deaths and restarts: the follow, the REST view, jupyter_events and the kernel model.
 
-The tests of one history across restarts need the provisioner to restart the kernel inside
-the same nanny (same log channel, incarnation + 1). Where a restart still starts a new nanny
-they end in ``xfail`` with a message saying so, after checking what works either way: the
-follow stays open and carries on with the new kernel's output.
+One history across restarts (same log channel, seqs going on, incarnation + 1) needs the
+provisioner to restart kernels inside the same nanny, for restarts through jupyter_server
+(automatic, or POST .../restart) and for a restart asked of the nanny itself
+(``nanny-io shutdown ID --restart``). Where a restart still starts a new nanny (or stops a
+managed one), those tests end in ``xfail`` with a message saying so, after checking what works
+either way: the follow stays open and carries on with the new kernel's output.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from server_helpers import (
     logged,
 )
 
+from nanny_io.control_client import request
+from nanny_io.discovery import load_connection_info
 from nanny_io.serverext import KERNEL_DIED_SCHEMA_ID
 
 pytestmark = pytest.mark.timeout(120)
@@ -151,4 +155,53 @@ async def test_a_follow_goes_on_through_a_requested_restart(jp_fetch, jp_ws_fetc
     assert [r["text"] for r in page].count("before the restart") == 1
     view = await fetch_json(jp_fetch, kernel_id)
     assert (view["incarnation"], view["deaths"]) == (2, [])
+    follower.close()
+
+
+async def test_one_history_across_a_restart_inside_the_nanny(
+    jp_fetch, jp_ws_fetch, kernels, died
+) -> None:
+    kernel_id = await kernels.start()
+    kc = await kernels.client(kernel_id)
+    kernels.serverapp.kernel_manager.get_kernel(kernel_id).stop_restarter()
+    nanny = kernels.nanny_pid(kernel_id)
+    await execute(kc, "import os; os.write(1, b'before the death\\n')")
+    follower = await follow(jp_ws_fetch, kernel_id, since=1)
+    await follower.until_text("before the death")
+    kc.execute(DIE)
+    await follower.until(lambda f: f.get("event") == "kernel_died", "kernel_died")
+    # What `nanny-io shutdown ID --restart` sends.
+    info = load_connection_info(
+        kernels.serverapp.kernel_manager.get_kernel(kernel_id).connection_file
+    )
+    reply = await asyncio.to_thread(request, info, "shutdown_request", {"restart": True}, 10.0)
+    assert reply.content["status"] == "ok"
+    restarted = await follower.until(
+        lambda f: (
+            f.get("event") == "kernel_restarted"
+            or any(r.get("event", {}).get("event") == "nanny_stopped" for r in f.get("records", ()))
+        ),
+        "a restart",
+    )
+    if restarted.get("event") != "kernel_restarted":
+        pytest.xfail(
+            "a nanny under a KernelManager (--managed) stops on a restart request; one history "
+            "across restarts needs the provisioner's in-place restart"
+        )
+    assert restarted["incarnation"] == 2
+    await execute(await kernels.client(kernel_id), "import os; os.write(1, b'after\\n')")
+    after = await follower.until_text("after")
+    assert kernels.nanny_pid(kernel_id) == nanny
+
+    assert after["incarnation"] == 2 and not follower.event("nanny_restarted")
+    assert in_order_without_gaps(follower.records) and follower.records[0]["seq"] == 1
+    page = await fetch_json(jp_fetch, kernel_id, "log", since="1")
+    assert page["records"] == follower.records[: len(page["records"])]
+    texts = [(r["text"], r["incarnation"]) for r in page["records"]]
+    assert texts.index(("before the death", 1)) < texts.index(("last words here", 1))
+    assert texts.index(("last words here", 1)) < texts.index(("after", 2))
+    view = await fetch_json(jp_fetch, kernel_id)
+    assert (view["incarnation"], view["status"]) == (2, "running")
+    assert [(d["incarnation"], d["exit_code"]) for d in view["deaths"]] == [(1, 3)]
+    assert (await asyncio.wait_for(died.get(), 10))["incarnation"] == 1
     follower.close()
