@@ -41,7 +41,7 @@ def jp_server_config() -> Config:
     )
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def nanny_kernelspec(jp_environ: Any, jp_kernel_dir: Path, tmp_path: Path, monkeypatch) -> Path:
     """``python3-nanny``: ipykernel under the nanny-io provisioner, in the server's data dir.
 
@@ -104,7 +104,10 @@ class Kernels:
 
 @pytest.fixture
 def kernels(
-    jp_serverapp: Any, jp_fetch: Callable[..., Awaitable[Any]], jp_asyncio_loop: Any
+    jp_serverapp: Any,
+    jp_fetch: Callable[..., Awaitable[Any]],
+    jp_asyncio_loop: Any,
+    nanny_kernelspec: Path,
 ) -> Iterator[Kernels]:
     """Start kernels; at teardown shut them down through the API and check that no process of
     theirs and no ZeroMQ socket of the bridge survives."""
