@@ -150,3 +150,12 @@ async def ws_status(jp_ws_fetch: Any, *parts: str, **kwargs: Any) -> int:
         return exc.code
     ws.close()
     return 101
+
+
+async def last_record(jp_fetch: Any, kernel_id: str, text: str) -> int:
+    """The seq of the newest record once it has ``text``."""
+    while True:
+        page = await fetch_json(jp_fetch, kernel_id, "log", last="1")
+        if page["records"] and page["records"][-1]["text"] == text:
+            return int(page["last_seq"])
+        await asyncio.sleep(0.05)

@@ -40,6 +40,7 @@ from ..subscriber import (
     LogClient,
     NannySilent,
     Records,
+    ReplayFailed,
     ReplayUnanswered,
     replay,
 )
@@ -337,7 +338,7 @@ class NannyKernel:
         wanted = None if streams is None else tuple(streams)
         epoch: str | None = None
         cursor = 0
-        announced = False
+        announced = retry = False
         params: dict[str, Any] = {"since_seq": since_seq, "last": last}
         while self.present():
             try:
@@ -348,6 +349,7 @@ class NannyKernel:
                 continue
             extra = {} if silent_after is None else {"silent_after": silent_after}
             client = LogClient(info, streams=wanted, context=self.bridge.context, **params, **extra)
+            passed_on = 0
             async with client, contextlib.aclosing(client.events(follow=True)) as events:
                 async for event in events:
                     sub = client.subscription
@@ -360,17 +362,30 @@ class NannyKernel:
                         yield EpochChanged(epoch, sub.epoch)
                         epoch, cursor, params = None, 0, {"since_seq": 1}
                         break
+                    if isinstance(event, ReplayFailed) and event.code == "busy" and not announced:
+                        # The nanny serves a few replays at a time: ask for the history again
+                        # rather than follow without it.
+                        await asyncio.sleep(BUSY_PAUSE)
+                        retry = True
+                        break
                     epoch = sub.epoch or epoch
                     yield event
                     cursor = sub.last_seq
-                    if not announced and sub.caught_up:
+                    if isinstance(event, Records):
+                        passed_on += len(event.records)
+                    # Caught up once the subscription is, and every record it delivered has
+                    # been passed on: the client yields one poll's events one by one, after the
+                    # subscription has taken all of them in.
+                    if not announced and sub.caught_up and passed_on == sub.statistics().delivered:
                         announced = True
                         yield CaughtUp()
                     if not self.present():
                         return
                     if isinstance(event, (Alive, NannySilent)) and self.info_changed(info):
                         break
-            if epoch is not None:
+            if retry:
+                retry = False
+            elif epoch is not None:
                 params = {"since_seq": cursor + 1}
 
     def start_watching(self) -> None:

@@ -1,10 +1,14 @@
 """One WebSocket follow: history then live, through a bounded outbox.
 
-The log channel is read as fast as it delivers (so the nanny never has to drop for us and the
-subscription stays live); what the browser has not taken yet waits in an ``Outbox`` bounded in
-records and bytes. When it is full, new records are dropped until it has drained to half, and
-the browser gets one ``gap`` event for the dropped range, in its place in the sequence. The
-records stay in the nanny's store: ``GET .../log?since=`` fetches them.
+What the browser has not taken yet waits in an ``Outbox`` bounded in records and bytes.
+
+- The history the client asked for is sent whole: while it is being sent, a full outbox makes
+  the follow wait (the nanny's replay waits for slow readers too, and live messages that the
+  nanny drops meanwhile are repaired from its store afterwards).
+- Live records are read as fast as they come, so the follow stays live. When the outbox is
+  full, new records are dropped until it has drained to half, and the browser gets one ``gap``
+  event for the dropped range, in its place in the sequence. The records stay in the nanny's
+  store: ``GET .../log?since=`` fetches them.
 """
 
 from __future__ import annotations
@@ -67,10 +71,22 @@ class Outbox:
         self._records = 0
         self._bytes = 0
         self._drop: list[int] | None = None  # [first, last, count] of the run being dropped
-        self._wakeup = asyncio.Event()
+        self._wakeup = asyncio.Event()  # set when there is something to send
+        self._space = asyncio.Event()  # set when a frame was taken
         self._closed = False
         self.peak_records = self.peak_bytes = 0
         self.dropped = self.gaps = self.sent_frames = 0
+
+    def full(self, size: int) -> bool:
+        """Whether a record of ``size`` bytes would not fit now."""
+        lim = self.limits
+        return self._records + 1 > lim.max_records or self._bytes + size > lim.max_bytes
+
+    async def wait_for_space(self, size: int) -> None:
+        """Until a record of ``size`` bytes fits (or everything queued has been taken)."""
+        while self.full(size) and self._items and not self._closed:
+            self._space.clear()
+            await self._space.wait()
 
     def put_record(self, seq: int, text: str) -> None:
         """Queue one record's JSON, or drop it when the outbox is full."""
@@ -82,7 +98,7 @@ class Outbox:
                 self.dropped += 1
                 return
             self._end_drop()
-        if self._records + 1 > lim.max_records or self._bytes + len(text) > lim.max_bytes:
+        if self.full(len(text)):
             self._drop = [seq, seq, 1]
             self.dropped += 1
             return
@@ -140,6 +156,7 @@ class Outbox:
             await self._wakeup.wait()
         seq, text = self._items.popleft()
         self._bytes -= len(text)
+        self._space.set()
         if seq == 0:
             self.sent_frames += 1
             return text
@@ -200,6 +217,7 @@ class Follow:
         self._reader: asyncio.Task[None] | None = None
         self._silent = False
         self._state: str | None = None
+        self._live = False  # the history asked for has been delivered
 
     async def run(self) -> None:
         """Read and write until the client leaves, or the kernel is gone and all is sent."""
@@ -249,20 +267,28 @@ class Follow:
         )
         async with contextlib.aclosing(channel):
             async for event in channel:
-                self._deliver(event, wanted)
+                if isinstance(event, Records):
+                    await self._deliver_records(event, wanted)
+                else:
+                    self._deliver(event)
         self._finish("kernel_shutdown", "the kernel was shut down")
 
-    def _deliver(self, event: Any, wanted: tuple[Stream, ...] | None) -> None:
+    async def _deliver_records(self, event: Records, wanted: tuple[Stream, ...] | None) -> None:
         box = self.outbox
-        if isinstance(event, Records):
-            self._silent = False
-            for rec in event.records:
-                if wanted is None or rec.stream in wanted:
-                    box.put_record(rec.seq, json.dumps(record_json(rec), ensure_ascii=False))
-                details = nanny_event(rec)
-                if details is not None and details.get("event") in LIFECYCLE:
-                    box.put_event(_lifecycle_event(rec, details))
-        elif isinstance(event, Gap):
+        self._silent = False
+        for rec in event.records:
+            if wanted is None or rec.stream in wanted:
+                text = json.dumps(record_json(rec), ensure_ascii=False)
+                if not self._live and box.full(len(text)):
+                    await box.wait_for_space(len(text))  # history: wait rather than drop
+                box.put_record(rec.seq, text)
+            details = nanny_event(rec)
+            if details is not None and details.get("event") in LIFECYCLE:
+                box.put_event(_lifecycle_event(rec, details))
+
+    def _deliver(self, event: Any) -> None:
+        box = self.outbox
+        if isinstance(event, Gap):
             box.put_event(
                 {
                     "event": "gap",
@@ -283,6 +309,7 @@ class Follow:
                 }
             )
         elif isinstance(event, CaughtUp):
+            self._live = True
             box.put_event({"event": "caught_up", "text": "history sent; what follows is live"})
         elif isinstance(event, EpochChanged):
             box.put_event(

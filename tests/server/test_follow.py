@@ -5,7 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from server_helpers import execute, fetch_json, follow, in_order_without_gaps, logged, settle
+from server_helpers import (
+    execute,
+    fetch_json,
+    follow,
+    in_order_without_gaps,
+    last_record,
+    logged,
+    settle,
+)
 from tornado.httpclient import HTTPClientError
 
 pytestmark = pytest.mark.timeout(120)
@@ -106,3 +114,20 @@ async def test_follow_errors_before_the_upgrade(jp_ws_fetch, kernels) -> None:
         with pytest.raises(HTTPClientError) as info:
             await follow(jp_ws_fetch, kernel_id, **params)
         assert info.value.code == code, (kernel_id, params)
+
+
+async def test_many_followers_at_once_all_get_the_history(jp_fetch, jp_ws_fetch, kernels) -> None:
+    """More followers than the nanny serves replays at a time: each still gets everything."""
+    kernel_id = await kernels.start()
+    kc = await kernels.client(kernel_id)
+    await execute(kc, "import os\nos.write(1, b''.join(b'many %05d\\n' % i for i in range(20000)))")
+    await last_record(jp_fetch, kernel_id, "many 19999")
+    followers = await asyncio.gather(*(follow(jp_ws_fetch, kernel_id, since=1) for _ in range(12)))
+    for follower in followers:
+        await follower.until_text("many 19999")
+        assert follower.records[0]["seq"] == 1 and in_order_without_gaps(follower.records)
+        assert not follower.event("replay_failed") and not follower.event("gap")
+        await follower.until(lambda f: f.get("event") == "caught_up", "caught_up")
+        last = max(i for i, f in enumerate(follower.frames) if "records" in f)
+        assert follower.frames.index(follower.event("caught_up")[0]) > last, "after the history"
+        follower.close()

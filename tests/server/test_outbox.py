@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from nanny_io.serverext.follow import FollowLimits, Outbox
@@ -72,3 +73,19 @@ async def test_bytes_bound_the_outbox_too() -> None:
         box.put_record(seq, record(seq))
     stats = box.statistics()
     assert stats.peak_bytes <= 5 * size and stats.queued_records == 5 and stats.dropped == 15
+
+
+async def test_waiting_for_space_instead_of_dropping() -> None:
+    """How history is sent: the producer waits until the client has taken a frame."""
+    box = Outbox(FollowLimits(max_records=4, max_bytes=1 << 20, frame_records=2))
+    for seq in range(1, 5):
+        box.put_record(seq, record(seq))
+    assert box.full(len(record(5)))
+    waiting = asyncio.ensure_future(box.wait_for_space(len(record(5))))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    await box.next_frame()  # the client takes 1 and 2
+    await asyncio.wait_for(waiting, 1)
+    box.put_record(5, record(5))
+    assert box.statistics().dropped == 0
+    assert flatten(await frames(box)) == [3, 4, 5]

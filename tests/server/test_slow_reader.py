@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 import pytest
-from server_helpers import execute, fetch_json, follow
+from server_helpers import execute, fetch_json, follow, last_record
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -38,15 +38,6 @@ def covered(frame: dict[str, Any]) -> int:
     if "records" in frame:
         return int(frame["records"][-1]["seq"])
     return int(frame.get("to_seq", 0))
-
-
-async def last_record(jp_fetch: Any, kernel_id: str, text: str) -> int:
-    """The seq of the newest record once it has ``text``."""
-    while True:
-        page = await fetch_json(jp_fetch, kernel_id, "log", last="1")
-        if page["records"] and page["records"][-1]["text"] == text:
-            return int(page["last_seq"])
-        await asyncio.sleep(0.05)
 
 
 def index(text: str) -> int | None:
