@@ -230,8 +230,8 @@ class Follow:
         finally:
             self.kernel.followers.discard(self)
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            # A failure of the reader was reported by _reader_done already.
+            await asyncio.gather(self._reader, return_exceptions=True)
 
     def _reader_done(self, task: asyncio.Task[None]) -> None:
         """A reader that failed ends the follow (after what is queued), rather than leave the
