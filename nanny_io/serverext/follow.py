@@ -6,8 +6,9 @@ What the browser has not taken yet waits in an ``Outbox`` bounded in records and
   the follow wait (the nanny's replay waits for slow readers too, and live messages that the
   nanny drops meanwhile are repaired from its store afterwards).
 - Live records are read as fast as they come, so the follow stays live. When the outbox is
-  full, new records are dropped until it has drained to half, and the browser gets one ``gap``
-  event for the dropped range, in its place in the sequence. The records stay in the nanny's
+  full and the client does not take a frame within ``LIVE_GRACE``, new records are dropped
+  until it has drained to half, and the browser gets one ``gap`` event for the dropped range,
+  in its place in the sequence. The records stay in the nanny's
   store: ``GET .../log?since=`` fetches them.
 """
 
@@ -35,6 +36,8 @@ from ..subscriber import (
 from ..tail import record_json
 from .bridge import CaughtUp, NannyKernel, death_json, log, nanny_event
 
+#: How long a live record waits for room in a full outbox before it is dropped.
+LIVE_GRACE = 0.05
 #: Nanny events that also come as event frames, whatever streams the follow asked for.
 LIFECYCLE = frozenset({"kernel_started", "kernel_restarted", "kernel_died"})
 
@@ -138,6 +141,11 @@ class Outbox:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def dropping(self) -> bool:
+        """Records are being dropped (until half of what waits has been taken)."""
+        return self._drop is not None
 
     def close(self) -> None:
         """No more items: ``next_frame`` returns None once the queue is empty."""
@@ -279,12 +287,22 @@ class Follow:
         for rec in event.records:
             if wanted is None or rec.stream in wanted:
                 text = json.dumps(record_json(rec), ensure_ascii=False)
-                if not self._live and box.full(len(text)):
-                    await box.wait_for_space(len(text))  # history: wait rather than drop
+                if box.full(len(text)):
+                    await self._make_room(len(text))
                 box.put_record(rec.seq, text)
             details = nanny_event(rec)
             if details is not None and details.get("event") in LIFECYCLE:
                 box.put_event(_lifecycle_event(rec, details))
+
+    async def _make_room(self, size: int) -> None:
+        """The outbox is full: history waits for the client; live records wait a moment (a
+        client that is taking frames frees room at once, also after the server was busy),
+        then are dropped."""
+        if not self._live:
+            await self.outbox.wait_for_space(size)
+        elif not self.outbox.dropping:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.outbox.wait_for_space(size), LIVE_GRACE)
 
     def _deliver(self, event: Any) -> None:
         box = self.outbox
