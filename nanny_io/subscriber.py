@@ -27,7 +27,14 @@ import zmq.asyncio
 from nanny_io_proto.connection_files import NannyConnectionInfo
 from nanny_io_proto.errors import RemoteProtocolError
 from nanny_io_proto.logrecords import NANNY_SILENT_AFTER, LogRecord, decode_log_message
-from nanny_io_proto.replay import decode_replay_response, encode_replay_request
+from nanny_io_proto.replay import (
+    ReplayEnd,
+    ReplayError,
+    ReplayRequest,
+    ReplayResponse,
+    decode_replay_response,
+    encode_replay_request,
+)
 from nanny_io_proto.streams import Stream
 from nanny_io_proto.subscription import (
     Alive,
@@ -49,7 +56,10 @@ __all__ = [
     "NannySilent",
     "Records",
     "ReplayFailed",
+    "ReplayUnanswered",
     "Truncated",
+    "connect",
+    "replay",
 ]
 
 
@@ -61,6 +71,82 @@ class NannySilent:
 
 
 ClientEvent = Event | NannySilent
+
+
+def connect(
+    context: zmq.asyncio.Context,
+    info: NannyConnectionInfo,
+    kind: int,
+    channel: str,
+    topics: tuple[bytes, ...] = (),
+) -> zmq.asyncio.Socket:
+    """A socket connected to ``channel`` (a CurveZMQ client when the nanny is a server)."""
+    sock = context.socket(kind)
+    sock.linger = 0
+    if info.curve_publickey and info.curve_secretkey:
+        sock.curve_publickey = info.curve_publickey.encode()
+        sock.curve_secretkey = info.curve_secretkey.encode()
+        sock.curve_serverkey = info.curve_publickey.encode()
+    for topic in topics:
+        sock.subscribe(topic)
+    sock.connect(info.url(channel))
+    return sock
+
+
+class ReplayUnanswered(Exception):
+    """The nanny's replay socket did not answer in time (the nanny is gone or stuck)."""
+
+
+async def replay(
+    info: NannyConnectionInfo,
+    *,
+    context: zmq.asyncio.Context,
+    since_seq: int | None = None,
+    until_seq: int | None = None,
+    last: int | None = None,
+    streams: Iterable[Stream] | None = None,
+    limit: int | None = None,
+    timeout: float = NANNY_SILENT_AFTER,
+) -> AsyncIterator[ReplayResponse]:
+    """One replay request, without a live subscription: its answer messages, in order.
+
+    Ends after the ``end`` or ``error`` message; ReplayUnanswered when no message comes for
+    ``timeout`` seconds. Closing the iterator early closes the socket, and the nanny forgets
+    the rest of the answer.
+    """
+    wanted = None if streams is None else tuple(dict.fromkeys(streams))
+    request = ReplayRequest(
+        request_id="r1",
+        nonce=uuid.uuid4().hex,
+        since_seq=since_seq,
+        until_seq=until_seq,
+        last=last,
+        streams=wanted,
+        limit=limit,
+    )
+    signer = info.make_signer()
+    sock = connect(context, info, zmq.DEALER, "log_replay")
+    try:
+        await sock.send_multipart(encode_replay_request(request, signer))
+        while True:
+            if not await sock.poll(int(timeout * 1000)):
+                raise ReplayUnanswered(
+                    f"no answer from the log replay socket {info.url('log_replay')} "
+                    f"within {timeout:g} s"
+                )
+            frames = await sock.recv_multipart()
+            try:
+                with _gc_paused():
+                    answer = decode_replay_response(frames, signer)
+            except RemoteProtocolError:
+                continue  # forged or broken: not from our nanny
+            if answer.request_id not in (None, request.request_id):
+                continue
+            yield answer
+            if isinstance(answer, (ReplayEnd, ReplayError)):
+                return
+    finally:
+        sock.close(linger=0)
 
 
 class LogClient:
@@ -91,17 +177,7 @@ class LogClient:
     def _connect(
         self, kind: int, channel: str, topics: tuple[bytes, ...] = ()
     ) -> zmq.asyncio.Socket:
-        """A socket connected to ``channel`` (a CurveZMQ client when the nanny is a server)."""
-        sock = self.context.socket(kind)
-        sock.linger = 0
-        if self.info.curve_publickey and self.info.curve_secretkey:
-            sock.curve_publickey = self.info.curve_publickey.encode()
-            sock.curve_secretkey = self.info.curve_secretkey.encode()
-            sock.curve_serverkey = self.info.curve_publickey.encode()
-        for topic in topics:
-            sock.subscribe(topic)
-        sock.connect(self.info.url(channel))
-        return sock
+        return connect(self.context, self.info, kind, channel, topics)
 
     async def __aenter__(self) -> LogClient:
         self.sub = self._connect(zmq.SUB, "log", self.subscription.topics)

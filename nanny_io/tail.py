@@ -47,6 +47,46 @@ class TailOptions:
     wait: bool = False
 
 
+def record_text(rec: LogRecord) -> tuple[str, dict[str, Any] | None]:
+    """A record's text without its newline (a nanny event's ``text``), and the event if any."""
+    text = rec.data.decode("utf-8", "replace")
+    event: dict[str, Any] | None = None
+    if rec.stream is Stream.NANNY:
+        with contextlib.suppress(RemoteProtocolError):
+            event = parse_nanny_event(rec.data)
+            text = str(event.get("text", text))
+    if text.endswith("\n"):
+        text = text[:-1]
+    return text, event
+
+
+def iso_time(time_ns: int) -> str:
+    """A record's time as ISO 8601 in UTC, to the millisecond."""
+    when = datetime.fromtimestamp(time_ns / 1e9, tz=timezone.utc)
+    return when.isoformat(timespec="milliseconds")
+
+
+def record_json(rec: LogRecord) -> dict[str, Any]:
+    """A record as ``tail --json`` prints it (and the server extension serves it).
+
+    ``seq``, ``time``, ``stream``, ``text`` and ``incarnation`` always; ``partial: true`` when
+    the record does not end a line; ``event`` (the parsed JSON) for a nanny event.
+    """
+    text, event = record_text(rec)
+    obj: dict[str, Any] = {
+        "seq": rec.seq,
+        "time": iso_time(rec.time_ns),
+        "stream": rec.stream.value,
+        "text": text,
+        "incarnation": rec.incarnation,
+    }
+    if rec.flags & FLAG_NO_EOL:
+        obj["partial"] = True
+    if event is not None:
+        obj["event"] = event
+    return obj
+
+
 class Printer:
     """Renders records and notices for humans (colour on a tty) or as JSON lines."""
 
@@ -58,29 +98,11 @@ class Printer:
         self.color = color and not as_json
 
     def record(self, rec: LogRecord) -> None:
-        text = rec.data.decode("utf-8", "replace")
-        event: dict[str, Any] | None = None
-        if rec.stream is Stream.NANNY:
-            with contextlib.suppress(RemoteProtocolError):
-                event = parse_nanny_event(rec.data)
-                text = str(event.get("text", text))
-        if text.endswith("\n"):
-            text = text[:-1]
-        when = datetime.fromtimestamp(rec.time_ns / 1e9, tz=timezone.utc)
         if self.as_json:
-            obj: dict[str, Any] = {
-                "seq": rec.seq,
-                "time": when.isoformat(timespec="milliseconds"),
-                "stream": rec.stream.value,
-                "text": text,
-                "incarnation": rec.incarnation,
-            }
-            if rec.flags & FLAG_NO_EOL:
-                obj["partial"] = True
-            if event is not None:
-                obj["event"] = event
-            self._write(json.dumps(obj, ensure_ascii=False))
+            self._write(json.dumps(record_json(rec), ensure_ascii=False))
             return
+        text = record_text(rec)[0]
+        when = datetime.fromtimestamp(rec.time_ns / 1e9, tz=timezone.utc)
         stamp = when.astimezone().strftime("%H:%M:%S.%f")[:-3]
         line = f"{stamp} {rec.stream.value:<6} {text}"
         color = _COLORS.get(rec.stream) if self.color else None
