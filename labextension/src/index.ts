@@ -140,6 +140,21 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
     palette?.addItem({ command: COMMAND, category: 'Kernel Operations' });
+    // Lumino menus do not show a command's caption; the palette does. Give the menu items
+    // (Kernel menu, context menu) the caption as their tooltip, so that a disabled item says
+    // why it is disabled.
+    document.body.addEventListener(
+      'pointerover',
+      event => {
+        const item = (event.target as Element | null)?.closest?.(
+          `.lm-Menu-item[data-command="${COMMAND}"]`
+        );
+        if (item) {
+          item.setAttribute('title', app.commands.caption(COMMAND));
+        }
+      },
+      true
+    );
 
     // ---------------------------------------------------------------- watching kernels
 

@@ -78,6 +78,11 @@ export function deathReason(death: Partial<IDeath>): string {
   return 'died';
 }
 
+/** At most `max` characters of `text`, with an ellipsis when cut. */
+export function shorten(text: string, max: number): string {
+  return text.length > max ? text.slice(0, max - 1) + '…' : text;
+}
+
 /** A short clock time of an ISO timestamp, in the browser's time zone. */
 export function clock(iso: string): string {
   const date = new Date(iso);
@@ -129,6 +134,9 @@ export class LogModel {
   lastSeq = 0;
   incarnation = 0;
   readonly deaths: IDeath[] = [];
+  /** The times of lifecycle records, until their event frames come. */
+  private readonly eventTimes = new Map<number, string>();
+  private lastTime = '';
 
   constructor(readonly maxLines = 100_000) {}
 
@@ -153,8 +161,10 @@ export class LogModel {
     this.lastSeq = Math.max(this.lastSeq, rec.seq);
     this.incarnation = Math.max(this.incarnation, rec.incarnation);
     if (rec.stream === 'nanny' && LIFECYCLE.has(String(rec.event?.event))) {
+      this.eventTimes.set(rec.seq, rec.time); // the event frame that follows has no time
       return; // shown as a marker, from its event frame
     }
+    this.lastTime = rec.time;
     const open = this.openLine(rec.stream);
     if (open) {
       open.text += rec.text;
@@ -190,7 +200,13 @@ export class LogModel {
 
   private eventLine(frame: IFrame): ILine | undefined {
     const seq = typeof frame.seq === 'number' ? frame.seq : this.lastSeq;
-    const time = typeof frame.time === 'string' ? clock(frame.time) : clock(new Date().toISOString());
+    const iso =
+      (typeof frame.time === 'string' && frame.time) ||
+      this.eventTimes.get(seq) ||
+      this.lastTime ||
+      new Date().toISOString();
+    this.eventTimes.delete(seq);
+    const time = clock(iso);
     const incarnation = typeof frame.incarnation === 'number' ? frame.incarnation : this.incarnation;
     const marker = (kind: MarkerKind, text: string): ILine => ({
       seq,
@@ -210,8 +226,8 @@ export class LogModel {
           return undefined;
         }
         this.deaths.push(death);
-        const words = (death.last_words || []).map(w => w.text.replace(/\n$/, ''));
-        const last = words.length ? ` — last words: ${words.slice(-3).join(' ⏎ ')}` : '';
+        const words = (death.last_words || []).map(w => shorten(w.text.replace(/\n$/, ''), 120));
+        const last = words.length ? ` — last words: ${words.slice(-2).join(' ⏎ ')}` : '';
         return marker(
           'died',
           `Kernel died (incarnation ${death.incarnation}): ${deathReason(death)}${last}`

@@ -28,6 +28,11 @@ export const MAX_ROWS = 5000;
 export const HISTORY = 10000;
 /** How close to the bottom (px) still counts as "at the end" for autoscroll. */
 const AT_END = 40;
+/** The least time between two renders (ms). */
+const RENDER_EVERY = 250;
+/** More new lines than this in one render is a flood: only the newest this many are
+ * rendered, and the panel fills up to MAX_ROWS again once the flood is over. */
+const FLOOD_ROWS = 500;
 
 export interface IKernelLogOptions {
   kernelId: string;
@@ -89,6 +94,8 @@ export class KernelLogPanel extends Widget {
   dispose(): void {
     this._follow?.dispose();
     cancelAnimationFrame(this._frame);
+    window.clearTimeout(this._timer);
+    window.clearTimeout(this._backfillTimer);
     super.dispose();
   }
 
@@ -170,24 +177,22 @@ export class KernelLogPanel extends Widget {
     return button;
   }
 
+  /** One row: two elements (the time and the stream name are generated content), so that
+   * thousands of them are cheap to create and lay out. */
   private row(line: ILine): HTMLElement {
     const row = document.createElement('div');
     row.className = 'jp-NannyLog-row';
     row.dataset.stream = line.stream;
     row.dataset.seq = String(line.seq);
+    row.dataset.time = line.time;
     if (line.marker) {
       row.dataset.marker = line.marker;
     }
-    const time = document.createElement('span');
-    time.className = 'jp-NannyLog-time';
-    time.textContent = line.time;
-    const stream = document.createElement('span');
-    stream.className = 'jp-NannyLog-stream';
-    stream.textContent = line.stream === 'marker' ? '●' : line.stream;
     const text = document.createElement('span');
     text.className = 'jp-NannyLog-text';
+    text.dataset.label = line.stream === 'marker' ? '●' : line.stream;
     this.fillText(text, line.text);
-    row.append(time, stream, text);
+    row.appendChild(text);
     this._rowOf.set(line, row);
     return row;
   }
@@ -227,12 +232,25 @@ export class KernelLogPanel extends Widget {
     this.schedule();
   }
 
+  /** Render at the next animation frame, but at most every RENDER_EVERY ms: during a flood,
+   * layout (not script) is what costs, so fewer, larger updates keep the page answering. */
   private schedule(): void {
-    if (!this._frame) {
+    if (this._frame || this._timer) {
+      return;
+    }
+    const wait = this._lastRender + RENDER_EVERY - performance.now();
+    const frame = () => {
+      this._timer = 0;
       this._frame = requestAnimationFrame(() => {
         this._frame = 0;
+        this._lastRender = performance.now();
         this.render();
       });
+    };
+    if (wait > 0) {
+      this._timer = window.setTimeout(frame, wait);
+    } else {
+      frame();
     }
   }
 
@@ -249,20 +267,40 @@ export class KernelLogPanel extends Widget {
     const pending = this._pending;
     this._pending = [];
     if (this._paused) {
-      this._unseen += pending.length;
+      // Appending below does not move what the user is reading; dropping rows above would.
+      const room = Math.max(0, MAX_ROWS - this._rows.childElementCount);
+      const fits = this._unseen ? [] : pending.slice(0, room);
+      const fragment = document.createDocumentFragment();
+      for (const line of fits) {
+        fragment.appendChild(this.row(line));
+      }
+      this._rows.appendChild(fragment);
+      this._unseen += pending.length - fits.length;
+    } else if (!pending.length && this._backfill) {
+      this._backfill = false; // the flood is over: show MAX_ROWS lines again
+      this.rebuild();
+      return;
     } else if (pending.length) {
       const rows = this._rows;
-      if (pending.length >= MAX_ROWS) {
+      const flood = pending.length > FLOOD_ROWS;
+      if (flood) {
+        // Nobody reads lines going by this fast: show the newest few until it calms down.
         rows.textContent = '';
+        this._backfill = true;
+        window.clearTimeout(this._backfillTimer);
+        this._backfillTimer = window.setTimeout(() => this.schedule(), 2 * RENDER_EVERY);
       }
       const fragment = document.createDocumentFragment();
-      for (const line of pending.slice(-MAX_ROWS)) {
+      for (const line of pending.slice(flood ? -FLOOD_ROWS : -MAX_ROWS)) {
         fragment.appendChild(this.row(line));
       }
       rows.appendChild(fragment);
-      let excess = rows.childElementCount - MAX_ROWS;
-      while (excess-- > 0) {
-        rows.firstElementChild!.remove();
+      const excess = rows.childElementCount - MAX_ROWS;
+      if (excess > 0) {
+        const range = document.createRange();
+        range.setStartBefore(rows.firstElementChild!);
+        range.setEndAfter(rows.children[excess - 1]);
+        range.deleteContents();
       }
     }
     this.updateCounts();
@@ -420,6 +458,10 @@ export class KernelLogPanel extends Widget {
   private _paused = false;
   private _programmatic = false;
   private _frame = 0;
+  private _timer = 0;
+  private _lastRender = 0;
+  private _backfill = false;
+  private _backfillTimer = 0;
   private _reveal: number | null = null;
   private _body!: HTMLDivElement;
   private _rows!: HTMLDivElement;

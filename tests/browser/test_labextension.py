@@ -104,13 +104,13 @@ def _set_theme(ui: NotebookUI, theme: str) -> None:
 
 def _assert_readable(ui: NotebookUI, theme: str) -> None:
     """Every kind of row shown has text that stands out from its background (WCAG AA for
-    large text, 3:1, at least)."""
+    normal text: a contrast ratio of 4.5 at least)."""
     ratios = {}
     for row in _rows(ui).all()[-200:]:
         kind = row.get_attribute("data-marker") or row.get_attribute("data-stream")
         if kind not in ratios:
             ratios[kind] = row.locator(".jp-NannyLog-text").evaluate(CONTRAST_JS)
-    poor = {kind: round(r, 2) for kind, r in ratios.items() if r < 3.0}
+    poor = {kind: round(r, 2) for kind, r in ratios.items() if r < 4.5}
     assert ratios and not poor, f"{theme}: rows hard to read (contrast ratio): {poor} of {ratios}"
 
 
@@ -156,14 +156,15 @@ def test_death_notification_marker_and_restart(
     toast = ui.page.locator(".Toastify__toast", has_text="SIGKILL")
     expect(toast).to_be_visible(timeout=15_000)
     expect(toast).to_contain_text("death.ipynb")
-    expect(toast).to_contain_text("cell 1")
+    expect(toast).to_contain_text("running cell 1")
     ui.shot("death-notification")
+    # the server restarts the kernel (its restarter polls every 3 s) and Lab says so
+    expect(ui.restart_dialog).to_contain_text("appears to have died", timeout=30_000)
     ui.answer_restart_dialogs()
-    ui.wait_idle(30)
     # autoClose is off: long after a default toast would have gone, it is still there
     expect(toast).to_be_visible()
     toast.get_by_role("button", name="Show kernel log").click()
-    died = _rows(ui).filter(has=ui.page.locator("[data-marker=died]"))
+    expect(toast).to_be_hidden()  # its action dismisses it
     died = _panel(ui).locator(".jp-NannyLog-row[data-marker=died]")
     expect(died).to_be_visible(timeout=10_000)
     expect(died).to_contain_text("SIGKILL")
@@ -177,7 +178,6 @@ def test_death_notification_marker_and_restart(
     )
     order = [k for k in kinds if k in ("died", "restarted", "after")]
     assert order == ["died", "restarted", "after"], order
-    ui.page.locator(".Toastify__toast").get_by_role("button", name="Dismiss").click()
     ui.shot("panel-death-and-restart")
     _assert_readable(ui, "JupyterLab Light")
     _set_theme(ui, "JupyterLab Dark")
@@ -196,13 +196,17 @@ def test_fifty_thousand_lines_page_stays_responsive(
     ui.open(path, "lab")
     _open_from_kernel_menu(ui)
     expect(_rows(ui).filter(has_text="Kernel started")).to_be_visible(timeout=10_000)
-    target = _panel(ui).locator(".jp-NannyLog-count")
+    target = _panel(ui).locator(".jp-NannyLog-search")
     target.evaluate(
         "(el) => el.addEventListener('click', () => { window.__nannyClicks = "
         "(window.__nannyClicks || 0) + 1; })"
     )
     ui.run_cell(0, FLOOD)
-    expect(_rows(ui).filter(has_text="flood line 1000")).to_have_count(1, timeout=10_000)
+    ui.page.wait_for_function(
+        "() => document.querySelector('.jp-NannyLog-row:last-child')?.textContent"
+        ".startsWith('flood line')",
+        timeout=10_000,
+    )
     delays = []
     for n in range(1, 6):
         started = time.monotonic()
@@ -234,7 +238,8 @@ def test_command_disabled_for_a_kernel_without_nanny(
     ui.page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Kernel$")).click()
     item = ui.page.locator(".lm-Menu-item", has_text="Show Kernel Log")
     expect(item).to_have_class(re.compile(r"lm-mod-disabled"))
-    expect(item).to_have_attribute("title", re.compile("does not run under nanny-io"))
     item.hover()
+    expect(item).to_have_attribute("title", re.compile("does not run under nanny-io"))
+    ui.page.wait_for_timeout(1500)  # the browser's tooltip, for the screenshot (if it draws)
     ui.shot("command-disabled")
     ui.page.keyboard.press("Escape")
