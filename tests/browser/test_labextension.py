@@ -63,6 +63,13 @@ CONTRAST_JS = """(el) => {
 }"""
 
 
+def _open(ui: NotebookUI, path: str) -> None:
+    """Open the notebook in Lab, with the left sidebar collapsed (room for the panel)."""
+    ui.open(path, "lab")
+    ui.page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
+    expect(ui.page.locator("#jp-left-stack")).to_be_hidden()
+
+
 def _panel(ui: NotebookUI) -> Any:
     return ui.page.locator(".jp-NannyLog:visible")
 
@@ -96,9 +103,7 @@ def _set_theme(ui: NotebookUI, theme: str) -> None:
     ui.page.evaluate(
         "(theme) => window.jupyterapp.commands.execute('apputils:change-theme', {theme})", theme
     )
-    expect(ui.page.locator("body")).to_have_attribute(
-        "data-jp-theme-name", theme, timeout=10_000
-    )
+    expect(ui.page.locator("body")).to_have_attribute("data-jp-theme-name", theme, timeout=10_000)
     ui.page.wait_for_timeout(500)  # the theme's CSS variables applied
 
 
@@ -119,7 +124,7 @@ def test_panel_shows_the_kernel_log(jupyter_server: JupyterServer, notebook_ui: 
     line within 5 s, and the notebook's Log Console has it as a warning."""
     ui = notebook_ui
     path = jupyter_server.create_notebook("log-line.ipynb", NANNY_SPEC, ["", ""])
-    ui.open(path, "lab")
+    _open(ui, path)
     assert _command_state(ui)["enabled"], _command_state(ui)
     _open_from_kernel_menu(ui)
     expect(_rows(ui).filter(has_text="Kernel started")).to_be_visible(timeout=10_000)
@@ -136,6 +141,7 @@ def test_panel_shows_the_kernel_log(jupyter_server: JupyterServer, notebook_ui: 
     expect(_panel(ui).locator("mark", has_text="hello")).to_be_visible()
     ui.shot("panel-search")
     # the Log Console of the notebook got it at warning level
+    ui.cell(1).click()  # the notebook is the Log Console's source
     ui.page.evaluate("window.jupyterapp.commands.execute('logconsole:open')")
     console = ui.page.locator(".jp-LogConsole:visible")
     expect(console).to_contain_text("hello from the kernel log", timeout=10_000)
@@ -151,12 +157,13 @@ def test_death_notification_marker_and_restart(
     Both themes are readable."""
     ui = notebook_ui
     path = jupyter_server.create_notebook("death.ipynb", NANNY_SPEC, ["", ""])
-    ui.open(path, "lab")
+    _open(ui, path)
     ui.run_cell(0, KILL)
     toast = ui.page.locator(".Toastify__toast", has_text="SIGKILL")
     expect(toast).to_be_visible(timeout=15_000)
     expect(toast).to_contain_text("death.ipynb")
     expect(toast).to_contain_text("running cell 1")
+    ui.page.wait_for_timeout(800)  # the toast's entrance animation, for the screenshot
     ui.shot("death-notification")
     # the server restarts the kernel (its restarter polls every 3 s) and Lab says so
     expect(ui.restart_dialog).to_contain_text("appears to have died", timeout=30_000)
@@ -193,7 +200,7 @@ def test_fifty_thousand_lines_page_stays_responsive(
     answered within 1 s, the DOM stays bounded, and the last line arrives."""
     ui = notebook_ui
     path = jupyter_server.create_notebook("flood.ipynb", NANNY_SPEC, [""])
-    ui.open(path, "lab")
+    _open(ui, path)
     _open_from_kernel_menu(ui)
     expect(_rows(ui).filter(has_text="Kernel started")).to_be_visible(timeout=10_000)
     target = _panel(ui).locator(".jp-NannyLog-search")
@@ -231,7 +238,7 @@ def test_command_disabled_for_a_kernel_without_nanny(
     """The stock kernel has no nanny: the menu item is disabled, and says why."""
     ui = notebook_ui
     path = jupyter_server.create_notebook("stock.ipynb", STOCK_SPEC, [""])
-    ui.open(path, "lab")
+    _open(ui, path)
     state = _command_state(ui)
     assert not state["enabled"], state
     assert "does not run under nanny-io" in state["caption"], state
