@@ -189,6 +189,23 @@ def install_kernelspecs(env: dict[str, str]) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def install_jupyter_extensions(env: dict[str, str]) -> None:
+    """This checkout's server extension and built JupyterLab extension
+    (``nanny_io/labextension``), installed into the private directories as ``pip install``
+    installs them into ``sys.prefix`` (the config file enabling the server extension, the
+    extension's directory under ``labextensions``), by a link: the tests run the sources under
+    test, not whatever an earlier ``pip install`` copied into the environment (Lab reads the
+    private directories first)."""
+    config = Path(env["JUPYTER_CONFIG_DIR"]) / "jupyter_server_config.d" / "nanny_io.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_bytes((ROOT / "jupyter-config" / config.parent.name / config.name).read_bytes())
+    built = ROOT / "nanny_io" / "labextension"
+    assert (built / "package.json").exists(), f"no built JupyterLab extension in {built}"
+    link = Path(env["JUPYTER_DATA_DIR"]) / "labextensions" / "nanny-io"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(built, target_is_directory=True)
+
+
 def quiet_lab_settings(env: dict[str, str]) -> None:
     settings = Path(env["JUPYTER_CONFIG_DIR"]) / "lab" / "user-settings"
     for plugin, values in QUIET_SETTINGS.items():
@@ -206,6 +223,7 @@ def start_server(home: Path, log_path: Path) -> JupyterServer:
     env = private_env(home)
     check_isolated(env, home)
     install_kernelspecs(env)
+    install_jupyter_extensions(env)
     quiet_lab_settings(env)
     token, port = secrets.token_hex(16), free_port()
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,6 +240,9 @@ def start_server(home: Path, log_path: Path) -> JupyterServer:
                 "--ServerApp.port_retries=0",  # the port we chose, or fail
                 f"--IdentityProvider.token={token}",
                 f"--ServerApp.root_dir={root_dir}",
+                # window.jupyterapp: the tests read the command registry (is a command
+                # enabled, and why not) as menus and the palette do
+                "--LabApp.expose_app_in_browser=True",
             ],
             env=env,
             cwd=root_dir,
