@@ -47,6 +47,8 @@ from nanny_io_proto.subscription import (
     Truncated,
 )
 
+from .errors import NannyIOError
+
 __all__ = [
     "Alive",
     "BlockingLogClient",
@@ -96,7 +98,7 @@ def connect(
     return sock
 
 
-class ReplayUnanswered(Exception):
+class ReplayUnanswered(NannyIOError):
     """The nanny's replay socket did not answer in time (the nanny is gone or stuck)."""
 
 

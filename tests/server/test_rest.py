@@ -11,6 +11,7 @@ import pytest
 from server_helpers import body, execute, fetch_error, fetch_json, logged
 
 from nanny_io.discovery import load_connection_info
+from nanny_io_proto.version import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,7 +40,7 @@ async def test_kernel_view(jp_fetch, jp_serverapp, kernels) -> None:
     assert (channel["transport"], channel["ip"]) == (info.transport, info.ip)
     assert channel["log_port"] == info.log_port
     assert channel["log_replay_port"] == info.log_replay_port
-    assert channel["nanny_protocol_version"] == "1.0"
+    assert channel["nanny_protocol_version"] == PROTOCOL_VERSION
     assert channel["last_seq"] >= 1 and channel["epoch"]
     assert model["deaths"] == []
     raw = (await jp_fetch("api", "nanny-io", "kernels", kernel_id)).body.decode()
