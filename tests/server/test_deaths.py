@@ -106,6 +106,7 @@ async def test_a_follow_goes_on_through_an_automatic_restart(jp_fetch, jp_ws_fet
     await follower.until(lambda f: f.get("event") == "kernel_died", "kernel_died")
     restarted = await wait_restarted(follower)
     assert kernels.nanny_pid(kernel_id) == nanny, "the restart must keep the nanny"
+    kc.stop_channels()  # as a frontend reconnects: the same session must not connect twice
     kc = await kernels.client(kernel_id)
     await execute(kc, "import os; os.write(1, b'after the restart\\n')")
     after = await follower.until_text("after the restart")
@@ -134,6 +135,7 @@ async def test_a_follow_goes_on_through_a_requested_restart(jp_fetch, jp_ws_fetc
     await jp_fetch("api", "kernels", kernel_id, "restart", method="POST", body="")
     restarted = await wait_restarted(follower)
     assert kernels.nanny_pid(kernel_id) == nanny, "the restart must keep the nanny"
+    kc.stop_channels()  # as a frontend reconnects: the same session must not connect twice
     kc = await kernels.client(kernel_id)
     await execute(kc, "import os; os.write(1, b'after the restart\\n')")
     await follower.until_text("after the restart")
@@ -172,6 +174,7 @@ async def test_one_history_across_a_restart_inside_the_nanny(
     assert launched.content["status"] == "ok" and launched.content["incarnation"] == 2
     restarted = await follower.until(lambda f: f.get("event") == "kernel_restarted", "a restart")
     assert restarted["incarnation"] == 2
+    kc.stop_channels()  # as a frontend reconnects: the same session must not connect twice
     await execute(await kernels.client(kernel_id), "import os; os.write(1, b'after\\n')")
     after = await follower.until_text("after")
     assert kernels.nanny_pid(kernel_id) == nanny
