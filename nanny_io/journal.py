@@ -20,6 +20,7 @@ from nanny_io_proto.streams import Stream
 from .discovery import NannyState
 from .lifecycle import KernelState, Lifecycle
 from .store import LogStore
+from .tasks import OwnedTasks
 
 log = logging.getLogger("nanny_io")
 
@@ -38,7 +39,7 @@ class Journal:
         self.incarnations = 0
         self.stop = asyncio.Event()
         self._on_change: list[Callable[[Journal], None]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks(on_failure=lambda _: self.stop.set())
         self._last_save = 0.0
         self._save_pending = False
 
@@ -47,23 +48,11 @@ class Journal:
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run ``coro`` as a task of the nanny's; if it fails, the nanny stops (it would
         rather stop than run half-working)."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("internal task %s failed", task.get_name(), exc_info=task.exception())
-            self.stop.set()
+        return self._tasks.spawn(coro, name)
 
     async def cancel_tasks(self) -> None:
         """Cancel every task and wait until all have ended."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
 
     # ------------------------------------------------------------------ events
 

@@ -45,6 +45,7 @@ from ..subscriber import (
     replay,
 )
 from ..tail import iso_time, record_json
+from ..tasks import OwnedTasks
 
 log = logging.getLogger("nanny_io.serverext")
 
@@ -439,7 +440,7 @@ class Bridge:
         self.event_logger = event_logger
         self.context = zmq.asyncio.Context()
         self.kernels: dict[str, NannyKernel] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()  # closings and WebSocket follows
+        self._tasks = OwnedTasks()  # closings and WebSocket follows
         self.stopped = False
 
     def register_events(self) -> None:
@@ -484,15 +485,7 @@ class Bridge:
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """A task the bridge owns: awaited (or cancelled) when the server stops."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("nanny-io: %s failed", task.get_name(), exc_info=task.exception())
+        return self._tasks.spawn(coro, name)
 
     def manager_of(self, kernel_id: str) -> Any:
         """The KernelManager of a kernel of the server, or None."""
@@ -521,8 +514,8 @@ class Bridge:
         for kernel_id in list(self.kernels):
             await self.forget_now(kernel_id)
         # Follows send what they hold and end; one whose client does not read is cut off.
-        if self._tasks:
-            _, late = await asyncio.wait(set(self._tasks), timeout=STOP_GRACE)
+        if running := self._tasks.running():
+            _, late = await asyncio.wait(running, timeout=STOP_GRACE)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
