@@ -242,7 +242,7 @@ def run_launch(opts: LaunchOptions) -> int:
     Returns the process exit status: the kernel's (code, or 128 + signal) when it died, 0
     after a requested shutdown, 1 when it could not start.
     """
-    from .discovery import prune_spills, runtime_dir, spill_path
+    from .discovery import prune_spills, runtime_dir
     from .startup import spawn_first_incarnation
 
     try:
@@ -314,22 +314,20 @@ def run_launch(opts: LaunchOptions) -> int:
     import asyncio
 
     from .commport import serve_launcher
-    from .nanny import Nanny, NannyConfig
+    from .nanny import Nanny
+    from .startup import StartOptions, nanny_config
 
-    config = NannyConfig(
-        spec=spec,
-        frontend=frontend,
-        connection_file=conn_path,
-        private_dir=private_dir,
-        kernel_ports=kernel_ports,
-        owns_connection_file=True,
+    options = StartOptions(
+        kernel_name=spec.name,
         shutdown_grace=opts.shutdown_grace,
-        echo_output=not opts.quiet and opts.log_stdout == "none",
+        quiet=opts.quiet or opts.log_stdout != "none",  # stdout carries the JSON records
         ring_bytes=opts.ring_bytes or DEFAULT_MAX_BYTES,
-        spill_dir=spill_path(opts.kernel_id) if opts.spill else None,
+        spill=opts.spill,
         spill_bytes=opts.spill_bytes or DEFAULT_SPILL_BYTES,
         managed=True,  # the server decides about restarts: a death is not `status: dead`
-        exit_with_kernel=True,
+    )
+    config = nanny_config(
+        options, spec, frontend, conn_path, True, private_dir, kernel_ports, exit_with_kernel=True
     )
     prune_spills()
     try:

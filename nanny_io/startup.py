@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nanny_io_proto.connection_files import (
     NannyConnectionInfo,
@@ -36,6 +36,7 @@ from .limits import (
 if TYPE_CHECKING:
     from .guardian import GuardianHandle
     from .launcher import KernelSpecInfo, Prelaunch
+    from .nanny import NannyConfig
 
 log = logging.getLogger("nanny_io")
 
@@ -77,9 +78,34 @@ def run(options: StartOptions) -> int:
 
     import asyncio
 
-    from .nanny import Nanny, NannyConfig
+    from .nanny import Nanny
 
-    config = NannyConfig(
+    config = nanny_config(options, spec, frontend, conn_path, owned, private_dir, kernel_ports)
+    prune_spills()  # after the spawn: nothing here may delay the kernel
+    if not options.managed:  # under a KernelManager this would only clutter the server's log
+        print(f"kernel_id: {frontend.kernel_id}", flush=True)
+        print(f"connection_file: {conn_path}", flush=True)
+    try:
+        return asyncio.run(Nanny(config, guardian, first).run())
+    finally:
+        guardian.close()
+
+
+def nanny_config(
+    options: StartOptions,
+    spec: KernelSpecInfo,
+    frontend: NannyConnectionInfo,
+    conn_path: Path,
+    owned: bool,
+    private_dir: Path,
+    kernel_ports: tuple[int, int, int],
+    **more: Any,
+) -> NannyConfig:
+    """The nanny's configuration from the user's options and what start-up decided;
+    ``more``: settings of other ways to start (a launcher's ``exit_with_kernel``)."""
+    from .nanny import NannyConfig
+
+    return NannyConfig(
         spec=spec,
         frontend=frontend,
         connection_file=conn_path,
@@ -95,15 +121,8 @@ def run(options: StartOptions) -> int:
         spill_bytes=options.spill_bytes,
         rate_limit=options.rate_limit,
         managed=options.managed,
+        **more,
     )
-    prune_spills()  # after the spawn: nothing here may delay the kernel
-    if not options.managed:  # under a KernelManager this would only clutter the server's log
-        print(f"kernel_id: {frontend.kernel_id}", flush=True)
-        print(f"connection_file: {conn_path}", flush=True)
-    try:
-        return asyncio.run(Nanny(config, guardian, first).run())
-    finally:
-        guardian.close()
 
 
 def spawn_first_incarnation(
