@@ -3,6 +3,7 @@ jupyter_kernel_test's conformance suite, and a non-Python kernel (bash_kernel)."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -11,11 +12,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import psutil
 import pytest
 from helpers import start_sleeping_cell, wait_for, wait_gone
+
+from nanny_io.discovery import state_path
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,6 +38,29 @@ def kernels(jupyter_env, monkeypatch):
     data_dir = jupyter_env.root / "user-data"
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(data_dir))
     return data_dir / "kernels"
+
+
+@contextlib.contextmanager
+def _nanny_kernel(*install_args: str, log: logging.Handler | None = None) -> Iterator[tuple]:
+    """A KernelManager running python3 under a nanny (``nanny-io install python3 --user``
+    with ``install_args``) and a ready client; both shut down afterwards."""
+    from jupyter_client import KernelManager
+
+    assert _install("python3", "--user", *install_args).returncode == 0
+    km = KernelManager(kernel_name="python3-nanny")
+    if log is not None:
+        km.log.addHandler(log)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+        if log is not None:
+            km.log.removeHandler(log)
 
 
 def _tree(km) -> list[psutil.Process]:
@@ -303,17 +329,8 @@ def _tail_json(kernel_id: str) -> list[dict]:
 
 
 def test_a_restart_after_a_death_continues_one_history_in_the_same_nanny(kernels) -> None:
-    from jupyter_client import KernelManager
-
-    assert _install("python3", "--user", "--capture").returncode == 0
-    km = KernelManager(kernel_name="python3-nanny")
     records = _Records()
-    km.log.addHandler(records)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
+    with _nanny_kernel("--capture", log=records) as (km, kc):
         nanny_pid = km.provisioner.process.pid
         kc.execute_interactive("import os; os.write(1, b'the last line before death\\n')")
         kc.execute("os._exit(3)")
@@ -327,10 +344,6 @@ def test_a_restart_after_a_death_continues_one_history_in_the_same_nanny(kernels
         assert reply["content"]["status"] == "ok"
         assert km.is_alive()
         events = _tail_json(km.kernel_id)
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
-        km.log.removeHandler(records)
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     before = next(e for e in events if e["text"] == "the last line before death")
@@ -345,31 +358,17 @@ def test_a_restart_after_a_death_continues_one_history_in_the_same_nanny(kernels
 
 
 def test_a_requested_restart_keeps_the_nanny_and_its_ports(kernels) -> None:
-    from jupyter_client import KernelManager
-
-    assert _install("python3", "--user").returncode == 0
-    km = KernelManager(kernel_name="python3-nanny")
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
+    with _nanny_kernel() as (km, kc):
         nanny_pid, ports = km.provisioner.process.pid, km.ports
         kc.execute_interactive("x = 1")
         km.restart_kernel(now=False)  # a shutdown_request with restart, then the launch
         assert (km.provisioner.process.pid, km.ports) == (nanny_pid, ports)
         kc.wait_for_ready(timeout=60)
-        reply = kc.execute_interactive("'x' in dir()", timeout=30)
-        assert reply["content"]["status"] == "ok"
-        state = json.loads(
-            (
-                Path(os.environ["JUPYTER_RUNTIME_DIR"]) / "nanny-io" / f"nanny-{km.kernel_id}.json"
-            ).read_text()
-        )
+        # A new kernel process: the old one's variables are gone.
+        reply = kc.execute_interactive("", user_expressions={"x": "'x' in dir()"}, timeout=30)
+        assert reply["content"]["user_expressions"]["x"]["data"]["text/plain"] == "False"
+        state = json.loads(state_path(km.kernel_id).read_text())
         assert (state["status"], state["incarnation"]) == ("running", 2)
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
     assert wait_gone([nanny_pid]) == []
 
 
