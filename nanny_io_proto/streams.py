@@ -18,3 +18,14 @@ class Stream(str, Enum):
 #: piece of a line longer than the maximum line length. Concatenating a stream's records
 #: in seq order gives back the exact bytes the kernel wrote.
 FLAG_NO_EOL = 1
+
+#: The record is output the kernel sent as iopub messages (a ``stream`` message's text, or an
+#: ``error`` message's traceback), which the nanny stored as it proxied iopub; without this bit
+#: the record's bytes came from the kernel's file descriptors (pipes or the log FIFO).
+FLAG_IOPUB = 1 << 1
+
+#: Bits 4-6 carry the record's syslog priority (0 emerg ... 7 debug) when FLAG_PRIORITY is set;
+#: without it the record has its stream's default priority (specs/log-channel.md, section 2).
+FLAG_PRIORITY = 1 << 3
+PRIORITY_SHIFT = 4
+PRIORITY_MASK = 0b111 << PRIORITY_SHIFT
