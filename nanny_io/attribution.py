@@ -55,6 +55,8 @@ class Attribution:
         self._marker_closed = asyncio.Event()
         self._limbo: list[tuple[Stream, bytes]] = []  # output waiting for its request's busy
         self._limbo_timer: asyncio.TimerHandle | None = None
+        #: Told the msg_id of every execute request when it starts (BEGIN or busy).
+        self.on_cell_start: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ from the pipes
 
@@ -101,6 +103,8 @@ class Attribution:
         if isinstance(marker, Begin):
             self.open_markers[stream] = marker.msg_id
             self.parent_for(marker.msg_id)
+            if self.on_cell_start is not None:
+                self.on_cell_start(marker.msg_id)
         elif self.open_markers.get(stream) == marker.msg_id:
             del self.open_markers[stream]
             self._marker_closed.set()
@@ -149,6 +153,8 @@ class Attribution:
             if state == "busy":
                 self.current_parent = self.last_parent = parent
                 self.resolve_limbo(parent)
+                if self.on_cell_start is not None:
+                    self.on_cell_start(str(parent.get("msg_id", "")))
             elif state == "idle" and parent.get("msg_id") == self.current_parent.get("msg_id"):
                 self.current_parent = {}
         self.idle_parent = parent

@@ -83,6 +83,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             spill_bytes=args.spill_size,
             rate_limit=args.rate_limit,
             managed=args.managed,
+            store_iopub=args.store_iopub,
         )
     )
 
@@ -321,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet",
         action="store_true",
         help="do not echo the kernel's output on this terminal",
+    )
+    p.add_argument(
+        "--store-iopub",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the kernel's own output on iopub (print(), tracebacks) in the log "
+        "(default: as the kernelspec's metadata.nanny_io_store_iopub says, else yes)",
     )
     # Set by the provisioner: the kernel manager decides about restarts (protocol §8.3).
     p.add_argument("--managed", action="store_true", help=argparse.SUPPRESS)

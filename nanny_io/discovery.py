@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,9 @@ class NannyState:
     exit_code: int | None = None  # how the last incarnation died, when status is "dead"
     exit_signal: int | None = None
     exit_reason: str | None = None
+    # The last deaths, oldest first: each a kernel_died content (specs/protocol.md §9.2)
+    # with the Unix ``time`` of the death.
+    deaths: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def path(self) -> Path:
@@ -225,9 +228,7 @@ def state_summary(state: NannyState, alive: bool, now: float) -> dict[str, Any]:
         "kernel_pid": state.kernel_pid,
         "incarnation": state.incarnation,
         "status": state.status if alive else "stale",
-        "uptime": (
-            round(now - state.started_at, 1) if runs and state.started_at else None
-        ),
+        "uptime": (round(now - state.started_at, 1) if runs and state.started_at else None),
         "memory": memory,
         "connection_file": state.connection_file,
         "rejected_messages": state.rejected_messages,

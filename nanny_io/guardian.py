@@ -11,8 +11,9 @@ anything that ignores it), removes the nanny's private files and exits.
 Protocol (SOCK_SEQPACKET, one JSON object per packet, file descriptors as SCM_RIGHTS):
 nanny → guardian: ``{"op": "spawn", "argv", "env", "cwd"}`` with fds [stdout, stderr],
 ``{"op": "exit"}``; guardian → nanny: ``{"event": "spawned", "pid"}``,
-``{"event": "spawn_failed", "error"}``, ``{"event": "exited", "pid", "status"}`` (the raw
-wait status of a kernel process).
+``{"event": "spawn_failed", "error"}``, ``{"event": "exited", "pid", "status", "maxrss"}``
+(the raw wait status of a kernel process, and its peak resident memory in bytes from the
+resource usage that came with it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import selectors
 import shutil
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ from typing import Any
 import psutil
 
 PR_SET_CHILD_SUBREAPER = 36
+#: ru_maxrss is in KiB on Linux, in bytes on macOS.
+_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 _MAX_PACKET = 1 << 20
 #: How long the tree gets to exit after SIGTERM before everything left is SIGKILLed.
 TERM_GRACE = 1.0
@@ -164,15 +168,21 @@ class _Guardian:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                # wait4: the status comes with the process's resource usage, its peak
+                # memory among it, which nobody can read once the process is reaped.
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
             if pid in self.kernels:
                 self.kernels.discard(pid)
+                maxrss = usage.ru_maxrss * _MAXRSS_UNIT
                 with contextlib.suppress(OSError):
-                    _send(self.sock, {"event": "exited", "pid": pid, "status": status})
+                    _send(
+                        self.sock,
+                        {"event": "exited", "pid": pid, "status": status, "maxrss": maxrss},
+                    )
 
     def _kill_tree(self) -> None:
         me = os.getpid()

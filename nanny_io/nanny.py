@@ -43,6 +43,7 @@ from .discovery import NannyState, write_private
 from .endpoints import Endpoints
 from .forwarding import OutputForwarder
 from .guardian import GuardianHandle
+from .iopublog import IopubLog
 from .journal import Journal
 from .launcher import KernelSpecInfo, Prelaunch, make_log_fifo
 from .logchannel import LogChannel
@@ -93,6 +94,8 @@ class NannyConfig:
     # its manager restarts a kernel by starting a new launcher. A death ends the nanny with
     # the kernel's exit status once it is reported, and so does a shutdown with restart.
     exit_with_kernel: bool = False
+    # Keep the kernel's own iopub output (stream and error messages) in the log (FLAG_IOPUB).
+    store_iopub: bool = True
 
     @property
     def capture(self) -> bool:
@@ -211,7 +214,16 @@ class Nanny:
             attribution,
             self._prelaunched,
         )
-        self.proxy = Proxy(config.spec, self.journal, endpoints, self.supervisor, attribution)
+        attribution.on_cell_start = self.supervisor.cells.started
+        iopub_log = IopubLog(
+            self.store,
+            lambda: self.journal.incarnations,
+            self.supervisor.cells,
+            store_output=config.store_iopub,
+        )
+        self.proxy = Proxy(
+            config.spec, self.journal, endpoints, self.supervisor, attribution, iopub_log
+        )
 
     def _delimiter_timeout(self, stream: Stream, msg_id: str) -> None:
         self.journal.event(

@@ -32,6 +32,7 @@ from nanny_io_proto.messages import Message, peek_header, split_identities
 
 from .attribution import Attribution
 from .endpoints import Endpoints
+from .iopublog import IopubLog
 from .journal import Journal
 from .launcher import KernelSpecInfo
 from .signals import SIGNALS
@@ -50,8 +51,10 @@ class Proxy:
         endpoints: Endpoints,
         supervisor: Supervisor,
         attribution: Attribution,
+        iopub_log: IopubLog | None = None,
     ) -> None:
         self.spec = spec
+        self.iopub_log = iopub_log
         self.journal = journal
         self.endpoints = endpoints
         self.session = endpoints.session
@@ -175,6 +178,7 @@ class Proxy:
         """Forward the kernel's iopub to every frontend, watching busy/idle for attribution."""
         front: zmq.Socket[Any] = zmq.Socket.shadow(self.endpoints.iopub.underlying)
         attribution = self.attribution
+        iopub_log = self.iopub_log
         async for frames in _arrivals(self.endpoints.kernel_iopub):
             _, rest = _safe_split(frames)
             # Most messages only pass through: parse a header only when it can matter.
@@ -195,6 +199,9 @@ class Proxy:
                 self.supervisor.output.drain()
                 assert attribution.forwarder is not None
                 attribution.forwarder.flush()
+            # After the drain above: the fd output written before this message is stored first.
+            if iopub_log is not None and len(rest) >= 5 and iopub_log.wants(rest[1]):
+                iopub_log.on_message(rest)
             front.send_multipart(frames, zmq.NOBLOCK)  # PUB: never waits, drops at HWM
 
     def _track_status(self, rest: list[bytes]) -> Any:

@@ -63,6 +63,8 @@ class StartOptions:
     spill_bytes: int = DEFAULT_SPILL_BYTES
     rate_limit: int | None = None  # bytes/s of captured output forwarded to frontends
     managed: bool = False  # under a kernel manager (specs/protocol.md §8.3)
+    # Keep the kernel's iopub output in the log; None: as the kernelspec says (default yes).
+    store_iopub: bool | None = None
 
 
 def run(options: StartOptions) -> int:
@@ -121,6 +123,11 @@ def nanny_config(
         spill_bytes=options.spill_bytes,
         rate_limit=options.rate_limit,
         managed=options.managed,
+        store_iopub=(
+            options.store_iopub
+            if options.store_iopub is not None
+            else spec.metadata.get("nanny_io_store_iopub") is not False
+        ),
         **more,
     )
 

@@ -31,7 +31,7 @@ from nanny_io_proto.logrecords import (
     pack_entries,
 )
 from nanny_io_proto.spillformat import SPILL_MAGIC
-from nanny_io_proto.streams import FLAG_NO_EOL, Stream
+from nanny_io_proto.streams import FLAG_IOPUB, FLAG_NO_EOL, Stream
 
 from .limits import DEFAULT_MAX_BYTES, DEFAULT_SEGMENT_BYTES, DEFAULT_SPILL_BYTES
 from .spill import Spill, read_spill
@@ -401,31 +401,36 @@ class LogStore:
         max_lines: int = 20,
         max_chars: int = 4096,
         incarnation: int | None = None,
+        from_seq: int = 1,
     ) -> list[tuple[str, str]]:
         """The kernel's last words: the newest lines of ``streams`` as (stream, text), oldest first.
 
         Pieces flagged FLAG_NO_EOL are joined into their line before decoding (UTF-8,
         'replace'); the trailing newline is dropped. Lines are ordered by their last piece.
         With ``incarnation``, only that launch's records count (a dead kernel's last words
-        are its own, not its predecessor's). At most ``max_lines`` lines and ``max_chars``
+        are its own, not its predecessor's); with ``from_seq``, only records from that seq on.
+        Output the kernel sent on iopub (FLAG_IOPUB) and bytes from its file descriptors are
+        assembled apart, though they share a stream. At most ``max_lines`` lines and ``max_chars``
         characters: the oldest line that does
         not fit is cut from its start and marked with "…". The backward scan stops after
         about ``4 * max_chars`` bytes, so the oldest line returned may lack its beginning.
         """
-        if max_lines <= 0 or max_chars <= 0:
+        if max_lines <= 0 or max_chars <= 0 or from_seq > self._last_seq:
             return []
         wanted = _codes(streams)
         by_code = _BY_CODE
         byte_budget = 4 * max_chars + 4  # a char is at most 4 bytes: enough to fill max_chars
-        # per stream: [seq of the line's last piece, pieces newest first]
+        # per stream code (+ 256 for iopub): [seq of the line's last piece, pieces newest first]
         pending: dict[int, tuple[int, list[bytes]]] = {}
         lines: list[tuple[int, int, list[bytes]]] = []  # a min-heap of the newest max_lines
         scanned = 0
         ring = self._ring
-        for i in range(len(ring) - 1, self._start - 1, -1):
-            seq, _, inc, stream, flags, data = ring[i]  # stream: its code
-            if stream not in wanted or (incarnation is not None and inc != incarnation):
+        lowest = self._start + max(0, from_seq - self.oldest_seq)
+        for i in range(len(ring) - 1, lowest - 1, -1):
+            seq, _, inc, code, flags, data = ring[i]
+            if code not in wanted or (incarnation is not None and inc != incarnation):
                 continue
+            stream = code | (256 if flags & FLAG_IOPUB else 0)
             scanned += len(data)
             line = pending.get(stream)
             if line is not None and flags & FLAG_NO_EOL:
@@ -450,11 +455,12 @@ class LogStore:
             text = b"".join(reversed(pieces)).decode("utf-8", "replace")
             if text.endswith("\n"):
                 text = text[:-1]
+            name = by_code[stream & 0xFF].value
             if len(text) > room:
                 if room > 1:
-                    out.append((by_code[stream].value, "…" + text[len(text) - room + 1 :]))
+                    out.append((name, "…" + text[len(text) - room + 1 :]))
                 break
-            out.append((by_code[stream].value, text))
+            out.append((name, text))
             room -= len(text)
         out.reverse()
         return out

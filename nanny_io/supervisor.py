@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,18 +26,20 @@ from nanny_io_proto.control import (
     KernelDied,
     KernelRestarted,
     KernelStarted,
-    LastWords,
     dead_status_content,
     describe_exit,
     exit_details,
     starting_status_content,
 )
+from nanny_io_proto.deaths import PeakMemory, describe_cause, describe_death
 from nanny_io_proto.errors import RemoteProtocolError
 from nanny_io_proto.messages import encode_message
 from nanny_io_proto.streams import Stream
 
 from .attribution import Attribution
 from .capture import KernelOutput
+from .cgroups import OomWatch
+from .deathwatch import CellWatch, last_words, sample_tree_memory
 from .endpoints import Endpoints
 from .errors import NannyIOError
 from .guardian import GuardianHandle, wait_status_to_returncode
@@ -46,6 +49,9 @@ from .lifecycle import KernelState
 from .signals import SIGNAL_NAMES
 
 log = logging.getLogger("nanny_io")
+
+#: Deaths kept in the state file (the log keeps every one).
+MAX_DEATHS = 10
 
 
 class KernelStartError(NannyIOError):
@@ -76,10 +82,17 @@ class Incarnation:
     pid: int
     exited: asyncio.Future[int]
     started_at: float = field(default_factory=time.time)
+    oom: OomWatch | None = None  # its cgroups' out-of-memory counters since it started
+    maxrss: int | None = None  # its peak memory, from its wait status's resource usage
+    tree_peak: int = 0  # the most its process tree used at once, as sampled
+    nanny_killed: bool = False  # the nanny sent it SIGKILL (asked to, or ending its tree)
 
     @property
     def alive(self) -> bool:
         return not self.exited.done()
+
+    def note_tree_memory(self, rss: int) -> None:
+        self.tree_peak = max(self.tree_peak, rss)
 
 
 class Supervisor:
@@ -112,6 +125,8 @@ class Supervisor:
         self.shutting_down = False
         self._launching = False
         self._death_report: asyncio.Task[None] | None = None
+        #: The cells that ran: number, code, start, where their output begins in the log.
+        self.cells = CellWatch(lambda: journal.store.last_seq + 1)
         #: The process exit status when the nanny ended with its kernel (exit_with_kernel).
         self.exit_status: int | None = None
 
@@ -149,6 +164,9 @@ class Supervisor:
                 inc = self.incarnation
                 status = event.get("status")
                 if inc is not None and inc.pid == event.get("pid") and isinstance(status, int):
+                    maxrss = event.get("maxrss")
+                    if isinstance(maxrss, int) and maxrss > 0:
+                        inc.maxrss = maxrss
                     self._on_exit(inc, wait_status_to_returncode(status))
 
     def _on_exit(self, inc: Incarnation, returncode: int) -> None:
@@ -192,6 +210,7 @@ class Supervisor:
             )
         pid = int(reply["pid"])
         inc = Incarnation(number, pid, loop.create_future())
+        inc.oom = OomWatch.of(pid)
         self.incarnation = inc
         self.journal.incarnations = number
         self.output.attach_pipes(loop, out_r, err_r)
@@ -201,8 +220,15 @@ class Supervisor:
         self.journal.enter(
             KernelState.STARTING, incarnation=number, pid=pid, started_at=inc.started_at
         )
+        self.journal.spawn(
+            sample_tree_memory(self.guardian.descendants, inc.exited, inc.note_tree_memory),
+            "memory-sampler",
+        )
         if not await self._wait_ready(inc):
             return await self._not_ready(inc)
+        watch = OomWatch.of(pid)  # a kernel may have moved itself into a cgroup of its own
+        if inc.alive and inc.oom is not None and watch.levels != inc.oom.levels:
+            inc.oom = watch
         self.endpoints.heartbeat.resume()
         self.journal.enter(KernelState.RUNNING)
         event: KernelStarted | KernelRestarted
@@ -323,19 +349,19 @@ class Supervisor:
         store (and to frontends) before the death is announced, so the announcement is the
         last word, with the kernel's own last words inside it.
         """
+        nanny_killed = inc.nanny_killed  # before the stragglers are killed below
         self.output.drain()
         await self.kill_remaining()
         self.output.settle()  # what the killed stragglers wrote too
         await self._flush_kernel_iopub()
         parent = self.attribution.flush_for_death()
-        exit_code, signum, name = exit_details(returncode, SIGNAL_NAMES)
-        reason = describe_exit(exit_code, signum, name)
-        words = LastWords.from_tail(self.journal.store.tail_text(incarnation=inc.number))
-        died = KernelDied(exit_code, signum, name, inc.number, reason, words.lines)
+        died = self._diagnose(inc, returncode, parent.get("msg_id"), nanny_killed)
+        reason = died.reason
         log.error("kernel %s (incarnation %d) %s", self.config.kernel_id, inc.number, reason)
         self.endpoints.heartbeat.pause()
         state = self.journal.state
-        state.exit_code, state.exit_signal, state.exit_reason = exit_code, signum, reason
+        state.exit_code, state.exit_signal, state.exit_reason = died.exit_code, died.signal, reason
+        state.deaths = [*state.deaths, {"time": time.time(), **died.to_content()}][-MAX_DEATHS:]
         self.journal.event("kernel_died", f"kernel died: {reason}", **died.to_content())
         # Frontends that know nothing of kernel_died still show a stream: say it there too.
         await self.endpoints.publish(
@@ -351,8 +377,43 @@ class Supervisor:
         # restart it decides on comes after the report.
         self.journal.enter(KernelState.DEAD)
         if self.config.exit_with_kernel:  # as a shell reports it: the code, or 128 + signal
-            self.exit_status = 128 + signum if signum else (exit_code or 0) & 0xFF
+            signum, code = died.signal, died.exit_code
+            self.exit_status = 128 + signum if signum else (code or 0) & 0xFF
             self.journal.stop.set()
+
+    def _diagnose(
+        self, inc: Incarnation, returncode: int, msg_id: str | None, nanny_killed: bool
+    ) -> KernelDied:
+        """Everything known about a death: the wait status, an out-of-memory kill, the peak
+        memory, the cell that was running and what was written since it started."""
+        exit_code, signum, name = exit_details(returncode, SIGNAL_NAMES)
+        base = describe_exit(exit_code, signum, name)
+        killed = name == "SIGKILL" or exit_code == 137
+        oom = None
+        checked = False
+        if killed and not nanny_killed and inc.oom is not None:
+            oom, checked = inc.oom.check(), inc.oom.checkable
+        cause = describe_cause(
+            base, name, exit_code, oom=oom, oom_checked=checked, nanny_killed=nanny_killed
+        )
+        tree = max(inc.tree_peak, inc.maxrss or 0)
+        peak = PeakMemory(inc.maxrss, tree or None)
+        running = self.cells.running(msg_id)
+        cell, since = running if running is not None else (None, None)
+        reason = describe_death(cause, oom=oom, peak=peak, cell=cell)
+        words = last_words(self.journal.store, inc.number, since)
+        return KernelDied(
+            exit_code,
+            signum,
+            name,
+            inc.number,
+            reason,
+            words.lines,
+            cause=cause,
+            oom=oom,
+            peak_memory=peak,
+            cell=cell,
+        )
 
     async def _flush_kernel_iopub(self, limit: float = 0.25) -> None:
         """Let the forwarder pass on what the dead kernel published before it died.
@@ -387,6 +448,7 @@ class Supervisor:
 
     async def terminate_tree(self, inc: Incarnation) -> None:
         """SIGTERM the whole tree, give it ``term_grace``, then SIGKILL what is left."""
+        inc.nanny_killed = True
         for proc in self.guardian.descendants():
             with contextlib.suppress(psutil.Error):
                 proc.terminate()
@@ -402,6 +464,8 @@ class Supervisor:
         inc = self.incarnation
         if inc is None or not inc.alive:
             return False
+        if signum == signal.SIGKILL:
+            inc.nanny_killed = True
         try:
             os.killpg(inc.pid, signum)
         except ProcessLookupError:
@@ -414,6 +478,8 @@ class Supervisor:
         """``signum`` to every process of the kernel's tree, those that left its process
         group included; how many were signalled."""
         count = 0
+        if signum == signal.SIGKILL and self.incarnation is not None:
+            self.incarnation.nanny_killed = True
         for proc in self.guardian.descendants():
             with contextlib.suppress(psutil.Error):
                 proc.send_signal(signum)

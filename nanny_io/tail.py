@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from nanny_io_proto.errors import RemoteProtocolError
 from nanny_io_proto.logrecords import LogRecord, parse_nanny_event
-from nanny_io_proto.streams import FLAG_NO_EOL, Stream
+from nanny_io_proto.streams import FLAG_IOPUB, FLAG_NO_EOL, Stream
 
 from .discovery import KernelNotFound, KernelRef, resolve_kernel, spill_path, state_dir
 from .spill import read_spill
@@ -66,17 +66,28 @@ def iso_time(time_ns: int) -> str:
     return when.isoformat(timespec="milliseconds")
 
 
+def record_source(rec: LogRecord) -> str:
+    """``fd``, ``iopub`` or ``nanny``: where a record's text came from."""
+    if rec.stream is Stream.NANNY:
+        return "nanny"
+    return "iopub" if rec.flags & FLAG_IOPUB else "fd"
+
+
 def record_json(rec: LogRecord) -> dict[str, Any]:
     """A record as ``tail --json`` prints it (and the server extension serves it).
 
-    ``seq``, ``time``, ``stream``, ``text`` and ``incarnation`` always; ``partial: true`` when
-    the record does not end a line; ``event`` (the parsed JSON) for a nanny event.
+    ``seq``, ``time``, ``stream``, ``source``, ``text`` and ``incarnation`` always;
+    ``partial: true`` when the record does not end a line; ``event`` (the parsed JSON) for a
+    nanny event. ``source`` says where the text came from: ``"fd"`` (the kernel's pipes or
+    its log FIFO), ``"iopub"`` (a ``stream`` or ``error`` message of the kernel's, FLAG_IOPUB)
+    or ``"nanny"`` (the nanny's own events).
     """
     text, event = record_text(rec)
     obj: dict[str, Any] = {
         "seq": rec.seq,
         "time": iso_time(rec.time_ns),
         "stream": rec.stream.value,
+        "source": record_source(rec),
         "text": text,
         "incarnation": rec.incarnation,
     }

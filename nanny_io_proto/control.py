@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from .deaths import OomKill, PeakMemory, RunningCell
 from .errors import LocalProtocolError, MalformedMessage
 
 __all__ = [
@@ -257,8 +258,13 @@ class KernelDied:
     signal: int | None  # the signal number when killed by a signal
     signal_name: str | None  # "SIGKILL"; None when unknown on this platform
     incarnation: int  # which launch of the kernel died, >= 1
-    reason: str  # human text, see describe_exit()
+    reason: str  # one line for humans: describe_death(), or describe_exit()
     last_words: tuple[tuple[str, str], ...] = ()  # (stream, text), oldest first
+    # What the nanny found out beyond the wait status (deaths.py); None: not known.
+    cause: str | None = None  # how it ended, without memory or cell: "killed by SIGSEGV (...)"
+    oom: OomKill | None = None  # set when the out-of-memory killer ended it
+    peak_memory: PeakMemory | None = None
+    cell: RunningCell | None = None  # the request that was running
 
     def __post_init__(self) -> None:
         for name in ("exit_code", "signal"):
@@ -278,6 +284,12 @@ class KernelDied:
         if not isinstance(self.reason, str):
             raise LocalProtocolError(f"reason must be a string, got {self.reason!r}")
         _check_last_words(self.last_words, LocalProtocolError)
+        if self.cause is not None and not isinstance(self.cause, str):
+            raise LocalProtocolError(f"cause must be a string or None, got {self.cause!r}")
+        for name, kind in (("oom", OomKill), ("peak_memory", PeakMemory), ("cell", RunningCell)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                raise LocalProtocolError(f"{name} must be a {kind.__name__} or None")
 
     def to_content(self) -> dict[str, Any]:
         """``kernel_died`` message content."""
@@ -288,6 +300,10 @@ class KernelDied:
             "incarnation": self.incarnation,
             "reason": self.reason,
             "last_words": [{"stream": s, "text": t} for s, t in self.last_words],
+            "cause": self.cause,
+            "oom": None if self.oom is None else self.oom.to_content(),
+            "peak_memory": None if self.peak_memory is None else self.peak_memory.to_content(),
+            "cell": None if self.cell is None else self.cell.to_content(),
         }
 
     @classmethod
@@ -313,6 +329,10 @@ class KernelDied:
             if not isinstance(item, dict):
                 raise MalformedMessage(f"a last_words entry must be an object, got {item!r:.80}")
             words.append((item.get("stream"), item.get("text")))  # type: ignore[arg-type]
+        cause = content.get("cause")
+        if cause is not None and not isinstance(cause, str):
+            raise MalformedMessage(f"kernel_died 'cause' must be a string, got {cause!r:.80}")
+        oom, peak, cell = (content.get(k) for k in ("oom", "peak_memory", "cell"))
         try:
             return cls(
                 exit_code=_optional_int(content, "exit_code"),
@@ -321,6 +341,10 @@ class KernelDied:
                 incarnation=_incarnation(content, "kernel_died"),
                 reason=reason,
                 last_words=tuple(words),
+                cause=cause,
+                oom=None if oom is None else OomKill.from_content(oom),
+                peak_memory=None if peak is None else PeakMemory.from_content(peak),
+                cell=None if cell is None else RunningCell.from_content(cell),
             )
         except LocalProtocolError as exc:
             raise MalformedMessage(f"invalid kernel_died content: {exc}") from exc

@@ -126,7 +126,7 @@ def test_distributed_provisioner_runs_nanny_launch(gateway: Gateway) -> None:
             assert measured["kill_to_poll"] < KernelRestarter.time_to_dead.default_value
             died = (await _iopub_until(kc, "kernel_died", timeout=5))[-1]["content"]
             assert died["signal"] == signal.SIGKILL
-            assert died["reason"] == "killed by SIGKILL (possibly out of memory)"
+            assert died["cause"] == "killed by SIGKILL (not by the out-of-memory killer)"
             assert launcher.wait(5) == 128 + signal.SIGKILL  # what a container runtime sees
             measured["poll_interval"] = poll_interval
         finally:

@@ -28,7 +28,7 @@ from nanny_io.store import (
 )
 from nanny_io_proto.errors import LocalProtocolError
 from nanny_io_proto.logrecords import LogRecord, pack_records, unpack_records
-from nanny_io_proto.streams import FLAG_NO_EOL, Stream
+from nanny_io_proto.streams import FLAG_IOPUB, FLAG_NO_EOL, Stream
 
 OUT, ERR, LOG, NANNY = Stream.STDOUT, Stream.STDERR, Stream.LOG, Stream.NANNY
 T0 = 1_700_000_000_000_000_000
@@ -291,6 +291,24 @@ def test_tail_text_bounds() -> None:
     # invalid UTF-8 is replaced, never raised
     store.append(ERR, 1, T0, [(b"bad \xff\xfe bytes\n", 0)])
     assert store.tail_text(max_lines=1) == [("stderr", "bad \ufffd\ufffd bytes")]
+
+
+def test_tail_text_from_a_seq_keeps_iopub_and_fd_pieces_apart() -> None:
+    """Last words since a cell started: older output is left out, and a partial line sent
+    on iopub is not glued to a partial line of the same stream read from the pipe."""
+    store = LogStore(epoch="e1")
+    store.append(OUT, 1, T0, [(b"banner\n", 0)])
+    first = store.last_seq + 1
+    store.append(OUT, 1, T0, [(b"fd ", FLAG_NO_EOL)])
+    store.append(OUT, 1, T0, [(b"printed\n", FLAG_IOPUB)])
+    store.append(OUT, 1, T0, [(b"line\n", 0)])
+    streams = (OUT, ERR, LOG)
+    assert store.tail_text(streams=streams, from_seq=first) == [
+        ("stdout", "printed"),
+        ("stdout", "fd line"),
+    ]
+    assert store.tail_text(streams=streams, from_seq=store.last_seq + 1) == []
+    assert store.tail_text(streams=streams)[0] == ("stdout", "banner")
 
 
 def test_tail_text_waits_for_a_newer_line_of_another_stream() -> None:

@@ -30,6 +30,13 @@ from nanny_io_proto.control import (
     signal_name,
     signal_reply_content,
 )
+from nanny_io_proto.deaths import (
+    CELL_CODE_MAX_CHARS,
+    OOM_SCOPES,
+    OomKill,
+    PeakMemory,
+    RunningCell,
+)
 from nanny_io_proto.errors import LocalProtocolError, MalformedMessage, RemoteProtocolError
 
 # A fixed table keeps the tests platform independent; the real one comes from the signal module.
@@ -186,6 +193,7 @@ def test_shutdown_request_any_content(content: Any) -> None:
 
 # --- kernel_died ---------------------------------------------------------------------------
 
+sizes = st.none() | st.integers(min_value=0, max_value=2**63)
 last_words = st.lists(
     st.tuples(st.sampled_from(["stdout", "stderr", "log"]), st.text(max_size=40)), max_size=5
 ).map(tuple)
@@ -207,6 +215,29 @@ def deaths(draw: st.DrawFn) -> KernelDied:
         incarnation=draw(st.integers(min_value=1, max_value=2**31)),
         reason=describe_exit(exit_code, signum, name),
         last_words=draw(last_words),
+        cause=draw(st.none() | st.text(max_size=40)),
+        oom=draw(
+            st.none()
+            | st.builds(
+                OomKill,
+                st.booleans(),
+                st.sampled_from(sorted(OOM_SCOPES)),
+                st.none() | st.integers(min_value=0, max_value=2**63),
+                st.none() | st.text(max_size=40),
+            )
+        ),
+        peak_memory=draw(st.none() | st.builds(PeakMemory, sizes, sizes)),
+        cell=draw(
+            st.none()
+            | st.builds(
+                RunningCell,
+                st.text(max_size=40),
+                st.none() | st.integers(min_value=0, max_value=2**31),
+                st.text(max_size=CELL_CODE_MAX_CHARS),
+                st.none() | st.floats(min_value=0, max_value=2e9),
+                st.none() | st.floats(min_value=0, max_value=1e6),
+            )
+        ),
     )
 
 
@@ -233,6 +264,10 @@ def test_kernel_died_content_example() -> None:
         "incarnation": 2,
         "reason": "killed by SIGKILL (possibly out of memory)",
         "last_words": [{"stream": "stderr", "text": "MemoryError\n"}],
+        "cause": None,
+        "oom": None,
+        "peak_memory": None,
+        "cell": None,
     }
 
 
@@ -255,7 +290,18 @@ def test_kernel_died_any_content_is_parsed_or_malformed(content: Any) -> None:
 @given(
     died=deaths(),
     key=st.sampled_from(
-        ["exit_code", "signal", "signal_name", "incarnation", "reason", "last_words"]
+        [
+            "exit_code",
+            "signal",
+            "signal_name",
+            "incarnation",
+            "reason",
+            "last_words",
+            "cause",
+            "oom",
+            "peak_memory",
+            "cell",
+        ]
     ),
     value=json_values,
 )

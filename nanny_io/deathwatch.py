@@ -1,0 +1,129 @@
+"""What the nanny watches while a kernel runs, so that a death report can say why and when:
+the cell that runs (from iopub), the memory of the kernel's tree (sampled), and the
+out-of-memory counters of its cgroups (nanny_io.cgroups).
+
+The supervisor asks :class:`DeathWatch` for the facts once the kernel died; the wording is
+``nanny_io_proto.deaths``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from nanny_io_proto.control import LastWords
+from nanny_io_proto.deaths import RunningCell, cell_code_excerpt
+from nanny_io_proto.streams import Stream
+
+from .store import LogStore
+
+#: How often the memory of the kernel's process tree is sampled, in seconds.
+MEMORY_SAMPLE_INTERVAL = 0.5
+#: Cells remembered by msg_id (only the running one matters; a few for late messages).
+MAX_CELLS = 64
+#: Last words when no cell was running: the newest lines of the incarnation.
+IDLE_LAST_WORDS_LINES = 20
+IDLE_LAST_WORDS_CHARS = 4096
+
+_KERNEL_STREAMS = (Stream.STDOUT, Stream.STDERR, Stream.LOG)
+
+
+@dataclass
+class _Cell:
+    started: float  # Unix time
+    first_seq: int  # the first log seq written while it ran
+    execution_count: int | None = None
+    code: str = ""
+
+
+class CellWatch:
+    """When each execute request started, where its output begins in the log, and its
+    number and code (from ``execute_input``)."""
+
+    def __init__(self, next_seq: Callable[[], int], clock: Callable[[], float] = time.time):
+        self._next_seq = next_seq
+        self._clock = clock
+        self._cells: OrderedDict[str, _Cell] = OrderedDict()
+
+    def started(self, msg_id: str) -> None:
+        """The request ``msg_id`` started (its BEGIN delimiter or its ``busy``); the first
+        sign counts."""
+        if msg_id and msg_id not in self._cells:
+            self._cells[msg_id] = _Cell(self._clock(), self._next_seq())
+            while len(self._cells) > MAX_CELLS:
+                self._cells.popitem(last=False)
+
+    def execute_input(self, msg_id: str, content: Mapping[str, Any]) -> None:
+        """The kernel published the request's number and code."""
+        self.started(msg_id)
+        cell = self._cells.get(msg_id)
+        if cell is None:
+            return
+        count = content.get("execution_count")
+        if isinstance(count, int) and not isinstance(count, bool):
+            cell.execution_count = count
+        code = content.get("code")
+        if isinstance(code, str):
+            cell.code = cell_code_excerpt(code)
+
+    def running(self, msg_id: str | None) -> tuple[RunningCell, int] | None:
+        """The report of the request ``msg_id`` if it started, and its first log seq."""
+        cell = self._cells.get(msg_id or "")
+        if cell is None or not msg_id:
+            return None
+        now = self._clock()
+        report = RunningCell(
+            msg_id, cell.execution_count, cell.code, cell.started, max(0.0, now - cell.started)
+        )
+        return report, cell.first_seq
+
+
+def last_words(store: LogStore, incarnation: int, since_seq: int | None) -> LastWords:
+    """The kernel's last words: everything written since the running cell started (all
+    streams, fd and iopub, in order, the newest kept within the bounds), or the newest
+    lines of the incarnation when no cell was running."""
+    if since_seq is not None:
+        lines = store.tail_text(
+            streams=_KERNEL_STREAMS,
+            max_lines=10_000,
+            max_chars=1 << 20,
+            incarnation=incarnation,
+            from_seq=since_seq,
+        )
+    else:
+        lines = store.tail_text(
+            streams=_KERNEL_STREAMS,
+            max_lines=IDLE_LAST_WORDS_LINES,
+            max_chars=IDLE_LAST_WORDS_CHARS,
+            incarnation=incarnation,
+        )
+    return LastWords.from_tail(lines)
+
+
+def tree_rss(procs: list[psutil.Process]) -> int:
+    """The resident memory of ``procs`` together, in bytes (vanished ones count 0)."""
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
+async def sample_tree_memory(
+    procs: Callable[[], list[psutil.Process]],
+    exited: asyncio.Future[Any],
+    record: Callable[[int], None],
+    interval: float = MEMORY_SAMPLE_INTERVAL,
+) -> None:
+    """Call ``record(bytes)`` with the tree's memory every ``interval`` until ``exited``."""
+    while not exited.done():
+        record(tree_rss(procs()))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(exited), interval)
