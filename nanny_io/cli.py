@@ -174,6 +174,23 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import kernel_status, print_status
+
+    try:
+        status = kernel_status(args.kernel)
+    except KernelNotFound as exc:
+        raise CLIError(str(exc)) from None
+    try:
+        if args.json:
+            print(json.dumps(status, indent=1, ensure_ascii=False))
+        else:
+            print_status(status, sys.stdout)
+    except BrokenPipeError:  # `nanny-io status ... | head`
+        sys.stdout = None
+    return 0
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     from .gateway_cli import remote_options
     from .install import InstallOptions, install
@@ -418,6 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait for a kernel that has not started yet, and follow it across nanny restarts",
     )
     p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser(
+        "status",
+        help="show one kernel in detail, with why it died",
+        description="Show one kernel: its state, its processes and every death of it, "
+        "each with the reason, the cell that was running, the peak memory and the last "
+        "words. Reads the on-disk history when the nanny has exited.",
+    )
+    p.add_argument("kernel", metavar="KERNEL", help=kernel_help)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("interrupt", help="interrupt a kernel (works for remote kernels)")
     p.add_argument("kernel", metavar="KERNEL", help=kernel_help)

@@ -38,7 +38,7 @@ from typing import Any
 import psutil
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
-from traitlets import Float, Int
+from traitlets import Bool, Float, Int
 
 from .discovery import load_connection_info, state_path
 from .lifecycle import KernelState, kernel_process_runs
@@ -80,6 +80,13 @@ class NannyProvisioner(LocalProvisioner):
     )
     ring_size = Int(DEFAULT_MAX_BYTES, config=True, help="bytes of log kept in memory")
     spill_size = Int(DEFAULT_SPILL_BYTES, config=True, help="bytes of log kept on disk")
+    store_iopub = Bool(
+        None,
+        allow_none=True,
+        config=True,
+        help="keep the kernel's own iopub output (print(), tracebacks) in the log; "
+        "None: as the kernelspec's metadata.nanny_io_store_iopub says, else yes",
+    )
 
     exit_details: dict[str, Any] | None = None  # how the kernel died, once it has
     _nanny_ports: tuple[int, ...] = ()  # the frontend-facing ports the nanny serves
@@ -109,6 +116,8 @@ class NannyProvisioner(LocalProvisioner):
             f"--ring-size={self.ring_size}",
             f"--spill-size={self.spill_size}",
         ]
+        if self.store_iopub is not None:
+            kwargs["cmd"].append("--store-iopub" if self.store_iopub else "--no-store-iopub")
         return kwargs
 
     @property
@@ -183,11 +192,15 @@ class NannyProvisioner(LocalProvisioner):
         status = state.get("status") if state else None
         if state and status == KernelState.DEAD:
             if self.exit_details is None:
+                deaths = state.get("deaths") or [{}]
+                death = deaths[-1] if isinstance(deaths[-1], dict) else {}
                 self.exit_details = {
                     "exit_code": state.get("exit_code"),
                     "signal": state.get("exit_signal"),
                     "signal_name": SIGNAL_NAMES.get(state.get("exit_signal") or 0),
                     "reason": state.get("exit_reason"),
+                    # what the nanny found out: kernel_died's fields (specs/protocol.md §9.2)
+                    **{k: death.get(k) for k in ("cause", "oom", "peak_memory", "cell")},
                 }
                 self.log.warning("kernel %s died: %s", self.kernel_id, state.get("exit_reason"))
                 # jupyter_server's kernel model reports its manager's `reason`: the browser

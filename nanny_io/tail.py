@@ -166,7 +166,27 @@ def tail_spill(directory: Path, opts: TailOptions, printer: Printer) -> None:
     """Print what the nanny left on disk."""
     epoch = None
     printer.notice("post-mortem", f"the nanny is gone; history from {directory}")
-    for rec_epoch, rec in _select(read_spill(directory), opts):
+    deaths: list[tuple[LogRecord, dict[str, Any]]] = []
+
+    def noting_deaths() -> Iterator[tuple[str, LogRecord]]:
+        for rec_epoch, rec in read_spill(directory):
+            if rec.stream is Stream.NANNY:
+                event = record_text(rec)[1]
+                if event is not None and event.get("event") == "kernel_died":
+                    deaths.append((rec, event))
+            yield rec_epoch, rec
+
+    shown = _select(noting_deaths(), opts)
+    if deaths:  # the last death, whether or not its record is among the lines shown
+        rec, event = deaths[-1]
+        fields = {k: v for k, v in event.items() if k not in ("event", "text")}
+        printer.notice(
+            "last-death",
+            f"the kernel died at {iso_time(rec.time_ns)}: {event.get('reason', '')}",
+            seq=rec.seq,
+            **fields,
+        )
+    for rec_epoch, rec in shown:
         if epoch is not None and rec_epoch != epoch:
             printer.notice("epoch", "the nanny restarted here")
         epoch = rec_epoch

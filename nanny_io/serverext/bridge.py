@@ -111,6 +111,10 @@ def death_json(rec: LogRecord, event: dict[str, Any]) -> dict[str, Any]:
         "signal_name": event.get("signal_name"),
         "reason": event.get("reason", ""),
         "last_words": event.get("last_words", []),
+        "cause": event.get("cause"),
+        "oom": event.get("oom"),
+        "peak_memory": event.get("peak_memory"),
+        "cell": event.get("cell"),
         "seq": rec.seq,
     }
 

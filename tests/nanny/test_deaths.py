@@ -187,6 +187,36 @@ def test_an_exit_code_and_only_this_cells_output(nanny: NannyProcess, tmp_path) 
     texts = [w["text"] for w in content["last_words"]]
     assert texts == ["this cell"], "the last words are this cell's, not older output"
 
+    # `nanny-io status` shows the death, from the nanny and, once it is gone, from its log.
+    nanny.wait_status("dead")
+    live = _status(nanny.kernel_id)
+    assert (live["nanny"], live["status"]) == ("running", "dead")
+    (death,) = live["deaths"]
+    assert death["reason"] == content["reason"] and death["cell"] == content["cell"]
+    assert death["last_words"] == content["last_words"]
+    human = _cli("status", nanny.kernel_id)
+    assert f"reason:       {content['reason']}" in human and "stdout this cell" in human
+    nanny.stop()
+    gone = _status(nanny.kernel_id)
+    assert (gone["nanny"], gone["status"]) == ("gone", "stopped")
+    assert [d["reason"] for d in gone["deaths"]] == [content["reason"]]
+    assert gone["deaths"][0]["peak_memory"] == content["peak_memory"]
+    post_mortem = _cli("tail", nanny.kernel_id, "-n", "1")
+    assert f"-- the kernel died at {gone['deaths'][0]['time']}: {content['reason']} --" in (
+        post_mortem
+    )
+
+
+def _cli(*args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "nanny_io", *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def _status(kernel_id: str) -> dict[str, Any]:
+    status: dict[str, Any] = json.loads(_cli("status", kernel_id, "--json"))
+    return status
+
 
 def test_a_traceback_printed_just_before_death_is_in_the_last_words(
     nanny: NannyProcess, tmp_path

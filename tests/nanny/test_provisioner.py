@@ -147,7 +147,7 @@ def test_kernel_manager_lifecycle_through_the_provisioner(kernels) -> None:
         assert not km.is_alive()
         assert km.provisioner.exit_details["exit_code"] == 9
         assert "code 9" in km.provisioner.exit_details["reason"]
-        assert km.reason == "kernel died: exited with code 9"  # what jupyter_server reports
+        assert km.reason.startswith("kernel died: exited with code 9")  # jupyter_server says it
         tree = _tree(km)
     finally:
         kc.stop_channels()

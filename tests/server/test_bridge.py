@@ -95,6 +95,6 @@ async def test_an_in_place_restart_keeps_one_history(nanny) -> None:
     assert [(d["kernel_id"], d["incarnation"], d["exit_code"]) for d in died] == [
         (nanny.kernel_id, 1, 3)
     ]
-    assert km.reason == "kernel died: exited with code 3"
+    assert km.reason.startswith("kernel died: exited with code 3")
     await bridge.stop()
     assert bridge.open_sockets() == 0

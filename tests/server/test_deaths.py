@@ -56,7 +56,7 @@ async def test_a_death_is_reported_everywhere(jp_fetch, jp_ws_fetch, kernels, di
     frame = await follower.until(lambda f: f.get("event") == "kernel_died", "kernel_died")
     assert frame["exit_code"] == 3 and frame["signal"] is None and frame["signal_name"] is None
     assert frame["incarnation"] == 1
-    assert frame["reason"] == "exited with code 3"
+    assert frame["cause"] == "exited with code 3" and frame["reason"].startswith(frame["cause"])
     assert {"stream": "stderr", "text": "last words here"} in frame["last_words"]
     words = next(r for r in follower.records if r["text"] == "last words here")
     death = next(r for r in follower.records if r["stream"] == "nanny")
@@ -71,7 +71,7 @@ async def test_a_death_is_reported_everywhere(jp_fetch, jp_ws_fetch, kernels, di
     assert event["reason"] == frame["reason"] and event["last_words"] == frame["last_words"]
 
     model = body(await jp_fetch("api", "kernels", kernel_id))
-    assert model["reason"] == "kernel died: exited with code 3"
+    assert model["reason"] == f"kernel died: {frame['reason']}"
     view = await fetch_json(jp_fetch, kernel_id)
     assert view["status"] == "dead"
     assert view["deaths"] == [{k: frame[k] for k in view["deaths"][0]}]
