@@ -55,8 +55,10 @@ class Attribution:
         self._marker_closed = asyncio.Event()
         self._limbo: list[tuple[Stream, bytes]] = []  # output waiting for its request's busy
         self._limbo_timer: asyncio.TimerHandle | None = None
-        #: Told the msg_id of every execute request when it starts (BEGIN or busy).
+        #: Told the msg_id of every execute request when it starts (BEGIN or busy), and
+        #: when one has finished (its idle, once its output went out).
         self.on_cell_start: Callable[[str], None] | None = None
+        self.on_cell_end: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ from the pipes
 
@@ -185,6 +187,8 @@ class Attribution:
         self.resolve_limbo(None)
         if self.forwarder is not None:
             self.forwarder.flush(parent)
+        if self.on_cell_end is not None and parent.get("msg_type") == "execute_request":
+            self.on_cell_end()
 
     def before_forwarding(self) -> bool:
         """Whether output must go out before the kernel message being forwarded now (a

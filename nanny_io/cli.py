@@ -427,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json",
         action="store_true",
-        help="one JSON object per line: seq, time, stream, text, incarnation",
+        help="one JSON object per line: seq, time, stream, source, text, incarnation",
     )
     p.add_argument(
         "--wait",

@@ -26,6 +26,8 @@ from .store import LogStore
 
 #: How often the memory of the kernel's process tree is sampled, in seconds.
 MEMORY_SAMPLE_INTERVAL = 0.5
+#: How long before its ``busy`` arrived a cell's output may have been stored, in seconds.
+CELL_START_SLACK = 1.0
 #: Cells remembered by msg_id (only the running one matters; a few for late messages).
 MAX_CELLS = 64
 #: Last words when no cell was running: the newest lines of the incarnation.
@@ -47,18 +49,39 @@ class CellWatch:
     """When each execute request started, where its output begins in the log, and its
     number and code (from ``execute_input``)."""
 
-    def __init__(self, next_seq: Callable[[], int], clock: Callable[[], float] = time.time):
-        self._next_seq = next_seq
+    def __init__(self, store: LogStore, clock: Callable[[], float] = time.time):
+        self._store = store
         self._clock = clock
         self._cells: OrderedDict[str, _Cell] = OrderedDict()
+        self._quiet_since = 1  # the first seq written since the kernel was last idle
+
+    def quiet(self) -> None:
+        """The kernel finished a request (or became ready): what it writes from now on
+        belongs to the next one."""
+        self._quiet_since = self._store.last_seq + 1
 
     def started(self, msg_id: str) -> None:
         """The request ``msg_id`` started (its BEGIN delimiter or its ``busy``); the first
         sign counts."""
         if msg_id and msg_id not in self._cells:
-            self._cells[msg_id] = _Cell(self._clock(), self._next_seq())
+            now = self._clock()
+            self._cells[msg_id] = _Cell(now, self._first_seq(now))
             while len(self._cells) > MAX_CELLS:
                 self._cells.popitem(last=False)
+
+    def _first_seq(self, now: float) -> int:
+        """Where the request's output begins: ipykernel sends ``busy`` from a thread, so
+        the cell's first bytes may be stored before it arrives. Output since the kernel was
+        last idle, and from the last CELL_START_SLACK seconds, counts as the cell's."""
+        store = self._store
+        first = store.last_seq + 1
+        cutoff = int((now - CELL_START_SLACK) * 1e9)
+        lowest = max(self._quiet_since, store.oldest_seq, first - 10_000)
+        for entry in reversed(store.entries(lowest)):
+            if entry[1] < cutoff:
+                break
+            first = entry[0]
+        return first
 
     def execute_input(self, msg_id: str, content: Mapping[str, Any]) -> None:
         """The kernel published the request's number and code."""

@@ -215,6 +215,7 @@ class Nanny:
             self._prelaunched,
         )
         attribution.on_cell_start = self.supervisor.cells.started
+        attribution.on_cell_end = self.supervisor.cells.quiet
         iopub_log = IopubLog(
             self.store,
             lambda: self.journal.incarnations,

@@ -126,7 +126,7 @@ class Supervisor:
         self._launching = False
         self._death_report: asyncio.Task[None] | None = None
         #: The cells that ran: number, code, start, where their output begins in the log.
-        self.cells = CellWatch(lambda: journal.store.last_seq + 1)
+        self.cells = CellWatch(journal.store)
         #: The process exit status when the nanny ended with its kernel (exit_with_kernel).
         self.exit_status: int | None = None
 
@@ -230,6 +230,7 @@ class Supervisor:
         if inc.alive and inc.oom is not None and watch.levels != inc.oom.levels:
             inc.oom = watch
         self.endpoints.heartbeat.resume()
+        self.cells.quiet()  # its start-up output is nobody's last words
         self.journal.enter(KernelState.RUNNING)
         event: KernelStarted | KernelRestarted
         if number == 1:
