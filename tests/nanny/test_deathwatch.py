@@ -44,7 +44,7 @@ def _v2(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 
 def test_v2_an_enclosing_limit(tmp_path: Path) -> None:
-    root, pod, kernel = _v2(tmp_path)
+    _, pod, kernel = _v2(tmp_path)
     proc = _proc(tmp_path, V2_MOUNTINFO, "0::/kubepods/pod1/kernel\n")
     levels = memory_cgroups(42, proc)
     assert [lv.name for lv in levels] == [
