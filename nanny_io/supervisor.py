@@ -221,7 +221,7 @@ class Supervisor:
             KernelState.STARTING, incarnation=number, pid=pid, started_at=inc.started_at
         )
         self.journal.spawn(
-            sample_tree_memory(self.guardian.descendants, inc.exited, inc.note_tree_memory),
+            sample_tree_memory(self.guardian.pid, inc.exited, inc.note_tree_memory),
             "memory-sampler",
         )
         if not await self._wait_ready(inc):

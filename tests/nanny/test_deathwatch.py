@@ -3,12 +3,16 @@ this machine cannot both have) and a real log store."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
+from helpers import wait_for
 
 from nanny_io.cgroups import OomWatch, memory_cgroups, read_limit, read_peak
-from nanny_io.deathwatch import CellWatch, last_words
+from nanny_io.deathwatch import CellWatch, last_words, tree_rss
 from nanny_io.store import LogStore
 from nanny_io_proto.deaths import OomKill
 from nanny_io_proto.streams import FLAG_IOPUB, Stream
@@ -147,3 +151,17 @@ def test_a_cell_owns_what_it_wrote_before_its_busy_arrived_but_not_older_output(
     assert cells.running("unknown") is None and cells.running(None) is None
     idle = last_words(store, 1, None)
     assert idle.lines[0] == ("stdout", "banner") and idle.lines[-1] == ("stdout", "printed")
+
+
+def test_the_tree_memory_is_what_psutil_sees_for_the_same_processes() -> None:
+    child = subprocess.Popen(["/bin/sh", "-c", "sleep 30 & wait"])  # a child and a grandchild
+    try:
+        wait_for(lambda: psutil.Process(child.pid).children(), 10, "the grandchild")
+        procs = psutil.Process().children(recursive=True)
+        assert len(procs) == 2
+        assert tree_rss(os.getpid()) == sum(p.memory_info().rss for p in procs) > 0
+    finally:
+        for proc in psutil.Process(child.pid).children(recursive=True):
+            proc.kill()
+        child.kill()
+        child.wait()
