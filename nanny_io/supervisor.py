@@ -50,8 +50,10 @@ from .signals import SIGNAL_NAMES
 
 log = logging.getLogger("nanny_io")
 
-#: Deaths kept in the state file (the log keeps every one).
+#: Deaths kept in the state file, and the last words of each (the log keeps everything):
+#: a kernel manager reads the file often.
 MAX_DEATHS = 10
+STATE_LAST_WORDS = 20
 
 
 class KernelStartError(NannyIOError):
@@ -362,7 +364,9 @@ class Supervisor:
         self.endpoints.heartbeat.pause()
         state = self.journal.state
         state.exit_code, state.exit_signal, state.exit_reason = died.exit_code, died.signal, reason
-        state.deaths = [*state.deaths, {"time": time.time(), **died.to_content()}][-MAX_DEATHS:]
+        kept = {"time": time.time(), **died.to_content()}
+        kept["last_words"] = kept["last_words"][-STATE_LAST_WORDS:]  # the log has them all
+        state.deaths = [*state.deaths, kept][-MAX_DEATHS:]
         self.journal.event("kernel_died", f"kernel died: {reason}", **died.to_content())
         # Frontends that know nothing of kernel_died still show a stream: say it there too.
         await self.endpoints.publish(
