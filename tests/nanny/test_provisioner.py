@@ -146,8 +146,10 @@ def test_kernel_manager_lifecycle_through_the_provisioner(kernels) -> None:
             time.sleep(0.05)
         assert not km.is_alive()
         assert km.provisioner.exit_details["exit_code"] == 9
-        assert "code 9" in km.provisioner.exit_details["reason"]
-        assert km.reason.startswith("kernel died: exited with code 9")  # jupyter_server says it
+        details = km.provisioner.exit_details
+        assert "code 9" in details["reason"] and details["cause"] == "exited with code 9"
+        assert details["oom"] is None and details["peak_memory"]["kernel"] > 0
+        assert km.reason == f"kernel died: {details['reason']}"  # what jupyter_server says
         tree = _tree(km)
     finally:
         kc.stop_channels()

@@ -274,7 +274,18 @@ def test_kernel_died_content_example() -> None:
 @settings(max_examples=300, deadline=None)
 @given(
     content=_content_like(
-        ["exit_code", "signal", "signal_name", "incarnation", "reason", "last_words"]
+        [
+            "exit_code",
+            "signal",
+            "signal_name",
+            "incarnation",
+            "reason",
+            "last_words",
+            "cause",
+            "oom",
+            "peak_memory",
+            "cell",
+        ]
     )
     | json_values
 )
