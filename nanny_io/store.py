@@ -30,6 +30,7 @@ from nanny_io_proto.logrecords import (
     check_epoch,
     pack_entries,
 )
+from nanny_io_proto.priorities import priority_of
 from nanny_io_proto.spillformat import SPILL_MAGIC
 from nanny_io_proto.streams import FLAG_NO_EOL, Stream
 
@@ -401,8 +402,11 @@ class LogStore:
         max_lines: int = 20,
         max_chars: int = 4096,
         incarnation: int | None = None,
-    ) -> list[tuple[str, str]]:
+        priorities: bool = False,
+    ) -> list[Any]:
         """The kernel's last words: the newest lines of ``streams`` as (stream, text), oldest first.
+
+        With ``priorities``, (stream, text, syslog priority) instead.
 
         Pieces flagged FLAG_NO_EOL are joined into their line before decoding (UTF-8,
         'replace'); the trailing newline is dropped. Lines are ordered by their last piece.
@@ -420,6 +424,7 @@ class LogStore:
         # per stream: [seq of the line's last piece, pieces newest first]
         pending: dict[int, tuple[int, list[bytes]]] = {}
         lines: list[tuple[int, int, list[bytes]]] = []  # a min-heap of the newest max_lines
+        flags_of: dict[int, int] = {}  # seq of a line's last piece -> its flags
         scanned = 0
         ring = self._ring
         for i in range(len(ring) - 1, self._start - 1, -1):
@@ -437,6 +442,8 @@ class LogStore:
                     else:
                         heapq.heappushpop(lines, (line[0], stream, line[1]))
                 pending[stream] = (seq, [data])
+                if priorities:
+                    flags_of[seq] = flags
                 # done once no unfinished line could still be among the newest max_lines
                 if len(lines) == max_lines and all(k < lines[0][0] for k, _ in pending.values()):
                     break
@@ -444,17 +451,19 @@ class LogStore:
                 break
         lines.extend((s, stream, p) for stream, (s, p) in pending.items())
         lines.sort(key=itemgetter(0))
-        out: list[tuple[str, str]] = []
+        out: list[Any] = []
         room = max_chars
-        for _, stream, pieces in reversed(lines[-max_lines:]):
+        for last, stream, pieces in reversed(lines[-max_lines:]):
             text = b"".join(reversed(pieces)).decode("utf-8", "replace")
             if text.endswith("\n"):
                 text = text[:-1]
+            kind = by_code[stream]
+            extra = (priority_of(kind, flags_of[last]),) if priorities else ()
             if len(text) > room:
                 if room > 1:
-                    out.append((by_code[stream].value, "…" + text[len(text) - room + 1 :]))
+                    out.append((kind.value, "…" + text[len(text) - room + 1 :], *extra))
                 break
-            out.append((by_code[stream].value, text))
+            out.append((kind.value, text, *extra))
             room -= len(text)
         out.reverse()
         return out

@@ -330,13 +330,17 @@ class Supervisor:
         parent = self.attribution.flush_for_death()
         exit_code, signum, name = exit_details(returncode, SIGNAL_NAMES)
         reason = describe_exit(exit_code, signum, name)
-        words = LastWords.from_tail(self.journal.store.tail_text(incarnation=inc.number))
+        words = LastWords.from_tail(
+            self.journal.store.tail_text(incarnation=inc.number, priorities=True)
+        )
         died = KernelDied(exit_code, signum, name, inc.number, reason, words.lines)
         log.error("kernel %s (incarnation %d) %s", self.config.kernel_id, inc.number, reason)
         self.endpoints.heartbeat.pause()
         state = self.journal.state
         state.exit_code, state.exit_signal, state.exit_reason = exit_code, signum, reason
-        self.journal.event("kernel_died", f"kernel died: {reason}", **died.to_content())
+        self.journal.event(
+            "kernel_died", f"kernel died: {reason}", priority=3, **died.to_content()
+        )
         # Frontends that know nothing of kernel_died still show a stream: say it there too.
         await self.endpoints.publish(
             "stream", {"name": "stderr", "text": death_notice(died)}, parent
@@ -487,6 +491,6 @@ def death_notice(died: KernelDied) -> str:
     text = f"\n[nanny-io] the kernel died: {died.reason}\n"
     if died.last_words:
         text += "[nanny-io] its last words:\n" + "".join(
-            f"    {line}\n" for _, line in died.last_words
+            f"    {words[1]}\n" for words in died.last_words
         )
     return text
