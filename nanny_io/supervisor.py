@@ -338,9 +338,7 @@ class Supervisor:
         self.endpoints.heartbeat.pause()
         state = self.journal.state
         state.exit_code, state.exit_signal, state.exit_reason = exit_code, signum, reason
-        self.journal.event(
-            "kernel_died", f"kernel died: {reason}", priority=3, **died.to_content()
-        )
+        self.journal.event("kernel_died", f"kernel died: {reason}", priority=3, **died.to_content())
         # Frontends that know nothing of kernel_died still show a stream: say it there too.
         await self.endpoints.publish(
             "stream", {"name": "stderr", "text": death_notice(died)}, parent

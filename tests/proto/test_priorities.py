@@ -27,7 +27,9 @@ Record = tuple[bytes, int]
 _PREFIX = re.compile(rb"<([0-7])>")
 
 
-def run(chunks: Sequence[bytes], max_line: int = 65536, flush_after: Sequence[int] = ()) -> list[Record]:
+def run(
+    chunks: Sequence[bytes], max_line: int = 65536, flush_after: Sequence[int] = ()
+) -> list[Record]:
     lines = PriorityLines(LineAssembler(max_line))
     out: list[Record] = []
     for i, chunk in enumerate(chunks):
@@ -93,7 +95,17 @@ def test_each_priority_is_read_and_stripped(n: int) -> None:
 
 @pytest.mark.parametrize(
     "line",
-    [b"<8>x\n", b"<9>x\n", b"<>x\n", b"<-1>x\n", b"<10>x\n", b"<a>x\n", b" <3>x\n", b"<3 x\n", b"<\n"],
+    [
+        b"<8>x\n",
+        b"<9>x\n",
+        b"<>x\n",
+        b"<-1>x\n",
+        b"<10>x\n",
+        b"<a>x\n",
+        b" <3>x\n",
+        b"<3 x\n",
+        b"<\n",
+    ],
 )
 def test_lt_without_a_valid_number_is_text(line: bytes) -> None:
     assert run([line]) == [(line, 0)]
@@ -165,9 +177,9 @@ def test_any_bytes_any_chunking(data: bytes, cuts: list[int]) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.sampled_from([b"<", b"4", b">", b"x", b"\n", b"\xc3\xa9", b"<6>"]), max_size=40).map(
-        b"".join
-    ),
+    st.lists(
+        st.sampled_from([b"<", b"4", b">", b"x", b"\n", b"\xc3\xa9", b"<6>"]), max_size=40
+    ).map(b"".join),
     st.integers(4, 9),
 )
 def test_long_lines_any_max_line(data: bytes, max_line: int) -> None:
