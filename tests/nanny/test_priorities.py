@@ -181,3 +181,33 @@ def test_last_words_carry_priorities(nanny_factory: NannyFactory) -> None:
     ]
     assert rows[-1]["event"]["event"] == "kernel_died" and rows[-1]["priority"] == 3, rows
     assert {"text": "disk gone", "priority": 2}.items() <= rows[-2].items(), rows
+
+
+def test_kernel_log_handler_in_a_real_kernel(nanny_factory: NannyFactory) -> None:
+    nanny = nanny_factory("python3", "-q")
+    _cell(
+        nanny.client(),
+        """
+import logging
+from nanny_io.kernelside import KernelLogHandler
+log = logging.getLogger("mykernel")
+log.addHandler(KernelLogHandler())
+log.setLevel(logging.DEBUG)
+log.debug("dbg"); log.info("inf"); log.warning("wrn"); log.error("err"); log.critical("crt")
+try:
+    1 / 0
+except ZeroDivisionError:
+    log.exception("division failed")
+""",
+    )
+    records = wait_for(
+        lambda: (
+            (r := stored(nanny, Stream.LOG)) and r[-1].data.startswith(b"ZeroDivisionError") and r
+        ),
+        15,
+        "the traceback's last line",
+    )
+    got = [(r.data, priority_of(r.stream, r.flags)) for r in records]
+    assert got[:5] == [(b"dbg\n", 7), (b"inf\n", 6), (b"wrn\n", 4), (b"err\n", 3), (b"crt\n", 2)]
+    assert got[5] == (b"division failed\n", 3)
+    assert {p for _, p in got[5:]} == {3} and len(got) > 7  # the whole traceback is err
