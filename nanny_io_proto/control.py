@@ -237,7 +237,7 @@ class LastWords:
                 break
             if len(text) > budget:
                 text = text[-budget:]
-            kept.append((line[0], text, *line[2:]))  # type: ignore[arg-type]
+            kept.append((line[0], text, *line[2:]))
             budget -= len(text)
         return cls(tuple(reversed(kept)))
 
@@ -326,10 +326,10 @@ class KernelDied:
         for item in raw_words:
             if not isinstance(item, dict):
                 raise MalformedMessage(f"a last_words entry must be an object, got {item!r:.80}")
-            line = (item.get("stream"), item.get("text"))
+            line: tuple[Any, ...] = (item.get("stream"), item.get("text"))
             if "priority" in item:
                 line += (item["priority"],)
-            words.append(line)  # type: ignore[arg-type]
+            words.append(line)  # checked by __post_init__
         try:
             return cls(
                 exit_code=_optional_int(content, "exit_code"),

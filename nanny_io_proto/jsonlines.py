@@ -6,7 +6,8 @@ one JSON object per line, ``time, seq, stream, text, incarnation, kernel_id, pri
 shape of ``nanny-io tail --json`` plus the kernel id; ``priority`` is syslog's 0-7). Container
 runtimes split longer lines at 16 KiB (Docker's json-file driver, containerd's CRI logger),
 which would break the JSON, so a record whose line would be longer is cut into several, each
-flagged ``"partial": true`` except the last: joining a stream's texts, with a newline after each one not partial, gives its output.
+flagged ``"partial": true`` except the last: joining a stream's texts, with a newline after each
+one not partial, gives its output.
 """
 
 from __future__ import annotations
