@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import itertools
 import re
+import struct
 from collections.abc import Sequence
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nanny_io_proto.errors import LocalProtocolError
+from nanny_io_proto.control import KernelDied, LastWords
+from nanny_io_proto.errors import LocalProtocolError, MalformedMessage
 from nanny_io_proto.lines import LineAssembler
+from nanny_io_proto.logrecords import LogRecord, pack_records, unpack_records
 from nanny_io_proto.priorities import (
     DEFAULT_PRIORITY,
     PRIORITY_NAMES,
@@ -225,3 +228,44 @@ def test_split_prefix() -> None:
     assert split_prefix(b"<0") == (0, b"<0")
     with pytest.raises(LocalProtocolError):
         priority_flags(8)
+
+
+# --- old and new clients -------------------------------------------------------------------
+
+
+def test_an_old_client_reads_prioritised_records_unchanged() -> None:
+    """The body layout is the same: a client that only knows FLAG_NO_EOL (and ignores the
+    reserved bits, as the spec requires) reads the same records, lines joined the same way."""
+    records = [
+        LogRecord(1, 10, 1, Stream.LOG, b"lost the ", priority_flags(3) | FLAG_NO_EOL),
+        LogRecord(2, 11, 1, Stream.LOG, b"connection\n", priority_flags(3)),
+        LogRecord(3, 12, 1, Stream.STDOUT, b"plain\n", 0),
+    ]
+    body = pack_records(records)
+    assert len(body) == 4 + 26 * 3 + sum(len(r.data) for r in records)
+    (count,) = struct.unpack_from("<I", body)
+    heads = list(struct.iter_unpack("<QQIBBI", body[4 : 4 + 26 * count]))
+    old_view = [(seq, flags & 1) for seq, _, _, _, flags, _ in heads]  # FLAG_NO_EOL only
+    assert old_view == [(1, 1), (2, 0), (3, 0)]
+    assert unpack_records(body) == records
+    # the records as text, the way any renderer joins them: the priority does not get in
+    text = b"".join(r.data for r in records if r.stream is Stream.LOG)
+    assert text == b"lost the connection\n"
+
+
+def test_last_words_with_and_without_priorities() -> None:
+    new = KernelDied(None, 9, "SIGKILL", 1, "r", (("stderr", "a", 3), ("log", "b")))
+    content = new.to_content()
+    assert content["last_words"] == [
+        {"stream": "stderr", "text": "a", "priority": 3},
+        {"stream": "log", "text": "b"},
+    ]
+    assert KernelDied.from_content(content) == new
+    old = {"incarnation": 1, "reason": "r", "last_words": [{"stream": "stderr", "text": "a"}]}
+    assert KernelDied.from_content(old).last_words == (("stderr", "a"),)
+    for bad in (8, -1, "3", None, True):
+        words = [{"stream": "stderr", "text": "a", "priority": bad}]
+        with pytest.raises(MalformedMessage, match="priority"):
+            KernelDied.from_content({**old, "last_words": words})
+    kept = LastWords.from_tail([("stderr", "x" * 10, 2), ("log", "y", 6)], max_chars=5)
+    assert kept.lines == (("stderr", "xxxx", 2), ("log", "y", 6))
