@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from nanny_io_proto.delimiters import Begin, DelimiterScanner, End, Output
 from nanny_io_proto.lines import LineAssembler
+from nanny_io_proto.priorities import PriorityLines
 from nanny_io_proto.streams import Stream
 
 from .launcher import PIPE_SIZE
@@ -197,7 +198,8 @@ class StreamPipeline:
         self._on_marker = on_marker
         # Only stdout and stderr carry delimiters; the log FIFO is stored as written.
         self._scanner = DelimiterScanner() if stream in (Stream.STDOUT, Stream.STDERR) else None
-        self._lines = LineAssembler(max_line)
+        # Every kernel stream may start a line with a "<N>" priority (specs/log-channel.md §2.3).
+        self._lines = PriorityLines(LineAssembler(max_line))
         self._partial_delay = partial_delay
         self._timer: asyncio.TimerHandle | None = None
 

@@ -10,6 +10,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from nanny_io_proto.errors import ProtocolError
+from nanny_io_proto.priorities import parse_priority
 from nanny_io_proto.streams import Stream
 
 from . import __version__
@@ -156,6 +158,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from .tail import TailOptions, run_tail
 
     streams = tuple(Stream(s) for s in args.stream) if args.stream else None
+    priority = None
+    if args.priority is not None:
+        try:
+            priority = parse_priority(args.priority)
+        except ProtocolError as exc:
+            raise CLIError(str(exc)) from None
     opts = TailOptions(
         kernel=args.kernel,
         lines=args.lines,
@@ -164,6 +172,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         since_seq=args.since,
         json=args.json,
         wait=args.wait,
+        priority=priority,
+        raw=args.all,
     )
     try:
         return run_tail(opts)
@@ -425,9 +435,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="start at this sequence number instead of the last N",
     )
     p.add_argument(
+        "-p",
+        "--priority",
+        metavar="LEVEL",
+        help="only records of this syslog priority or more severe: a number 0-7 or "
+        "emerg, alert, crit, err, warning, notice, info, debug (like journalctl -p)",
+    )
+    p.add_argument(
+        "-a",
+        "--all",
+        action="store_true",
+        help="print kernel text as written; by default control characters are shown escaped "
+        "(\\e, \\r, \\x07) so that output cannot drive the terminal",
+    )
+    p.add_argument(
         "--json",
         action="store_true",
-        help="one JSON object per line: seq, time, stream, source, text, incarnation",
+        help="one JSON object per line: seq, time, stream, source, text, incarnation, priority",
     )
     p.add_argument(
         "--wait",

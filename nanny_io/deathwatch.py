@@ -121,6 +121,7 @@ def last_words(store: LogStore, incarnation: int, since_seq: int | None) -> Last
             max_chars=1 << 20,
             incarnation=incarnation,
             from_seq=since_seq,
+            priorities=True,
         )
     else:
         lines = store.tail_text(
@@ -128,6 +129,7 @@ def last_words(store: LogStore, incarnation: int, since_seq: int | None) -> Last
             max_lines=IDLE_LAST_WORDS_LINES,
             max_chars=IDLE_LAST_WORDS_CHARS,
             incarnation=incarnation,
+            priorities=True,
         )
     return LastWords.from_tail(lines)
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nanny_io_proto.streams import FLAG_IOPUB, FLAG_NO_EOL, Stream
+from nanny_io_proto.streams import FLAG_IOPUB, FLAG_NO_EOL, FLAG_PRIORITY, PRIORITY_SHIFT, Stream
 
 from .capture import MAX_LINE
 from .deathwatch import CellWatch
@@ -52,6 +52,10 @@ def line_pieces(text: str, flags: int = FLAG_IOPUB) -> list[tuple[bytes, int]]:
             out.append((data[start:end], flags | FLAG_NO_EOL))
             start = end
     return out
+
+
+#: A traceback is stored at priority err (3); a ``stream`` message has its stream's default.
+_TRACEBACK_FLAGS = FLAG_IOPUB | FLAG_PRIORITY | (3 << PRIORITY_SHIFT)
 
 
 class IopubLog:
@@ -98,10 +102,10 @@ class IopubLog:
             if stream is not None and isinstance(text, str):
                 self._store(stream, text)
         elif kind == "error" and self.store_output:
-            self._store(Stream.STDERR, _traceback_text(content))
+            self._store(Stream.STDERR, _traceback_text(content), _TRACEBACK_FLAGS)
 
-    def _store(self, stream: Stream, text: str) -> None:
-        pieces = line_pieces(text)
+    def _store(self, stream: Stream, text: str, flags: int = FLAG_IOPUB) -> None:
+        pieces = line_pieces(text, flags)
         if pieces:
             self.store.append(stream, self.incarnation(), time.time_ns(), pieces)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from nanny_io_proto.logrecords import nanny_event_data
+from nanny_io_proto.priorities import priority_flags
 from nanny_io_proto.streams import Stream
 
 from .discovery import NannyState
@@ -56,11 +57,12 @@ class Journal:
 
     # ------------------------------------------------------------------ events
 
-    def event(self, event: str, text: str, **details: Any) -> None:
+    def event(self, event: str, text: str, *, priority: int | None = None, **details: Any) -> None:
         """Record a nanny event on the log's ``nanny`` stream (the store tells its listeners,
-        the log channel among them)."""
+        the log channel among them); without ``priority`` it has the stream's (notice)."""
         data = nanny_event_data(event, text, kernel_id=self.state.kernel_id, **details)
-        self.store.append_one(Stream.NANNY, self.incarnations, time.time_ns(), data)
+        flags = 0 if priority is None else priority_flags(priority)
+        self.store.append_one(Stream.NANNY, self.incarnations, time.time_ns(), data, flags)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -1,14 +1,16 @@
-"""Kernel-side helper: write output-synchronisation delimiters around user code.
+"""Kernel-side helpers: output-synchronisation delimiters, and a logging handler for the log.
 
 For kernel authors; needs nothing beyond the standard library and nanny_io_proto.
 Call :func:`emit_begin` before running an execute_request's code and :func:`emit_end` after
-it (before publishing ``status: idle``), or wrap the code in :func:`delimited`.
-See specs/output-sync.md.
+it (before publishing ``status: idle``), or wrap the code in :func:`delimited`
+(specs/output-sync.md). :class:`KernelLogHandler` sends :mod:`logging` records to
+``$JUPYTER_KERNEL_LOG`` with their syslog priority (specs/log-channel.md, section 2.2).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -16,7 +18,19 @@ from typing import Any
 
 from nanny_io_proto.delimiters import ENV_VAR, begin_marker, end_marker, is_valid_msg_id
 
-__all__ = ["ENV_VAR", "delimited", "emit_begin", "emit_end", "requested"]
+__all__ = [
+    "ENV_VAR",
+    "LOG_ENV_VAR",
+    "KernelLogHandler",
+    "delimited",
+    "emit_begin",
+    "emit_end",
+    "requested",
+    "syslog_priority",
+]
+
+#: Where the nanny tells the kernel its log FIFO is.
+LOG_ENV_VAR = "JUPYTER_KERNEL_LOG"
 
 _libc_fflush: Callable[[Any], int] | None = None
 _libc_looked_up = False
@@ -104,6 +118,82 @@ def _write_all(fd: int, data: bytes) -> None:
         except OSError:
             return
         data = data[n:]
+
+
+# ---------------------------------------------------------------------- the kernel log
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a :mod:`logging` level: CRITICAL 2 (crit), ERROR 3 (err),
+    WARNING 4 (warning), 25 and up 5 (notice), INFO 6 (info), DEBUG and below 7 (debug)."""
+    for floor, priority in ((50, 2), (40, 3), (30, 4), (25, 5), (20, 6)):
+        if levelno >= floor:
+            return priority
+    return 7
+
+
+class KernelLogHandler(logging.Handler):
+    """A :mod:`logging` handler that writes to ``$JUPYTER_KERNEL_LOG`` with priorities.
+
+    Every line of a formatted record (a traceback's too) starts with ``<N>``, N the record's
+    syslog priority, so the nanny stores each with the right level. One record is one write:
+    under 4 096 bytes it cannot interleave with other writers. Without the variable (not
+    under a nanny), or once the log cannot be written (the nanny is gone), records go to
+    stderr without prefixes instead; the handler never raises into the kernel.
+    """
+
+    def __init__(self, level: int = logging.NOTSET, path: str | None = None) -> None:
+        super().__init__(level)
+        self.path = path if path is not None else os.environ.get(LOG_ENV_VAR) or None
+        # The FIFO's fd, or -1 once it failed (set to -1: its number may be reused after close).
+        self._fd = -1
+        if self.path:
+            try:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            except OSError:
+                self._fd = -1
+
+    @property
+    def to_kernel_log(self) -> bool:
+        """Whether records go to the nanny's log (else to stderr)."""
+        return self._fd >= 0
+
+    def format_lines(self, record: logging.LogRecord) -> bytes:
+        """The bytes written for ``record``: each line prefixed with its priority."""
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        lines = self.format(record).splitlines() or [""]
+        return "".join(f"{prefix}{line}\n" for line in lines).encode("utf-8", "replace")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self._fd >= 0:
+                data = self.format_lines(record)
+                try:
+                    while data:
+                        data = data[os.write(self._fd, data) :]
+                    return
+                except OSError:  # EPIPE: the nanny is gone; its guardian ends the kernel soon
+                    self._close_fd()
+            stream = sys.stderr
+            if stream is not None:
+                stream.write(self.format(record) + "\n")
+                stream.flush()
+        except Exception:  # a log call must never break the kernel
+            self.handleError(record)
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            self._close_fd()
+        finally:
+            self.release()
+        super().close()
 
 
 # ---------------------------------------------------------------------- ipykernel / IPython

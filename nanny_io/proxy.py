@@ -102,6 +102,7 @@ class Proxy:
             self.journal.event(
                 "control_rejected",
                 f"dropped a control message: {exc} ({total} dropped so far)",
+                priority=4,
                 reason=str(exc),
                 total=total,
             )

@@ -30,6 +30,7 @@ from nanny_io_proto.logrecords import (
     check_epoch,
     pack_entries,
 )
+from nanny_io_proto.priorities import priority_of
 from nanny_io_proto.spillformat import SPILL_MAGIC
 from nanny_io_proto.streams import FLAG_IOPUB, FLAG_NO_EOL, Stream
 
@@ -402,8 +403,11 @@ class LogStore:
         max_chars: int = 4096,
         incarnation: int | None = None,
         from_seq: int = 1,
-    ) -> list[tuple[str, str]]:
+        priorities: bool = False,
+    ) -> list[Any]:
         """The kernel's last words: the newest lines of ``streams`` as (stream, text), oldest first.
+
+        With ``priorities``, (stream, text, syslog priority) instead.
 
         Pieces flagged FLAG_NO_EOL are joined into their line before decoding (UTF-8,
         'replace'); the trailing newline is dropped. Lines are ordered by their last piece.
@@ -423,6 +427,7 @@ class LogStore:
         # per stream code (+ 256 for iopub): [seq of the line's last piece, pieces newest first]
         pending: dict[int, tuple[int, list[bytes]]] = {}
         lines: list[tuple[int, int, list[bytes]]] = []  # a min-heap of the newest max_lines
+        flags_of: dict[int, int] = {}  # seq of a line's last piece -> its flags
         scanned = 0
         ring = self._ring
         lowest = self._start + max(0, from_seq - self.oldest_seq)
@@ -442,6 +447,8 @@ class LogStore:
                     else:
                         heapq.heappushpop(lines, (line[0], stream, line[1]))
                 pending[stream] = (seq, [data])
+                if priorities:
+                    flags_of[seq] = flags
                 # done once no unfinished line could still be among the newest max_lines
                 if len(lines) == max_lines and all(k < lines[0][0] for k, _ in pending.values()):
                     break
@@ -449,18 +456,19 @@ class LogStore:
                 break
         lines.extend((s, stream, p) for stream, (s, p) in pending.items())
         lines.sort(key=itemgetter(0))
-        out: list[tuple[str, str]] = []
+        out: list[Any] = []
         room = max_chars
-        for _, stream, pieces in reversed(lines[-max_lines:]):
+        for last, stream, pieces in reversed(lines[-max_lines:]):
             text = b"".join(reversed(pieces)).decode("utf-8", "replace")
             if text.endswith("\n"):
                 text = text[:-1]
-            name = by_code[stream & 0xFF].value
+            kind = by_code[stream & 0xFF]
+            extra = (priority_of(kind, flags_of[last]),) if priorities else ()
             if len(text) > room:
                 if room > 1:
-                    out.append((name, "…" + text[len(text) - room + 1 :]))
+                    out.append((kind.value, "…" + text[len(text) - room + 1 :], *extra))
                 break
-            out.append((name, text))
+            out.append((kind.value, text, *extra))
             room -= len(text)
         out.reverse()
         return out

@@ -367,7 +367,7 @@ class Supervisor:
         kept = {"time": time.time(), **died.to_content()}
         kept["last_words"] = kept["last_words"][-STATE_LAST_WORDS:]  # the log has them all
         state.deaths = [*state.deaths, kept][-MAX_DEATHS:]
-        self.journal.event("kernel_died", f"kernel died: {reason}", **died.to_content())
+        self.journal.event("kernel_died", f"kernel died: {reason}", priority=3, **died.to_content())
         # Frontends that know nothing of kernel_died still show a stream: say it there too.
         await self.endpoints.publish(
             "stream", {"name": "stderr", "text": death_notice(died)}, parent
@@ -558,6 +558,6 @@ def death_notice(died: KernelDied) -> str:
     text = f"\n[nanny-io] the kernel died: {died.reason}\n"
     if died.last_words:
         text += "[nanny-io] its last words:\n" + "".join(
-            f"    {line}\n" for _, line in died.last_words
+            f"    {words[1]}\n" for words in died.last_words
         )
     return text

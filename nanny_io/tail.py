@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -15,6 +16,7 @@ from typing import IO, Any
 
 from nanny_io_proto.errors import RemoteProtocolError
 from nanny_io_proto.logrecords import LogRecord, parse_nanny_event
+from nanny_io_proto.priorities import priority_of
 from nanny_io_proto.streams import FLAG_IOPUB, FLAG_NO_EOL, Stream
 
 from .discovery import KernelNotFound, KernelRef, resolve_kernel, spill_path, state_dir
@@ -29,9 +31,30 @@ from .subscriber import (
     Truncated,
 )
 
-_COLORS = {Stream.STDERR: "\x1b[31m", Stream.NANNY: "\x1b[1;33m", Stream.LOG: "\x1b[36m"}
+#: The stream column's colour; the text's colour comes from the record's priority.
+_STREAM_COLORS = {Stream.STDERR: "\x1b[35m", Stream.NANNY: "\x1b[1m", Stream.LOG: "\x1b[36m"}
+#: By priority, as journalctl: emerg..crit bold red, err red, warning yellow, notice bold,
+#: info plain, debug grey.
+_PRIORITY_COLORS = ("\x1b[1;31m",) * 3 + ("\x1b[31m", "\x1b[33m", "\x1b[1m", "", "\x1b[2m")
 _MARK = "\x1b[1m"
 _RESET = "\x1b[0m"
+#: How an escaped control character is shown in colour (reverse video tells it from text).
+_ESCAPED = "\x1b[7m"
+
+# Characters that move the cursor, retitle or clear the screen, reach the clipboard (OSC 52)
+# or hide text when written raw: C0 controls except TAB and LF, DEL, C1 controls, and the
+# bidirectional overrides that reorder what the eye reads. An SGR sequence (colours) is
+# matched whole so that a safe one can be kept.
+_CONTROL = re.compile("\x1b\\[[0-9;:]*m|[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\r": "\\r", "\x1b": "\\e", "\b": "\\b", "\f": "\\f", "\v": "\\v", "\x07": "\\a"}
+#: SGR parameters that only change colour or weight: no conceal (8), no blink (5, 6).
+_SAFE_SGR = frozenset(
+    {0, 1, 2, 3, 4, 7, 9, 21, 22, 23, 24, 27, 29, 39, 49}
+    | set(range(30, 38))
+    | set(range(40, 48))
+    | set(range(90, 98))
+    | set(range(100, 108))
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +68,14 @@ class TailOptions:
     since_seq: int | None = None
     json: bool = False
     wait: bool = False
+    #: Only records of this syslog priority or more severe (a lower number).
+    priority: int | None = None
+    #: Print kernel text as written, control characters included (``--all``).
+    raw: bool = False
+
+    def wanted(self, rec: LogRecord) -> bool:
+        """Whether ``rec`` passes the priority filter (streams are chosen by the nanny)."""
+        return self.priority is None or priority_of(rec.stream, rec.flags) <= self.priority
 
 
 def record_text(rec: LogRecord) -> tuple[str, dict[str, Any] | None]:
@@ -76,11 +107,11 @@ def record_source(rec: LogRecord) -> str:
 def record_json(rec: LogRecord) -> dict[str, Any]:
     """A record as ``tail --json`` prints it (and the server extension serves it).
 
-    ``seq``, ``time``, ``stream``, ``source``, ``text`` and ``incarnation`` always;
-    ``partial: true`` when the record does not end a line; ``event`` (the parsed JSON) for a
-    nanny event. ``source`` says where the text came from: ``"fd"`` (the kernel's pipes or
-    its log FIFO), ``"iopub"`` (a ``stream`` or ``error`` message of the kernel's, FLAG_IOPUB)
-    or ``"nanny"`` (the nanny's own events).
+    ``seq``, ``time``, ``stream``, ``source``, ``text``, ``incarnation`` and ``priority``
+    (syslog, 0-7) always; ``partial: true`` when the record does not end a line; ``event``
+    (the parsed JSON) for a nanny event. ``source`` says where the text came from: ``"fd"``
+    (the kernel's pipes or its log FIFO), ``"iopub"`` (a ``stream`` or ``error`` message of
+    the kernel's, FLAG_IOPUB) or ``"nanny"`` (the nanny's own events).
     """
     text, event = record_text(rec)
     obj: dict[str, Any] = {
@@ -90,6 +121,7 @@ def record_json(rec: LogRecord) -> dict[str, Any]:
         "source": record_source(rec),
         "text": text,
         "incarnation": rec.incarnation,
+        "priority": priority_of(rec.stream, rec.flags),
     }
     if rec.flags & FLAG_NO_EOL:
         obj["partial"] = True
@@ -98,15 +130,74 @@ def record_json(rec: LogRecord) -> dict[str, Any]:
     return obj
 
 
-class Printer:
-    """Renders records and notices for humans (colour on a tty) or as JSON lines."""
+def _safe_sgr(seq: str) -> bool:
+    """Whether an SGR sequence (``ESC [ ... m``) only sets colours or weight."""
+    params = seq[2:-1].replace(":", ";").split(";")
+    i = 0
+    while i < len(params):
+        p = params[i]
+        if p in ("38", "48", "58"):  # extended colour: 5;n or 2;r;g;b
+            rest = params[i + 1 : i + 5]
+            if rest[:1] == ["5"] and len(rest) >= 2 and rest[1].isdigit():
+                i += 3
+                continue
+            if rest[:1] == ["2"] and len(rest) == 4 and all(x.isdigit() for x in rest[1:]):
+                i += 5
+                continue
+            return False
+        if p and (not p.isdigit() or int(p) not in _SAFE_SGR):
+            return False
+        i += 1
+    return True
 
-    def __init__(self, out: IO[str], as_json: bool, color: bool | None = None) -> None:
+
+def _visible(chars: str, color: bool, resume: str) -> str:
+    """Control characters as escapes; the printable rest of an SGR sequence stays text."""
+    shown = "".join(
+        c
+        if " " <= c < "\x7f"
+        else _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        for c in chars
+    )
+    return f"{_ESCAPED}{shown}{_RESET}{resume}" if color else shown
+
+
+def escape_controls(
+    text: str, *, keep_sgr: bool = False, color: bool = False, resume: str = ""
+) -> str:
+    """``text`` with every control character shown as an escape (``\\e``, ``\\r``, ``\\x07``),
+    so kernel output cannot move the cursor, retitle or clear the terminal, write to the
+    clipboard or hide what follows. With ``keep_sgr``, colour sequences that only set colours
+    or weight stay as they are (an SGR 8, conceal, is escaped). With ``color``, escapes show
+    in reverse video, followed by ``resume`` (the line's own colour)."""
+    if not _CONTROL.search(text):
+        return text
+
+    def sub(m: re.Match[str]) -> str:
+        seq = m.group()
+        if len(seq) > 1 and keep_sgr and _safe_sgr(seq):
+            return seq
+        return _visible(seq, color, resume)
+
+    return _CONTROL.sub(sub, text)
+
+
+class Printer:
+    """Renders records and notices for humans (colour on a tty) or as JSON lines.
+
+    For humans, kernel text is escaped (see :func:`escape_controls`) unless ``raw``; with
+    colour, the kernel's own colour sequences are kept when they are safe.
+    """
+
+    def __init__(
+        self, out: IO[str], as_json: bool, color: bool | None = None, raw: bool = False
+    ) -> None:
         self.out = out
         self.as_json = as_json
         if color is None:
             color = out.isatty() and "NO_COLOR" not in os.environ
         self.color = color and not as_json
+        self.raw = raw
 
     def record(self, rec: LogRecord) -> None:
         if self.as_json:
@@ -115,9 +206,18 @@ class Printer:
         text = record_text(rec)[0]
         when = datetime.fromtimestamp(rec.time_ns / 1e9, tz=timezone.utc)
         stamp = when.astimezone().strftime("%H:%M:%S.%f")[:-3]
-        line = f"{stamp} {rec.stream.value:<6} {text}"
-        color = _COLORS.get(rec.stream) if self.color else None
-        self._write(f"{color}{line}{_RESET}" if color else line)
+        head = f"{stamp} {rec.stream.value:<6} "
+        color = _PRIORITY_COLORS[priority_of(rec.stream, rec.flags)] if self.color else ""
+        if not self.raw:
+            text = escape_controls(text, keep_sgr=self.color, color=self.color, resume=color)
+        if self.color:
+            stream_color = _STREAM_COLORS.get(rec.stream, "")
+            if stream_color:
+                head = f"{stamp} {stream_color}{rec.stream.value:<6}{_RESET} "
+            text = f"{color}{text}{_RESET}" if color or "\x1b[" in text else text
+        # A record holding several lines (output the kernel sent as one iopub message) shows
+        # its header on each one, so no line of kernel text can pass for a record of its own.
+        self._write(head + text.replace("\n", "\n" + head))
 
     def notice(self, kind: str, text: str, **details: Any) -> None:
         """A line about the log itself: truncation, a gap, a nanny restart or exit."""
@@ -140,6 +240,7 @@ def _select(
         for e, r in records
         if (opts.streams is None or r.stream in opts.streams)
         and (opts.since_seq is None or r.seq >= opts.since_seq)
+        and opts.wanted(r)
     )
     if opts.since_seq is None:
         return list(deque(chosen, maxlen=opts.lines))
@@ -193,40 +294,71 @@ def tail_spill(directory: Path, opts: TailOptions, printer: Printer) -> None:
         printer.record(rec)
 
 
+def _history_by_priority(ref: KernelRef, opts: TailOptions, printer: Printer) -> int:
+    """Print the last ``opts.lines`` records of ``opts.priority`` or more severe; return the
+    newest seq seen. The nanny selects by stream only, so the whole store is read here."""
+    kept: deque[LogRecord] = deque(maxlen=opts.lines)
+    last = 0
+    with BlockingLogClient(ref.info, streams=opts.streams, since_seq=1) as client:
+        for event in client.events(follow=False):
+            if isinstance(event, Records):
+                for rec in event.records:
+                    last = rec.seq
+                    if opts.wanted(rec):
+                        kept.append(rec)
+            elif not isinstance(event, Truncated):  # evicted history is expected here
+                _notice(event, printer)
+    for rec in kept:
+        printer.record(rec)
+    return last
+
+
 def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> bool:
     """Print from a running nanny; True when the nanny went away while following."""
     kwargs: dict[str, Any] = {"streams": opts.streams}
     if opts.since_seq is not None:
         kwargs["since_seq"] = opts.since_seq
+    elif opts.priority is not None:
+        last = _history_by_priority(ref, opts, printer)
+        if not opts.follow:
+            return False
+        kwargs["since_seq"] = last + 1
     else:
         kwargs["last"] = opts.lines
     with BlockingLogClient(ref.info, **kwargs) as client:
         for event in client.events(follow=opts.follow):
             if isinstance(event, Records):
                 for rec in event.records:
-                    printer.record(rec)
-            elif isinstance(event, Truncated):
-                printer.notice(
-                    "truncated",
-                    f"history truncated: oldest kept is seq "
-                    f"{event.oldest_seq}, {event.lost} records lost",
-                    oldest_seq=event.oldest_seq,
-                    lost=event.lost,
-                )
-            elif isinstance(event, Gap):
-                printer.notice(
-                    "gap",
-                    f"records {event.first_missing}..{event.last_missing} could not be recovered",
-                    first=event.first_missing,
-                    last=event.last_missing,
-                )
-            elif isinstance(event, EpochChanged):
-                printer.notice("epoch", "the nanny restarted; sequence numbers start again")
-            elif isinstance(event, ReplayFailed):
-                printer.notice("replay-failed", f"history unavailable: {event.message}")
-            elif isinstance(event, NannySilent):
-                printer.notice("silent", "the nanny is not answering (stopped?)")
+                    if opts.wanted(rec):
+                        printer.record(rec)
+            elif _notice(event, printer):
                 return True
+    return False
+
+
+def _notice(event: Any, printer: Printer) -> bool:
+    """Print a notice about the log itself; True when the nanny is silent (gone)."""
+    if isinstance(event, Truncated):
+        printer.notice(
+            "truncated",
+            f"history truncated: oldest kept is seq {event.oldest_seq}, {event.lost} records lost",
+            oldest_seq=event.oldest_seq,
+            lost=event.lost,
+        )
+    elif isinstance(event, Gap):
+        printer.notice(
+            "gap",
+            f"records {event.first_missing}..{event.last_missing} could not be recovered",
+            first=event.first_missing,
+            last=event.last_missing,
+        )
+    elif isinstance(event, EpochChanged):
+        printer.notice("epoch", "the nanny restarted; sequence numbers start again")
+    elif isinstance(event, ReplayFailed):
+        printer.notice("replay-failed", f"history unavailable: {event.message}")
+    elif isinstance(event, NannySilent):
+        printer.notice("silent", "the nanny is not answering (stopped?)")
+        return True
     return False
 
 
@@ -249,7 +381,7 @@ def _wait_for_kernel(ref: str) -> Iterator[KernelRef]:
 
 def run_tail(opts: TailOptions, out: IO[str] | None = None) -> int:
     """The ``tail`` verb; raises KernelNotFound for an unknown kernel."""
-    printer = Printer(out or sys.stdout, opts.json)
+    printer = Printer(out or sys.stdout, opts.json, raw=opts.raw)
     if opts.wait:  # follow this kernel id across nanny restarts, until interrupted
         for ref in _wait_for_kernel(opts.kernel):
             gone = _follow(ref, opts, printer)

@@ -183,7 +183,11 @@ def shutdown_reply_content(restart: bool) -> dict[str, Any]:
 # --- death ---------------------------------------------------------------------------------
 
 
-def _check_last_words(lines: object, exc: type[Exception]) -> tuple[tuple[str, str], ...]:
+#: One line of last words: (stream, text), or (stream, text, syslog priority).
+Words = tuple[str, str] | tuple[str, str, int]
+
+
+def _check_last_words(lines: object, exc: type[Exception]) -> tuple[Words, ...]:
     if not isinstance(lines, tuple):
         raise exc(f"last words must be a tuple, got {type(lines).__name__}")
     if len(lines) > LAST_WORDS_MAX_LINES:
@@ -192,13 +196,15 @@ def _check_last_words(lines: object, exc: type[Exception]) -> tuple[tuple[str, s
     for line in lines:
         if (
             not isinstance(line, tuple)
-            or len(line) != 2
+            or len(line) not in (2, 3)
             or not isinstance(line[0], str)
             or not isinstance(line[1], str)
         ):
-            raise exc(f"a last words line must be (stream, text), got {line!r:.80}")
+            raise exc(f"a last words line must be (stream, text[, priority]), got {line!r:.80}")
         if line[0] not in LAST_WORDS_STREAMS:
             raise exc(f"unknown last words stream {line[0]!r}; use stdout, stderr or log")
+        if len(line) == 3 and not (_is_int(line[2]) and 0 <= line[2] <= 7):
+            raise exc(f"a last words priority must be an int from 0 to 7, got {line[2]!r:.80}")
         total += len(line[1])
     if total > LAST_WORDS_MAX_CHARS:
         raise exc(f"last words too long: {total} characters > {LAST_WORDS_MAX_CHARS}")
@@ -209,7 +215,7 @@ def _check_last_words(lines: object, exc: type[Exception]) -> tuple[tuple[str, s
 class LastWords:
     """The kernel's final output, bounded to fit in a kernel_died message."""
 
-    lines: tuple[tuple[str, str], ...]  # (stream, text), oldest first
+    lines: tuple[Words, ...]  # (stream, text[, priority]), oldest first
 
     def __post_init__(self) -> None:
         _check_last_words(self.lines, LocalProtocolError)
@@ -217,7 +223,7 @@ class LastWords:
     @classmethod
     def from_tail(
         cls,
-        lines: Iterable[tuple[str, str]],
+        lines: Iterable[Words],
         *,
         max_lines: int = LAST_WORDS_MAX_LINES,
         max_chars: int = LAST_WORDS_MAX_CHARS,
@@ -225,13 +231,14 @@ class LastWords:
         """Keep the newest lines that fit the bounds (a too-long line keeps its end)."""
         max_lines = min(max_lines, LAST_WORDS_MAX_LINES)
         budget = min(max_chars, LAST_WORDS_MAX_CHARS)
-        kept: list[tuple[str, str]] = []
-        for stream, text in reversed(list(lines)[-max_lines:] if max_lines > 0 else []):
+        kept: list[Words] = []
+        for line in reversed(list(lines)[-max_lines:] if max_lines > 0 else []):
+            text = line[1]
             if budget <= 0:
                 break
             if len(text) > budget:
                 text = text[-budget:]
-            kept.append((stream, text))
+            kept.append((line[0], text, *line[2:]))
             budget -= len(text)
         return cls(tuple(reversed(kept)))
 
@@ -250,6 +257,13 @@ def _incarnation(content: Mapping[str, Any], what: str) -> int:
     return value
 
 
+def _words_json(line: Words) -> dict[str, Any]:
+    obj: dict[str, Any] = {"stream": line[0], "text": line[1]}
+    if len(line) == 3:
+        obj["priority"] = line[2]
+    return obj
+
+
 @dataclass(frozen=True, slots=True)
 class KernelDied:
     """The kernel process exited without being asked to: how, and what it said last."""
@@ -259,7 +273,7 @@ class KernelDied:
     signal_name: str | None  # "SIGKILL"; None when unknown on this platform
     incarnation: int  # which launch of the kernel died, >= 1
     reason: str  # one line for humans: describe_death(), or describe_exit()
-    last_words: tuple[tuple[str, str], ...] = ()  # (stream, text), oldest first
+    last_words: tuple[Words, ...] = ()  # (stream, text[, priority]), oldest first
     # What the nanny found out beyond the wait status (deaths.py); None: not known.
     cause: str | None = None  # how it ended, without memory or cell: "killed by SIGSEGV (...)"
     oom: OomKill | None = None  # set when the out-of-memory killer ended it
@@ -299,7 +313,7 @@ class KernelDied:
             "signal_name": self.signal_name,
             "incarnation": self.incarnation,
             "reason": self.reason,
-            "last_words": [{"stream": s, "text": t} for s, t in self.last_words],
+            "last_words": [_words_json(w) for w in self.last_words],
             "cause": self.cause,
             "oom": None if self.oom is None else self.oom.to_content(),
             "peak_memory": None if self.peak_memory is None else self.peak_memory.to_content(),
@@ -324,11 +338,14 @@ class KernelDied:
             raise MalformedMessage(
                 f"kernel_died 'last_words' must be a list, got {raw_words!r:.80}"
             )
-        words: list[tuple[str, str]] = []
+        words: list[Words] = []
         for item in raw_words:
             if not isinstance(item, dict):
                 raise MalformedMessage(f"a last_words entry must be an object, got {item!r:.80}")
-            words.append((item.get("stream"), item.get("text")))  # type: ignore[arg-type]
+            line: tuple[Any, ...] = (item.get("stream"), item.get("text"))
+            if "priority" in item:
+                line += (item["priority"],)
+            words.append(line)  # checked by __post_init__
         cause = content.get("cause")
         if cause is not None and not isinstance(cause, str):
             raise MalformedMessage(f"kernel_died 'cause' must be a string, got {cause!r:.80}")

@@ -7,6 +7,32 @@
 export type StreamName = 'stdout' | 'stderr' | 'log' | 'nanny';
 export const STREAMS: StreamName[] = ['stdout', 'stderr', 'log', 'nanny'];
 
+/** syslog priorities, most severe first (index = priority, specs/log-channel.md §2.2). */
+export const PRIORITY_NAMES = [
+  'emerg',
+  'alert',
+  'crit',
+  'err',
+  'warning',
+  'notice',
+  'info',
+  'debug'
+] as const;
+
+/** The priority of a record without one (from a server before priorities): its stream's. */
+export const DEFAULT_PRIORITY: Record<StreamName, number> = {
+  stdout: 6,
+  stderr: 4,
+  log: 6,
+  nanny: 5
+};
+
+/** A record's priority, 0 (emerg) to 7 (debug). */
+export function priorityOf(rec: { stream: StreamName; priority?: number }): number {
+  const p = rec.priority;
+  return typeof p === 'number' && p >= 0 && p <= 7 ? p : DEFAULT_PRIORITY[rec.stream] ?? 6;
+}
+
 /** A record as `GET …/log` and the follow send it. */
 export interface IRecordJSON {
   seq: number;
@@ -14,6 +40,8 @@ export interface IRecordJSON {
   stream: StreamName;
   text: string;
   incarnation: number;
+  /** syslog priority, 0-7; absent from servers before priorities. */
+  priority?: number;
   partial?: boolean;
   event?: { event?: string; [key: string]: unknown };
 }
@@ -26,7 +54,7 @@ export interface IDeath {
   signal?: number | null;
   signal_name?: string | null;
   reason?: string;
-  last_words?: { stream: string; text: string }[];
+  last_words?: { stream: string; text: string; priority?: number }[];
   seq: number;
 }
 
@@ -57,6 +85,8 @@ export interface ILine {
   marker?: MarkerKind;
   text: string;
   incarnation: number;
+  /** syslog priority, 0 (emerg) to 7 (debug): the record's, or the marker's own. */
+  priority: number;
   /** The line has not ended yet: the next record of its stream continues it. */
   open?: boolean;
 }
@@ -96,10 +126,13 @@ export function clock(iso: string): string {
   );
 }
 
-/** What a filter keeps: some streams (markers always), and lines containing a text. */
+/** What a filter keeps: some streams (markers always), lines of a priority or more severe,
+ * and lines containing a text. */
 export interface IFilter {
   streams: Set<StreamName>;
   search: string;
+  /** The least severe priority shown (7, debug: everything). */
+  priority?: number;
 }
 
 export function matches(line: ILine, filter: IFilter): boolean {
@@ -107,6 +140,9 @@ export function matches(line: ILine, filter: IFilter): boolean {
     return true;
   }
   if (!filter.streams.has(line.stream)) {
+    return false;
+  }
+  if (filter.priority !== undefined && line.priority > filter.priority) {
     return false;
   }
   return !filter.search || line.text.toLowerCase().includes(filter.search.toLowerCase());
@@ -181,6 +217,7 @@ export class LogModel {
         stream: rec.stream,
         text: rec.text,
         incarnation: rec.incarnation,
+        priority: priorityOf(rec),
         open: !!rec.partial || undefined
       },
       change
@@ -214,7 +251,8 @@ export class LogModel {
       stream: 'marker',
       marker: kind,
       text,
-      incarnation
+      incarnation,
+      priority: kind === 'died' ? 3 : 5
     });
     if (typeof frame.seq === 'number') {
       this.lastSeq = Math.max(this.lastSeq, frame.seq);
@@ -275,7 +313,8 @@ export class LogModel {
         stream: 'marker',
         marker: kind,
         text,
-        incarnation: this.incarnation
+        incarnation: this.incarnation,
+        priority: 5
       },
       change
     );

@@ -18,6 +18,7 @@ import {
   lineText,
   LogModel,
   matches,
+  PRIORITY_NAMES,
   StreamName,
   STREAMS
 } from './logmodel';
@@ -122,6 +123,7 @@ export class KernelLogPanel extends Widget {
       label.append(box, document.createTextNode(stream));
       bar.appendChild(label);
     }
+    bar.appendChild(this.levelSelect());
     const search = document.createElement('input');
     search.type = 'search';
     search.placeholder = 'Search';
@@ -168,6 +170,30 @@ export class KernelLogPanel extends Widget {
     this.node.append(bar, this._body, this._resume);
   }
 
+  /** The level filter: a syslog priority and everything more severe (as `journalctl -p`). */
+  private levelSelect(): HTMLElement {
+    const label = document.createElement('label');
+    label.className = 'jp-NannyLog-level';
+    label.title = 'Show lines of this priority and more severe ones';
+    const select = document.createElement('select');
+    select.className = 'jp-mod-styled';
+    select.setAttribute('aria-label', 'Lowest priority shown');
+    PRIORITY_NAMES.forEach((name, priority) => {
+      const option = document.createElement('option');
+      option.value = String(priority);
+      option.textContent = priority === 7 ? 'all levels' : priority === 0 ? name : `${name}+`;
+      select.appendChild(option);
+    });
+    select.value = String(this._filter.priority);
+    select.addEventListener('change', () => {
+      this._filter.priority = Number(select.value);
+      this.node.dataset.priority = select.value;
+      this.rebuild();
+    });
+    label.append('Level ', select);
+    return label;
+  }
+
   private button(text: string, title: string, onClick: () => void): HTMLButtonElement {
     const button = document.createElement('button');
     button.className = 'jp-mod-styled jp-NannyLog-button';
@@ -185,6 +211,7 @@ export class KernelLogPanel extends Widget {
     row.dataset.stream = line.stream;
     row.dataset.seq = String(line.seq);
     row.dataset.time = line.time;
+    row.dataset.priority = String(line.priority);
     if (line.marker) {
       row.dataset.marker = line.marker;
     }
@@ -448,7 +475,7 @@ export class KernelLogPanel extends Widget {
   private _kernelId = '';
   private _model = new LogModel();
   private _follow: LogFollow | null = null;
-  private _filter: IFilter = { streams: new Set<StreamName>(STREAMS), search: '' };
+  private _filter: IFilter = { streams: new Set<StreamName>(STREAMS), search: '', priority: 7 };
   private _pending: ILine[] = [];
   private _grown = new Set<ILine>();
   private _rowOf = new WeakMap<ILine, HTMLElement>();

@@ -2,7 +2,9 @@
  * Watches the kernels of open notebooks and consoles that run under the nanny: one follow per
  * kernel (stderr and log records, and the lifecycle events that come with any follow), whose
  * deaths become notifications that stay until dismissed, and whose stderr, log records and
- * deaths go to the Log Console of every notebook using the kernel.
+ * deaths go to the Log Console of every notebook using the kernel, each at its own level
+ * (the record's syslog priority: err is an error, warning a warning, info and notice info,
+ * debug debug; the Log Console's own level setting then chooses what it shows).
  *
  * A follow resumes from the last seq it saw when its connection drops, so a death that happens
  * meanwhile is still reported when it is back.
@@ -13,13 +15,33 @@ import { ILoggerRegistry, LogLevel } from '@jupyterlab/logconsole';
 import { IDisposable } from '@lumino/disposable';
 
 import { LogFollow } from './follow';
-import { deathReason, IDeath, IFrame } from './logmodel';
+import { deathReason, IDeath, IFrame, priorityOf } from './logmodel';
 
 /** How often stderr and log lines are passed to the Log Console. */
 const FLUSH_MS = 500;
 /** Lines logged one entry each per flush; beyond, one entry holds them, up to BATCH_LINES. */
 const SINGLE_LINES = 10;
 const BATCH_LINES = 50;
+
+/** The Log Console level of a syslog priority. */
+export function logLevel(priority: number): LogLevel {
+  if (priority <= 2) {
+    return 'critical';
+  }
+  if (priority === 3) {
+    return 'error';
+  }
+  if (priority === 4) {
+    return 'warning';
+  }
+  return priority === 7 ? 'debug' : 'info';
+}
+
+/** One buffered line for the Log Console. */
+interface IBuffered {
+  text: string;
+  priority: number;
+}
 
 /** A notebook or console whose kernel is watched. */
 export interface IWatchHost {
@@ -93,7 +115,7 @@ class KernelWatch {
     if (frame.records) {
       for (const rec of frame.records) {
         if (rec.text) {
-          this.buffer.push(`[${rec.stream}] ${rec.text}`);
+          this.buffer.push({ text: `[${rec.stream}] ${rec.text}`, priority: priorityOf(rec) });
         }
       }
       if (!this.timer && this.buffer.length) {
@@ -144,13 +166,16 @@ class KernelWatch {
       return;
     }
     if (lines.length <= SINGLE_LINES) {
-      lines.forEach(line => this.log('warning', line));
+      lines.forEach(line => this.log(logLevel(line.priority), line.text));
       return;
     }
+    // One entry for many lines, at the level of the most severe among them.
+    const shown = lines.slice(0, BATCH_LINES);
+    const worst = Math.min(...lines.map(line => line.priority));
     const more = lines.length - BATCH_LINES;
     this.log(
-      'warning',
-      lines.slice(0, BATCH_LINES).join('\n') +
+      logLevel(worst),
+      shown.map(line => line.text).join('\n') +
         (more > 0 ? `\n… and ${more} more lines: see the Kernel Log` : '')
     );
   }
@@ -166,6 +191,6 @@ class KernelWatch {
   }
 
   private readonly follow: LogFollow;
-  private buffer: string[] = [];
+  private buffer: IBuffered[] = [];
   private timer = 0;
 }

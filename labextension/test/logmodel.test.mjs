@@ -57,3 +57,32 @@ test('a death without a reason is described from its numbers', () => {
   assert.equal(deathReason({ signal: 11, signal_name: 'SIGSEGV' }), 'killed by SIGSEGV');
   assert.equal(deathReason({ exit_code: 3 }), 'exited with code 3');
 });
+
+test('lines carry their priority, or their stream default from servers before priorities', () => {
+  const model = new LogModel();
+  model.addFrame({ records: [
+    rec(1, 'log', 'lost the database', { priority: 3 }),
+    rec(2, 'stdout', 'progress ', { priority: 2, partial: true }),
+    rec(3, 'stderr', 'old server'),
+    rec(4, 'log', 'old server too')
+  ] });
+  model.addFrame({ records: [rec(5, 'stdout', 'done', { priority: 2 })] });
+  assert.deepEqual(model.lines.map(l => [l.text, l.priority]), [
+    ['lost the database', 3], ['progress done', 2], ['old server', 4], ['old server too', 6]
+  ]);
+  model.addFrame({ event: 'kernel_died', seq: 6, incarnation: 1, reason: 'r' });
+  assert.equal(model.lines.at(-1).priority, 3);
+});
+
+test('the level filter keeps that priority and more severe ones, and every marker', () => {
+  const model = new LogModel();
+  model.addFrame({ records: [0, 3, 4, 6, 7].map(p => rec(p + 1, 'log', `p${p}`, { priority: p })) });
+  model.addFrame({ event: 'kernel_restarted', seq: 9, incarnation: 2, pid: 1 });
+  const shown = priority => model.lines
+    .filter(l => matches(l, { streams: new Set(['log']), search: '', priority }))
+    .map(l => l.text);
+  assert.deepEqual(shown(7), ['p0', 'p3', 'p4', 'p6', 'p7', model.lines.at(-1).text]);
+  assert.deepEqual(shown(4), ['p0', 'p3', 'p4', model.lines.at(-1).text]);
+  assert.deepEqual(shown(0), ['p0', model.lines.at(-1).text]);
+  assert.equal(matches(model.lines[2], { streams: new Set(['log']), search: 'p4' }), true);
+});

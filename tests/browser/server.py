@@ -150,6 +150,10 @@ def private_env(home: Path) -> dict[str, str]:
         JUPYTER_DATA_DIR=str(home / "data"),
         JUPYTER_RUNTIME_DIR=str(home / "runtime"),
         JUPYTER_PLATFORM_DIRS="1",
+        # In a virtualenv jupyter_core reads the environment's directories before the user's;
+        # the private ones must come first, or Lab loads the nanny-io extension an earlier
+        # `pip install` copied into the environment instead of this checkout's build.
+        JUPYTER_PREFER_ENV_PATH="0",
         IPYTHONDIR=str(home / "ipython"),
     )
     env[MARKER] = secrets.token_hex(8)

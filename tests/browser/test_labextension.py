@@ -120,20 +120,22 @@ def _assert_readable(ui: NotebookUI, theme: str) -> None:
 
 
 def test_panel_shows_the_kernel_log(jupyter_server: JupyterServer, notebook_ui: NotebookUI) -> None:
-    """A cell writes to $JUPYTER_KERNEL_LOG; the panel opened from the Kernel menu shows the
-    line within 5 s, and the notebook's Log Console has it as a warning."""
+    """A cell writes a warning to $JUPYTER_KERNEL_LOG; the panel opened from the Kernel menu
+    shows the line within 5 s, and the notebook's Log Console has it as a warning."""
     ui = notebook_ui
     path = jupyter_server.create_notebook("log-line.ipynb", NANNY_SPEC, ["", ""])
     _open(ui, path)
     assert _command_state(ui)["enabled"], _command_state(ui)
     _open_from_kernel_menu(ui)
     expect(_rows(ui).filter(has_text="Kernel started")).to_be_visible(timeout=10_000)
-    ui.run_cell(0, WRITE_LOG.format(text="hello from the kernel log"))
+    ui.run_cell(0, WRITE_LOG.format(text="<4>hello from the kernel log"))
     started = time.monotonic()
     line = _rows(ui).filter(has_text="hello from the kernel log")
     expect(line).to_be_visible(timeout=5_000)
     took = time.monotonic() - started
     assert line.get_attribute("data-stream") == "log"
+    assert line.get_attribute("data-priority") == "4"
+    expect(line).not_to_contain_text("<4>")  # the priority prefix is not text
     ui.shot("panel-log-line")
     # search narrows the rows to the matches, and marks them
     _panel(ui).locator(".jp-NannyLog-search").fill("hello")
@@ -147,6 +149,76 @@ def test_panel_shows_the_kernel_log(jupyter_server: JupyterServer, notebook_ui: 
     expect(console).to_contain_text("hello from the kernel log", timeout=10_000)
     ui.shot("log-console")
     print(f"panel showed the line {took:.2f} s after the cell ran")
+
+
+#: One line per priority that matters, to the log; one unprefixed line to stderr (a warning).
+LEVELS = (
+    "import os; open(os.environ['JUPYTER_KERNEL_LOG'], 'w').write('<3>database connection lost"
+    "\\n<4>slow query: 12 s\\n<6>connected to the database\\n<7>query plan: seq scan\\n'); "
+    "os.write(2, b'a warning on stderr\\n')"
+)
+
+
+def test_level_filter_and_log_console_levels(
+    jupyter_server: JupyterServer, notebook_ui: NotebookUI
+) -> None:
+    """Lines written with priorities: the panel marks each row with its priority, the Level
+    filter keeps that priority and more severe ones (markers always), and the Log Console has
+    each line at its own level (errors as errors, warnings as warnings)."""
+    ui = notebook_ui
+    path = jupyter_server.create_notebook("levels.ipynb", NANNY_SPEC, ["", ""])
+    _open(ui, path)
+    _open_from_kernel_menu(ui)
+    expect(_rows(ui).filter(has_text="Kernel started")).to_be_visible(timeout=10_000)
+    ui.run_cell(0, LEVELS)
+    lines = {
+        "database connection lost": "3",
+        "slow query: 12 s": "4",
+        "connected to the database": "6",
+        "query plan: seq scan": "7",
+        "a warning on stderr": "4",
+    }
+    for text, priority in lines.items():
+        row = _rows(ui).filter(has_text=text)
+        expect(row).to_be_visible(timeout=10_000)
+        assert row.get_attribute("data-priority") == priority, text
+    ui.shot("levels-all")
+    level = _panel(ui).locator(".jp-NannyLog-level select")
+    shown = _panel(ui).locator(".jp-NannyLog-row:not([data-marker])")
+
+    def texts() -> list[str]:
+        return [t.strip() for t in shown.locator(".jp-NannyLog-text").all_inner_texts()]
+
+    level.select_option(label="warning+")
+    expect(shown.filter(has_text="connected to the database")).to_have_count(0)
+    assert [t for t in texts() if t in lines] == [
+        "database connection lost",
+        "slow query: 12 s",
+        "a warning on stderr",
+    ], texts()
+    expect(_rows(ui).filter(has_text="Kernel started")).to_be_visible()  # markers stay
+    ui.shot("levels-warning")
+    level.select_option(label="err+")
+    expect(shown.filter(has_text="database connection lost")).to_be_visible()
+    expect(shown).to_have_count(1)
+    level.select_option(label="all levels")
+    expect(shown.filter(has_text="query plan: seq scan")).to_be_visible()
+    # the Log Console: each line at its own level
+    ui.cell(1).click()
+    ui.page.evaluate("window.jupyterapp.commands.execute('logconsole:open')")
+    console = ui.page.locator(".jp-LogConsole:visible")
+    expect(console).to_contain_text("database connection lost", timeout=10_000)
+    expect(console).to_contain_text("slow query: 12 s")
+    expect(console).to_contain_text("a warning on stderr")  # its own pipe: maybe a later batch
+
+    def console_level(text: str) -> str | None:
+        entry = console.locator(".jp-OutputArea-child", has_text=text).last
+        return entry.locator(".jp-OutputArea-prompt").get_attribute("title")
+
+    assert (console_level("database connection lost") or "").endswith("Error level")
+    assert (console_level("slow query: 12 s") or "").endswith("Warning level")
+    assert (console_level("a warning on stderr") or "").endswith("Warning level")
+    ui.shot("levels-log-console")
 
 
 def test_death_notification_marker_and_restart(

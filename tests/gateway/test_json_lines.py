@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from nanny_io_proto.errors import LocalProtocolError
 from nanny_io_proto.jsonlines import RUNTIME_LINE_LIMIT, record_json_lines
 from nanny_io_proto.logrecords import LogRecord, nanny_event_data
+from nanny_io_proto.priorities import priority_flags
 from nanny_io_proto.streams import FLAG_NO_EOL, Stream
 
 EXAMPLES = settings(max_examples=200, deadline=None)
@@ -27,7 +28,7 @@ def test_a_line_is_one_object_with_the_documented_keys() -> None:
     (line,) = record_json_lines(_record(b"hello\n"), time=TIME, kernel_id=KID)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     obj = json.loads(line)
-    assert list(obj) == ["time", "seq", "stream", "text", "incarnation", "kernel_id"]
+    assert list(obj) == ["time", "seq", "stream", "text", "incarnation", "kernel_id", "priority"]
     assert obj == {
         "time": TIME,
         "seq": 7,
@@ -35,7 +36,17 @@ def test_a_line_is_one_object_with_the_documented_keys() -> None:
         "text": "hello",
         "incarnation": 1,
         "kernel_id": KID,
+        "priority": 6,
     }
+
+
+def test_the_priority_is_the_records_or_its_streams_default() -> None:
+    (line,) = record_json_lines(
+        _record(b"x\n", flags=priority_flags(2) | FLAG_NO_EOL), time=TIME, kernel_id=KID
+    )
+    assert json.loads(line)["priority"] == 2
+    (line,) = record_json_lines(_record(b"x\n", Stream.STDERR), time=TIME, kernel_id=KID)
+    assert json.loads(line)["priority"] == 4
 
 
 def test_a_partial_line_says_so() -> None:

@@ -715,7 +715,8 @@ def test_kernel_died_carries_last_words_and_the_log_has_the_details(
     died = next(m for m in seen if m["msg_type"] == "kernel_died")
     assert died["parent_header"]["msg_id"] == msg_id
     content = died["content"]
-    assert {"stream": "stderr", "text": "fatal: the disk is on fire"} in content["last_words"]
+    words = {"stream": "stderr", "text": "fatal: the disk is on fire", "priority": 4}
+    assert words in content["last_words"]
     if how == "exit":
         assert (content["exit_code"], content["signal"]) == (5, None)
     else:
@@ -727,7 +728,7 @@ def test_kernel_died_carries_last_words_and_the_log_has_the_details(
     (event,) = [e for e in events if e and e["event"] == "kernel_died"]
     for key in ("exit_code", "signal", "signal_name", "reason", "incarnation"):
         assert event[key] == content[key]
-    assert {"stream": "stderr", "text": "fatal: the disk is on fire"} in event["last_words"]
+    assert words in event["last_words"]
 
 
 def test_a_death_before_the_cells_busy_left_the_kernel_reaches_that_cell(

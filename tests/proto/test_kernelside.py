@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +23,9 @@ from nanny_io_proto.delimiters import (
     begin_marker,
     end_marker,
 )
+from nanny_io_proto.lines import LineAssembler
+from nanny_io_proto.priorities import PriorityLines, priority_of
+from nanny_io_proto.streams import Stream
 
 
 def run_kernel(code: str, **env: str) -> tuple[list[Event], list[Event]]:
@@ -143,3 +148,81 @@ def test_unusable_msg_id_writes_nothing(monkeypatch: pytest.MonkeyPatch) -> None
     with kernelside.delimited(""):
         pass
     assert writes == []
+
+
+# --- KernelLogHandler ---------------------------------------------------------------------
+
+
+def _logger(handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(f"kernelside-test-{id(handler)}")
+    logger.handlers = [handler]
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    return logger
+
+
+def _fifo_reader(tmp_path: Path) -> tuple[str, int]:
+    path = str(tmp_path / "kernel.log")
+    os.mkfifo(path)
+    return path, os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so writers can open
+
+
+def test_syslog_priority_of_logging_levels() -> None:
+    levels = [logging.CRITICAL, logging.ERROR, logging.WARNING, 25, logging.INFO, logging.DEBUG, 0]
+    assert [kernelside.syslog_priority(n) for n in levels] == [2, 3, 4, 5, 6, 7, 7]
+
+
+def test_handler_writes_prefixed_lines_to_the_fifo(tmp_path: Path) -> None:
+    path, reader = _fifo_reader(tmp_path)
+    handler = kernelside.KernelLogHandler(path=path)
+    assert handler.to_kernel_log
+    log = _logger(handler)
+    log.debug("d")
+    log.info("i")
+    log.warning("w")
+    log.error("e")
+    log.critical("c")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    handler.close()
+    data = os.read(reader, 65536)
+    os.close(reader)
+    lines = PriorityLines(LineAssembler())
+    records = [(d, priority_of(Stream.LOG, f)) for d, f in lines.feed(data)]
+    assert records[:5] == [(b"d\n", 7), (b"i\n", 6), (b"w\n", 4), (b"e\n", 3), (b"c\n", 2)]
+    traceback = records[5:]
+    assert traceback[0] == (b"failed\n", 3) and traceback[-1] == (b"ValueError: boom\n", 3)
+    assert {p for _, p in traceback} == {3}  # every line of the traceback is an error
+
+
+def test_handler_without_the_variable_writes_plain_lines_to_stderr() -> None:
+    code = """
+        import logging, os
+        os.environ.pop("JUPYTER_KERNEL_LOG", None)
+        from nanny_io.kernelside import KernelLogHandler
+        handler = KernelLogHandler()
+        assert not handler.to_kernel_log
+        log = logging.getLogger("k"); log.addHandler(handler); log.setLevel(logging.INFO)
+        log.error("plain error")
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == b"plain error\n"
+
+
+def test_handler_falls_back_to_stderr_when_the_reader_is_gone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, reader = _fifo_reader(tmp_path)
+    handler = kernelside.KernelLogHandler(path=path)
+    log = _logger(handler)
+    os.close(reader)  # the nanny died: writes fail with EPIPE
+    log.warning("still here")
+    log.error("and here")
+    handler.close()
+    assert not handler.to_kernel_log
+    assert capsys.readouterr().err == "still here\nand here\n"

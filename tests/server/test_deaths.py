@@ -57,7 +57,7 @@ async def test_a_death_is_reported_everywhere(jp_fetch, jp_ws_fetch, kernels, di
     assert frame["exit_code"] == 3 and frame["signal"] is None and frame["signal_name"] is None
     assert frame["incarnation"] == 1
     assert frame["cause"] == "exited with code 3" and frame["reason"].startswith(frame["cause"])
-    assert {"stream": "stderr", "text": "last words here"} in frame["last_words"]
+    assert {"stream": "stderr", "text": "last words here", "priority": 4} in frame["last_words"]
     words = next(r for r in follower.records if r["text"] == "last words here")
     death = next(r for r in follower.records if r["stream"] == "nanny")
     assert words["seq"] < death["seq"] == frame["seq"], "the last words come before the death"

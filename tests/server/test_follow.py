@@ -79,11 +79,22 @@ async def test_streams_and_kernel_state(jp_fetch, jp_ws_fetch, kernels) -> None:
     await execute(
         kc,
         "import os\nos.write(1, b'to stdout\\n')\nos.write(2, b'to stderr\\n')\n"
-        "with open(os.environ['JUPYTER_KERNEL_LOG'], 'w') as f: f.write('to the log\\n')\n",
+        "with open(os.environ['JUPYTER_KERNEL_LOG'], 'w') as f:\n"
+        "    f.write('<3>an error\\n<7>a detail\\nto the log\\n')\n",
     )
     await follower.until_text("to the log")
     texts = {(r["stream"], r["text"]) for r in follower.records}
     assert ("stderr", "to stderr") in texts
+    # each record has its priority: the kernel's prefix, or its stream's default
+    priorities = {r["text"]: r["priority"] for r in follower.records}
+    assert priorities["an error"] == 3 and priorities["a detail"] == 7
+    assert priorities["to the log"] == 6 and priorities["to stderr"] == 4
+    page = await fetch_json(jp_fetch, kernel_id, "log", since="1", stream="log")
+    assert {r["text"]: r["priority"] for r in page["records"]} == {
+        "an error": 3,
+        "a detail": 7,
+        "to the log": 6,
+    }
     assert {r["stream"] for r in follower.records} <= {"stderr", "log"}
     assert "to stdout" not in {r["text"] for r in follower.records}
     follower.close()

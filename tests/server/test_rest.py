@@ -66,8 +66,10 @@ async def test_log_records_are_those_of_tail_json(jp_fetch, kernels) -> None:
     ]
     prompt = next(r for r in page["records"] if r["text"] == "prompt> ")
     assert prompt["partial"] is True
-    assert set(prompt) == {"seq", "time", "stream", "source", "text", "incarnation", "partial"}
-    assert prompt["source"] == "fd"
+    assert set(prompt) == {
+        "seq", "time", "stream", "source", "text", "incarnation", "priority", "partial"
+    }
+    assert prompt["source"] == "fd" and prompt["priority"] == 6
     started = next(r for r in page["records"] if r["stream"] == "nanny")
     assert started["event"]["event"] == "kernel_started"
     assert all(r["incarnation"] == 1 for r in page["records"] if r["stream"] != "nanny")
