@@ -69,6 +69,9 @@ StoreListener = Callable[[Stream, int, int], None]
 _GONE: Entry = (0, 0, 0, 0, 0, b"")
 
 _data = itemgetter(0)
+_entry_data = itemgetter(5)
+#: Records evicted at a time while the store is far over its bound, then closer.
+_EVICT_BLOCKS = (256, 16, 1)
 _flags = itemgetter(1)
 
 
@@ -302,10 +305,17 @@ class LogStore:
         used = self._bytes_used
         limit = self.max_bytes
         start = i
-        while used > limit:
-            used -= len(ring[i][5]) + RECORD_OVERHEAD
-            ring[i] = _GONE
-            i += 1
+        # Whole blocks (sums in C) while even the block leaves the store over its bound,
+        # with ever smaller blocks, the last of one record.
+        for size in _EVICT_BLOCKS:
+            while used > limit:
+                block = ring[i : i + size]
+                freed = sum(map(len, map(_entry_data, block))) + len(block) * RECORD_OVERHEAD
+                if used - freed < limit and size > 1:
+                    break
+                ring[i : i + len(block)] = repeat(_GONE, len(block))
+                used -= freed
+                i += len(block)
         self._evicted += i - start
         self._bytes_used = used
         if i > 64 and 2 * i >= len(ring):

@@ -120,6 +120,25 @@ def test_eviction_keeps_the_byte_bound(size: int) -> None:
     assert stats.evicted_records == store.oldest_seq - 1 == stats.last_seq - stats.count
 
 
+@pytest.mark.parametrize("per_call", [1, 300, 5000])
+def test_eviction_of_large_appends_is_minimal(per_call: int) -> None:
+    """Appends of thousands of records of mixed sizes evict exactly what must go."""
+    max_bytes = 256 << 10
+    store = LogStore(epoch="e1", max_bytes=max_bytes)
+    sizes = [1, 7, 300, 2000, 40]
+    appended: list[bytes] = []  # every record's data, by seq - 1
+    for call in range(40):
+        pieces = [(b"x" * sizes[(call + k) % len(sizes)] + b"\n", 0) for k in range(per_call)]
+        store.append(OUT, 1, T0, pieces)
+        appended += [data for data, _ in pieces]
+        recs = store.records(1)
+        assert store.bytes_used == sum(cost(r.data) for r in recs) <= max_bytes
+        if store.oldest_seq > 1:  # the newest evicted record would not have fitted
+            assert store.bytes_used + cost(appended[store.oldest_seq - 2]) > max_bytes
+        assert store.statistics().evicted_records == store.oldest_seq - 1
+    assert [r.seq for r in store.records(1)] == list(range(store.oldest_seq, store.last_seq + 1))
+
+
 def test_listeners_are_told_after_every_append_and_can_read_it_back() -> None:
     store = LogStore(epoch="e1", spill=None)
     seen: list[tuple[Stream, int, int, list[bytes]]] = []
