@@ -158,11 +158,11 @@ def start_direct(workdir: Path, tracker: ProcessTracker, stack: contextlib.ExitS
 # ---------------------------------------------------------------------- cells
 
 
-def fd_cell(total: int, chunk: int) -> str:
+def fd_cell(total: int, chunk: int, line: int = FD_LINE) -> str:
     """Code writing ``total`` bytes of 1 KiB ASCII lines to fd 1, ``chunk`` bytes per write."""
     return (
         "import os as _os\n"
-        f"_c = (b'x' * {FD_LINE - 1} + b'\\n') * {chunk // FD_LINE}\n"
+        f"_c = (b'x' * {line - 1} + b'\\n') * max(1, {chunk // line})\n"
         f"_n, _r = divmod({total}, len(_c))\n"
         "for _b in [_c] * _n + [_c[:_r]]:\n"
         "    _m = memoryview(_b)\n"
@@ -313,9 +313,9 @@ class BarePublisher:
         self.proc.stdin.write(text + "\n")
         self.proc.stdin.flush()
 
-    def run(self, total: int, size: int) -> CellRun:
+    def run(self, total: int, size: int, line: int = FD_LINE) -> CellRun:
         msg_id = uuid.uuid4().hex
-        self._say(f"{msg_id} {total} {size}")
+        self._say(f"{msg_id} {total} {size} {line}")
         if self._line() != "ready":
             raise BenchmarkError("the bare publisher did not get ready")
         drain_iopub(self.kc)
@@ -347,17 +347,17 @@ def publisher_main(key: str) -> int:
     print(port, flush=True)
     pub.recv()  # the frontend's subscription
     print("subscribed", flush=True)
-    line = b"x" * (FD_LINE - 1) + b"\n"
     messages: list[list[bytes]] = []
     for command in sys.stdin:
         if command.strip() == "go":
             for frames in messages:
                 pub.send_multipart(frames, copy=False)
             continue
-        msg_id, total, size = command.split()
+        msg_id, total, size, length = command.split()
+        line = b"x" * (int(length) - 1) + b"\n"
         parent = session.msg_header("execute_request")
         parent["msg_id"] = msg_id
-        text = (line * (int(size) // FD_LINE + 1)).decode()
+        text = (line * (int(size) // len(line) + 1)).decode()
         messages = []
         for offset in range(0, int(total), int(size)):
             chunk = text[: min(int(size), int(total) - offset)]
@@ -405,16 +405,16 @@ def measure_fd(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker)
         nanny, clients["nanny"] = start_nanny(args.nanny_options, workdir, tracker, stack)
         publisher = BarePublisher(tracker, stack)
         for kc in clients.values():  # warm-up: imports, first allocation of buffers
-            run_counting(kc, fd_cell(MiB, chunk), MiB)
+            run_counting(kc, fd_cell(MiB, chunk, args.fd_line), MiB)
         for size in CEILING_SIZES:
-            publisher.run(MiB, size)
-        code = fd_cell(total, chunk)
+            publisher.run(MiB, size, args.fd_line)
+        code = fd_cell(total, chunk, args.fd_line)
         paths = ["direct", "nanny", *(f"ceiling-{size}" for size in CEILING_SIZES)]
         for i in range(args.fd_reps):
             for path in paths if i % 2 == 0 else paths[::-1]:
                 cpu0 = nanny.cpu_seconds()
                 if path.startswith("ceiling-"):
-                    run = publisher.run(total, int(path.partition("-")[2]))
+                    run = publisher.run(total, int(path.partition("-")[2]), args.fd_line)
                 else:
                     run = run_counting(clients[path], code, total)
                 if path == "nanny":
@@ -886,6 +886,7 @@ def summarize(args: argparse.Namespace, fd: FdResult, log: LogResult, rss: RssRe
         "delimiters": args.delimiters,
         "fd_bytes": args.fd_mib * MiB,
         "fd_chunk_bytes": args.fd_chunk_kib * 1024,
+        "fd_line_bytes": args.fd_line,
         "fd_reps": args.fd_reps,
         "fd_direct_mb_s": direct,
         "fd_nanny_mb_s": nanny,
@@ -1026,6 +1027,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--json-only", action="store_true", help="print only the JSON line")
     add("--fd-mib", type=int, default=64, help="MiB written to fd 1 per run (default 64)")
     add("--fd-chunk-kib", type=int, default=64, help="KiB per os.write (default 64)")
+    add("--fd-line", type=int, default=FD_LINE, help="bytes per stdout line (default 1024)")
     add("--fd-reps", type=int, default=3, help="runs per path, interleaved (default 3)")
     add("--log-lines", type=int, default=2_000_000, help="lines per ingest burst (default 2M)")
     add("--log-ring", default="512M", help="ring of the log-channel nanny (default 512M)")
@@ -1050,8 +1052,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.fanout = [int(n) for n in args.fanout.split(",") if n.strip()]
     except ValueError:
         parser.error("--fanout takes counts separated by commas, e.g. 1,16,64")
-    sizes = (args.fd_mib, args.fd_chunk_kib, args.fd_reps, args.log_lines, args.fanout_lines,
-             args.replay_records, args.rss_mib, args.rss_ring_mib, *args.fanout)
+    sizes = (args.fd_mib, args.fd_chunk_kib, args.fd_line - 1, args.fd_reps, args.log_lines,
+             args.fanout_lines, args.replay_records, args.rss_mib, args.rss_ring_mib, *args.fanout)
     if min(sizes) < 1:
         parser.error("sizes and counts must be >= 1")
     args.nanny_options = ["--no-spill"] if args.no_spill else []
