@@ -175,6 +175,10 @@ class LogStore:
         self._bytes_used = 0
         self._evicted = 0
         self._listeners: list[StoreListener] = []
+        # The last append (first, last, time_ns, incarnation, stream, pieces) and its body.
+        self._last_append: tuple[int, int, int, int, Stream, Sequence[tuple[bytes, int]]] | None
+        self._last_append = None
+        self._last_body: bytes | None = None
 
     # -- state --------------------------------------------------------------------------------
 
@@ -254,9 +258,13 @@ class LogStore:
             raise TypeError("pieces must be (bytes, int) pairs")
         if not set(map(_flags, pieces)) <= _U8_VALUES:
             raise ValueError("flags must be u8 values")
-        if self.spill is not None and self.spill.active:
-            self.spill.write_parts(first, _body_parts(first, time_ns, incarnation, stream, pieces))
         last = first + n - 1
+        # One packed body for the spill and the log channel's live batch (see packed()).
+        self._last_append = (first, last, time_ns, incarnation, stream, pieces)
+        self._last_body = None
+        if self.spill is not None and self.spill.active:
+            self._last_body = b"".join(_body_parts(first, time_ns, incarnation, stream, pieces))
+            self.spill.write_parts(first, [self._last_body])
         self._ring.extend(
             zip(
                 range(first, last + 1),
@@ -287,6 +295,7 @@ class LogStore:
             raise ValueError(f"flags must be a u8, got {flags!r}")
         seq = self._last_seq + 1
         code = STREAM_CODES[stream]
+        self._last_append = self._last_body = None
         if self.spill is not None and self.spill.active:
             head = RECORD_HEADER.pack(seq, time_ns, incarnation, code, flags, len(data))
             self.spill.write_parts(seq, [_ONE, head, data])
@@ -324,6 +333,17 @@ class LogStore:
         self._start = i
 
     # -- reading ------------------------------------------------------------------------------
+
+    def packed(self, first_seq: int, last_seq: int) -> bytes | None:
+        """The packed body (``pack_entries``) of records ``first_seq .. last_seq`` when they
+        are exactly the last append, else None: the spill and the live batch share it."""
+        last = self._last_append
+        if last is None or last[0] != first_seq or last[1] != last_seq:
+            return None
+        if self._last_body is None:
+            first, _, time_ns, incarnation, stream, pieces = last
+            self._last_body = b"".join(_body_parts(first, time_ns, incarnation, stream, pieces))
+        return self._last_body
 
     def _span(self, from_seq: int, to_seq: int | None) -> tuple[int, int]:
         """Ring indexes [lo, hi) of the held seqs within from_seq..to_seq (inclusive)."""

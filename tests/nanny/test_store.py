@@ -606,3 +606,23 @@ def test_directory_vanishing_degrades_on_rotation(
     (warning,) = spill_warnings(caplog)
     assert "spill" in warning.getMessage()
     assert store.last_seq == 510 and store.statistics().spill_error
+
+
+@pytest.mark.parametrize("spilled", [False, True])
+def test_the_packed_body_of_the_last_append_is_pack_entries_of_its_records(
+    tmp_path: Path, spilled: bool
+) -> None:
+    """The spill and the log channel share one body: it must be exactly what packing the
+    stored entries gives, and only for exactly the last append."""
+    spill = Spill(tmp_path / "spill", epoch="e1") if spilled else None
+    store = LogStore(epoch="e1", spill=spill)
+    store.append(OUT, 1, T0, lines(3))
+    first, last = store.append(OUT, 2, T0 + 1, [(b"a\n", 0), (b"partial", FLAG_NO_EOL)])
+    body = store.packed(first, last)
+    assert body == pack_entries(store.entries(first, last))
+    assert store.packed(first - 1, last) is None and store.packed(first, last - 1) is None
+    store.append_one(Stream.NANNY, 2, T0 + 2, b"{}")
+    assert store.packed(first, last) is None
+    if spill is not None:
+        spill.close()
+        assert [r.data for _, r in read_spill(tmp_path / "spill")][-3:-1] == [b"a\n", b"partial"]
