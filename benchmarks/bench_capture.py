@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Capture benchmark: what the nanny's I/O path costs and sustains, next to ipykernel's own.
 
-Six measurements in one run, each on its own nanny (``nanny-io start``, a subprocess):
+Seven measurements in one run, each on its own nanny (``nanny-io start``, a subprocess):
 
 1. **fd output to a frontend.** A cell does ``os.write(1, chunk)`` of 1 KiB lines; an
    unmodified jupyter_client ``BlockingKernelClient`` counts the ``stream`` text it receives.
@@ -12,6 +12,10 @@ Six measurements in one run, each on its own nanny (``nanny-io start``, a subpro
    output, is /dev/null). Interleaved (direct, nanny, nanny, direct, ...). Bytes parented to
    another request are counted and reported: without output delimiters (``--delimiters``
    loads nanny_io.kernelside into the nanny's kernel) attribution is approximate.
+   **The frontend's ceiling** is measured in the same interleaving: a bare publisher process
+   (``--publisher``, internal) sends ready-made signed ``stream`` messages (1 MiB and 256 KiB
+   of text each, built with jupyter_client's Session before the clock starts) to the same
+   client loop; the nanny's rate is reported as a fraction of the better of the two.
 2. **Log-FIFO ingest.** The kernel writes 100-byte lines to ``$JUPYTER_KERNEL_LOG``; timed
    until the store holds them all. Observed twice: by a raw SUB socket that reads only the
    headers of the published batches (so the nanny also packs and publishes), and with no live
@@ -24,12 +28,16 @@ Six measurements in one run, each on its own nanny (``nanny-io start``, a subpro
    -q`` to a frontend that reads it: after 128 MiB, 256 MiB, 512 MiB and 1 GiB, plus the peak.
 6. **CPU seconds per MB** captured: the nanny process's user+system time (psutil) divided by
    the bytes, for the stdout path (measurements 1 and 5) and the log FIFO path (2).
+7. **Nobody watching**: the same fd output with no frontend subscribed to iopub (a client
+   with a shell channel only); the kernel times its own writes, next to the same code
+   writing into a bare pipe that a reader drains.
 
 Prints a table and, last, one JSON line ``{"benchmark": "capture", ...}``. Every nanny,
 kernel and subscriber is stopped at the end, also on Ctrl-C or an error; survivors are
 reported (and killed), and the exit status is 2 when there were any.
 
-``--subscriber`` is internal: the fan-out's subscriber processes run this script with it.
+``--subscriber`` and ``--publisher`` are internal: the fan-out's subscriber processes and
+the ceiling's bare publisher run this script with them.
 """
 
 from __future__ import annotations

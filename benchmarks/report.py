@@ -15,6 +15,8 @@ Sub-runs (default sizes; ``--quick`` shrinks every one of them):
 - ``capture-curve-N``: ``bench_capture.py`` at smaller sizes (fd output 8/16/32 MiB, ingest of
   250k/500k/1M lines, replay of 10^4/10^5/10^6 records), to fill in the curves; their other
   measurements are kept tiny and are not reported;
+- ``capture-line-100`` and ``capture-line-16384``: fd output of 100-byte and 16 KiB lines
+  (the other runs write 1 KiB lines), for the line-length curve;
 - a reference hop, measured here: a zmq round trip directly vs through a libzmq proxy process
   (C, no Python), the floor of what any extra process in a message path costs.
 

@@ -939,8 +939,11 @@ def test_output_with_nobody_watching_is_stored_and_later_frontends_get_theirs(
         reply = shell_reply(shell_only, shell_only.execute(code))
         assert reply["status"] == "ok", reply
         expected = b"".join(b"unwatched %04d\n" % i for i in range(3000))
-        wait_for(lambda: stored_bytes(nanny, Stream.STDOUT, before) == expected, 30,
-                 "the unwatched output in the store")
+        wait_for(
+            lambda: stored_bytes(nanny, Stream.STDOUT, before) == expected,
+            30,
+            "the unwatched output in the store",
+        )
     finally:
         shell_only.stop_channels()
     late = nanny.client()  # a frontend subscribing later gets its output again
