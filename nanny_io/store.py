@@ -240,24 +240,25 @@ class LogStore:
         incarnation: int,
         time_ns: int,
         pieces: Sequence[tuple[bytes, int]],
+        *,
+        checked: bool = False,
     ) -> tuple[int, int]:
         """Store ``pieces`` ((data, flags) from LineAssembler) as consecutive records.
 
         Returns ``(first_seq, last_seq)`` assigned (``(n + 1, n)`` for no pieces). The
         records reach the spill file with os.write before this returns; spill errors are
         logged once and never raised. Listeners are told unless there were no pieces.
+        ``checked``: the caller vouches that every piece is a (bytes, u8 int) pair, as
+        LineAssembler's are; checking each one again costs the capture path more than
+        storing it.
         """
         first = self._last_seq + 1
         n = len(pieces)
         if not n:
             return first, first - 1
         _check_scalars(stream, incarnation, time_ns)
-        if not set(map(type, map(_data, pieces))) <= {bytes} or not set(
-            map(type, map(_flags, pieces))
-        ) <= {int}:
-            raise TypeError("pieces must be (bytes, int) pairs")
-        if not set(map(_flags, pieces)) <= _U8_VALUES:
-            raise ValueError("flags must be u8 values")
+        if not checked:
+            _check_pieces(pieces)
         last = first + n - 1
         # One packed body for the spill and the log channel's live batch (see packed()).
         self._last_append = (first, last, time_ns, incarnation, stream, pieces)
@@ -491,6 +492,16 @@ class LogStore:
 
 
 _U8_VALUES: Final = frozenset(range(256))
+
+
+def _check_pieces(pieces: Sequence[tuple[bytes, int]]) -> None:
+    """TypeError/ValueError unless every piece is a (bytes, u8 int) pair."""
+    if not set(map(type, map(_data, pieces))) <= {bytes} or not set(
+        map(type, map(_flags, pieces))
+    ) <= {int}:
+        raise TypeError("pieces must be (bytes, int) pairs")
+    if not set(map(_flags, pieces)) <= _U8_VALUES:
+        raise ValueError("flags must be u8 values")
 
 
 def _codes(streams: Collection[Stream]) -> frozenset[int]:
