@@ -14,6 +14,8 @@ alternates from one round to the next.
 - **log FIFO**: 100-byte lines into ``$JUPYTER_KERNEL_LOG``, timed until a live log-channel
   subscriber sees the last one; lines/s and nanny CPU ms per MB.
 - **nobody watching**: the fd output with no iopub subscriber, as the kernel times it.
+- **latency of a small write**: a cell writes one line with ``os.write`` and sleeps; the time
+  from the write (the kernel's clock) until the frontend has the text (the same clock).
 
 Prints a table and one JSON line ``{"benchmark": "compare", ...}``.
 """
@@ -28,6 +30,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -79,7 +82,34 @@ def start(path: str | None, workdir: Path, tracker: ProcessTracker,
     return nanny, kc
 
 
-def unwatched_rate(nanny: NannyProcess, kc: Any, total: int) -> tuple[float, float]:
+LATENCY_CELL = (
+    "import os as _o, time as _t\n"
+    "_o.write(1, b'%r\\n' % _t.time())\n"
+    "_t.sleep(0.2)\n"
+)
+
+
+def write_latency(kc: Any) -> float:
+    """Seconds from one small ``os.write`` in the kernel until the frontend has its text
+    (the cell sleeps after it, so nothing but the nanny's own timer can flush it)."""
+    from bench_capture import drain_iopub
+
+    drain_iopub(kc)
+    msg_id = kc.execute(LATENCY_CELL, store_history=False)
+    latency = None
+    while True:  # until the cell's idle: the next cell must not start while this one sleeps
+        msg = kc.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream" and latency is None:
+            latency = time.time() - float(msg["content"]["text"])
+        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            if latency is None:
+                raise BenchmarkError("the small write did not reach the frontend before idle")
+            return latency
+
+
+def unwatched_rate(nanny: NannyProcess, total: int) -> tuple[float, float]:
     """(the kernel's own MB/s, nanny CPU s) for ``total`` bytes with no iopub subscriber."""
     from jupyter_client.blocking.client import BlockingKernelClient
 
@@ -105,6 +135,7 @@ def measure(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker) ->
     fd: dict[str, list[tuple[float, float]]] = {"baseline": [], "this": [], "ceiling": []}
     log: dict[str, list[tuple[float, float]]] = {"baseline": [], "this": []}
     unwatched: dict[str, list[tuple[float, float]]] = {"baseline": [], "this": []}
+    latency: dict[str, list[float]] = {"baseline": [], "this": []}
     with contextlib.ExitStack() as stack:
         nannies = {name: start(path, workdir, tracker, stack) for name, path in paths.items()}
         publisher = BarePublisher(tracker, stack)
@@ -135,12 +166,19 @@ def measure(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker) ->
                 ingest = ingest_published(kc, watcher, probe, args.log_lines)
                 cpu = nanny.cpu_seconds() - cpu0
                 log[name].append((ingest.lines_s, cpu * 1e3 / (args.log_lines * LOG_LINE / MB)))
-                rate, cpu = unwatched_rate(nanny, kc, total)
-                unwatched[name].append((rate, cpu * 1e3 / (total / MB)))
+                latency[name] += [write_latency(kc) for _ in range(args.latency_cells)]
                 print(f"... round {i + 1} {name}: fd {fd[name][-1][0]:.0f} MB/s, "
                       f"{fd[name][-1][1]:.2f} ms/MB; log {log[name][-1][0]:,.0f} lines/s, "
-                      f"{log[name][-1][1]:.2f} ms/MB; unwatched {rate:.0f} MB/s",
-                      file=sys.stderr, flush=True)
+                      f"{log[name][-1][1]:.2f} ms/MB", file=sys.stderr, flush=True)
+        for _, kc in nannies.values():  # the frontends leave: nobody subscribes to iopub
+            kc.stop_channels()
+        for i in range(args.reps):
+            for name in list(paths) if i % 2 == 0 else list(paths)[::-1]:
+                nanny = nannies[name][0]
+                rate, cpu = unwatched_rate(nanny, total)
+                unwatched[name].append((rate, cpu * 1e3 / (total / MB)))
+                print(f"... round {i + 1} {name}: nobody watching, the kernel writes at "
+                      f"{rate:.0f} MB/s", file=sys.stderr, flush=True)
 
     def med(rows: list[tuple[float, float]], i: int) -> float:
         return statistics.median(r[i] for r in rows)
@@ -158,6 +196,8 @@ def measure(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker) ->
         s[f"{name}_log_cpu_ms_per_mb"] = med(log[name], 1)
         s[f"{name}_unwatched_mb_s"] = med(unwatched[name], 0)
         s[f"{name}_unwatched_cpu_ms_per_mb"] = med(unwatched[name], 1)
+        s[f"{name}_write_latency_median_ms"] = statistics.median(latency[name]) * 1e3
+        s[f"{name}_write_latency_max_ms"] = max(latency[name]) * 1e3
         s[f"{name}_ranges"] = {
             "fd_mb_s": [min(r[0] for r in fd[name]), max(r[0] for r in fd[name])],
             "fd_cpu_ms_per_mb": [min(r[1] for r in fd[name]), max(r[1] for r in fd[name])],
@@ -189,6 +229,11 @@ def print_table(s: dict[str, Any]) -> None:
          f"x{s['this_unwatched_mb_s'] / s['baseline_unwatched_mb_s']:.2f}"),
         ("  nanny CPU ms per MB", f"{s['baseline_unwatched_cpu_ms_per_mb']:.2f}",
          f"{s['this_unwatched_cpu_ms_per_mb']:.2f}", ""),
+        ("one small os.write to the frontend, ms: median",
+         f"{s['baseline_write_latency_median_ms']:.1f}",
+         f"{s['this_write_latency_median_ms']:.1f}", ""),
+        ("  max", f"{s['baseline_write_latency_max_ms']:.1f}",
+         f"{s['this_write_latency_max_ms']:.1f}", ""),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     print(f"\nbaseline: {s['baseline']}; medians of {s['reps']} interleaved rounds; "
@@ -206,6 +251,8 @@ def main() -> int:
     parser.add_argument("--fd-mib", type=int, default=32, help="MiB of fd output per run (32)")
     parser.add_argument("--log-lines", type=int, default=500_000, help="lines per burst (500k)")
     parser.add_argument("--reps", type=int, default=5, help="interleaved rounds (5)")
+    parser.add_argument("--latency-cells", type=int, default=4,
+                        help="single-write latency cells per round and nanny (4)")
     parser.add_argument("--json-only", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
     if not (Path(args.baseline) / "nanny_io" / "__init__.py").is_file():
