@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Capture benchmark: what the nanny's I/O path costs and sustains, next to ipykernel's own.
 
-Six measurements in one run, each on its own nanny (``nanny-io start``, a subprocess):
+Seven measurements in one run, each on its own nanny (``nanny-io start``, a subprocess):
 
 1. **fd output to a frontend.** A cell does ``os.write(1, chunk)`` of 1 KiB lines; an
    unmodified jupyter_client ``BlockingKernelClient`` counts the ``stream`` text it receives.
@@ -12,6 +12,10 @@ Six measurements in one run, each on its own nanny (``nanny-io start``, a subpro
    output, is /dev/null). Interleaved (direct, nanny, nanny, direct, ...). Bytes parented to
    another request are counted and reported: without output delimiters (``--delimiters``
    loads nanny_io.kernelside into the nanny's kernel) attribution is approximate.
+   **The frontend's ceiling** is measured in the same interleaving: a bare publisher process
+   (``--publisher``, internal) sends ready-made signed ``stream`` messages (1 MiB and 256 KiB
+   of text each, built with jupyter_client's Session before the clock starts) to the same
+   client loop; the nanny's rate is reported as a fraction of the better of the two.
 2. **Log-FIFO ingest.** The kernel writes 100-byte lines to ``$JUPYTER_KERNEL_LOG``; timed
    until the store holds them all. Observed twice: by a raw SUB socket that reads only the
    headers of the published batches (so the nanny also packs and publishes), and with no live
@@ -24,12 +28,16 @@ Six measurements in one run, each on its own nanny (``nanny-io start``, a subpro
    -q`` to a frontend that reads it: after 128 MiB, 256 MiB, 512 MiB and 1 GiB, plus the peak.
 6. **CPU seconds per MB** captured: the nanny process's user+system time (psutil) divided by
    the bytes, for the stdout path (measurements 1 and 5) and the log FIFO path (2).
+7. **Nobody watching**: the same fd output with no frontend subscribed to iopub (a client
+   with a shell channel only); the kernel times its own writes, next to the same code
+   writing into a bare pipe that a reader drains.
 
 Prints a table and, last, one JSON line ``{"benchmark": "capture", ...}``. Every nanny,
 kernel and subscriber is stopped at the end, also on Ctrl-C or an error; survivors are
 reported (and killed), and the exit status is 2 when there were any.
 
-``--subscriber`` is internal: the fan-out's subscriber processes run this script with it.
+``--subscriber`` and ``--publisher`` are internal: the fan-out's subscriber processes and
+the ceiling's bare publisher run this script with them.
 """
 
 from __future__ import annotations
@@ -66,9 +74,14 @@ LOG_LINE = 100  # bytes per log-FIFO line, newline included
 FD_LINE = 1024  # bytes per stdout line, newline included
 READY_TIMEOUT = 60.0  # seconds for a kernel to answer wait_for_ready
 SETTLE = 3.0  # seconds of iopub silence after idle before missing bytes are declared lost
-TARGET_FD_RATIO = 5.0
-TARGET_INGEST_LINES_S = 500_000
+#: Message sizes of the frontend's ceiling (bare publisher of ready-made stream messages).
+CEILING_SIZES = (1 << 20, 256 << 10)
+TARGET_FD_OF_CEILING = 0.8  # nanny fd output / the frontend's ceiling
+TARGET_CPU_MS_PER_MB_STDOUT = 2.0
+TARGET_CPU_MS_PER_MB_LOG = 3.0
+TARGET_INGEST_LINES_S = 2_000_000
 TARGET_REPLAY_S = 2.0
+TARGET_UNWATCHED_MB_S = 500.0  # a kernel's stdout rate with nobody watching
 RSS_SLACK = 64 * MiB  # target: nanny RSS <= ring size + this
 CAPTURE_SPEC = "bench-capture-nanny"  # ipykernel with capture_fd_output off, capture opt-in
 DIRECT_SPEC = "bench-capture-direct"  # ipykernel with its default settings
@@ -153,11 +166,11 @@ def start_direct(workdir: Path, tracker: ProcessTracker, stack: contextlib.ExitS
 # ---------------------------------------------------------------------- cells
 
 
-def fd_cell(total: int, chunk: int) -> str:
+def fd_cell(total: int, chunk: int, line: int = FD_LINE) -> str:
     """Code writing ``total`` bytes of 1 KiB ASCII lines to fd 1, ``chunk`` bytes per write."""
     return (
         "import os as _os\n"
-        f"_c = (b'x' * {FD_LINE - 1} + b'\\n') * {chunk // FD_LINE}\n"
+        f"_c = (b'x' * {line - 1} + b'\\n') * max(1, {chunk // line})\n"
         f"_n, _r = divmod({total}, len(_c))\n"
         "for _b in [_c] * _n + [_c[:_r]]:\n"
         "    _m = memoryview(_b)\n"
@@ -215,16 +228,30 @@ def run_counting(kc: Any, code: str, expected: int, timeout: float = 600.0) -> C
     is ASCII, so characters are bytes. When idle came and the count stays short for SETTLE
     seconds, the rest is taken as lost (reported, not raised).
     """
-    while True:  # anything left over from before
+    drain_iopub(kc)  # anything left over from before
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    msg_id = kc.execute(code, silent=False, store_history=False)
+    run = count_output(kc, msg_id, expected, t0, cpu0, timeout)
+    _check_reply(kc, msg_id)
+    return run
+
+
+def drain_iopub(kc: Any) -> None:
+    """Drop whatever iopub messages are already there."""
+    while True:
         try:
             kc.get_iopub_msg(timeout=0.01)
         except queue.Empty:
             break
+
+
+def count_output(kc: Any, msg_id: str, expected: int, t0: float, cpu0: float,
+                 timeout: float = 600.0) -> CellRun:
+    """The client loop of every fd measurement: count stdout ``stream`` text from ``t0``
+    until ``expected`` bytes and the ``status: idle`` parented to ``msg_id`` have arrived."""
     received = messages = misattributed = 0
     idle = False
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    msg_id = kc.execute(code, silent=False, store_history=False)
     done_at = last_heard = t0
     while not (idle and received >= expected):
         try:
@@ -249,8 +276,107 @@ def run_counting(kc: Any, code: str, expected: int, timeout: float = 600.0) -> C
             idle = True
             last_heard = done_at = time.perf_counter()
     cpu = time.process_time() - cpu0
-    _check_reply(kc, msg_id)
     return CellRun(done_at - t0, received, messages, misattributed, cpu)
+
+
+# ---------------------------------------------------------------------- 1b: the frontend's ceiling
+
+
+class BarePublisher:
+    """The most an unmodified frontend can ingest: ready-made signed ``stream`` messages.
+
+    A process of its own (``--publisher``) binds an iopub socket; for each run it builds
+    every message first (jupyter_client's Session: signed, serialized, distinct ids, as the
+    digest history demands), says ``ready``, and on ``go`` sends them back to back, then a
+    ``status: idle``. The same ``count_output`` loop counts them on a BlockingKernelClient.
+    """
+
+    def __init__(self, tracker: ProcessTracker, stack: contextlib.ExitStack) -> None:
+        from jupyter_client.blocking.client import BlockingKernelClient
+
+        key = uuid.uuid4().hex
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--publisher", key],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        stack.callback(self.close)
+        tracker.add_tree(self.proc.pid)
+        port = int(self._line())
+        self.kc = kc = BlockingKernelClient()
+        kc.load_connection_info({"transport": "tcp", "ip": "127.0.0.1", "iopub_port": port,
+                                 "key": key, "signature_scheme": "hmac-sha256"})
+        kc.start_channels(shell=False, stdin=False, hb=False, control=False)
+        stack.callback(kc.stop_channels)
+        if self._line() != "subscribed":
+            raise BenchmarkError("the bare publisher saw no subscription")
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BenchmarkError("the bare publisher exited")
+        return line.strip()
+
+    def _say(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def run(self, total: int, size: int, line: int = FD_LINE) -> CellRun:
+        msg_id = uuid.uuid4().hex
+        self._say(f"{msg_id} {total} {size} {line}")
+        if self._line() != "ready":
+            raise BenchmarkError("the bare publisher did not get ready")
+        drain_iopub(self.kc)
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        self._say("go")
+        return count_output(self.kc, msg_id, total, t0, cpu0)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def publisher_main(key: str) -> int:
+    """``--publisher KEY``: the bare publisher's side (see BarePublisher)."""
+    from jupyter_client.session import Session
+
+    session = Session(key=key.encode())
+    ctx: zmq.Context[Any] = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.sndhwm = 0
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    print(port, flush=True)
+    pub.recv()  # the frontend's subscription
+    print("subscribed", flush=True)
+    messages: list[list[bytes]] = []
+    for command in sys.stdin:
+        if command.strip() == "go":
+            for frames in messages:
+                pub.send_multipart(frames, copy=False)
+            continue
+        msg_id, total, size, length = command.split()
+        line = b"x" * (int(length) - 1) + b"\n"
+        parent = session.msg_header("execute_request")
+        parent["msg_id"] = msg_id
+        text = (line * (int(size) // len(line) + 1)).decode()
+        messages = []
+        for offset in range(0, int(total), int(size)):
+            chunk = text[: min(int(size), int(total) - offset)]
+            msg = session.msg("stream", {"name": "stdout", "text": chunk}, parent=parent)
+            messages.append(session.serialize(msg))
+        msg = session.msg("status", {"execution_state": "idle"}, parent=parent)
+        messages.append(session.serialize(msg))
+        print("ready", flush=True)
+    pub.close(linger=1000)
+    ctx.term()
+    return 0
 
 
 # ---------------------------------------------------------------------- 1: fd throughput
@@ -259,7 +385,8 @@ def run_counting(kc: Any, code: str, expected: int, timeout: float = 600.0) -> C
 @dataclass
 class FdResult:
     expected: int  # bytes per run
-    runs: dict[str, list[CellRun]] = field(default_factory=lambda: {"direct": [], "nanny": []})
+    # "direct", "nanny", and "ceiling-<message bytes>" for each of CEILING_SIZES
+    runs: dict[str, list[CellRun]] = field(default_factory=dict)
     nanny_cpu_s: float = 0.0  # nanny CPU over its timed runs
     nanny_bytes: int = 0
 
@@ -284,19 +411,26 @@ def measure_fd(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker)
         say(args, "fd output: starting ipykernel directly and a nanny")
         clients = {"direct": start_direct(workdir, tracker, stack)}
         nanny, clients["nanny"] = start_nanny(args.nanny_options, workdir, tracker, stack)
+        publisher = BarePublisher(tracker, stack)
         for kc in clients.values():  # warm-up: imports, first allocation of buffers
-            run_counting(kc, fd_cell(MiB, chunk), MiB)
-        code = fd_cell(total, chunk)
+            run_counting(kc, fd_cell(MiB, chunk, args.fd_line), MiB)
+        for size in CEILING_SIZES:
+            publisher.run(MiB, size, args.fd_line)
+        code = fd_cell(total, chunk, args.fd_line)
+        paths = ["direct", "nanny", *(f"ceiling-{size}" for size in CEILING_SIZES)]
         for i in range(args.fd_reps):
-            for path in ("direct", "nanny") if i % 2 == 0 else ("nanny", "direct"):
+            for path in paths if i % 2 == 0 else paths[::-1]:
                 cpu0 = nanny.cpu_seconds()
-                run = run_counting(clients[path], code, total)
+                if path.startswith("ceiling-"):
+                    run = publisher.run(total, int(path.partition("-")[2]), args.fd_line)
+                else:
+                    run = run_counting(clients[path], code, total)
                 if path == "nanny":
                     result.nanny_cpu_s += nanny.cpu_seconds() - cpu0
                     result.nanny_bytes += run.received
                 if not run.received:
                     raise BenchmarkError(f"{path}: the frontend received no output at all")
-                result.runs[path].append(run)
+                result.runs.setdefault(path, []).append(run)
                 say(args, f"  {path}: {run.received / run.seconds / MB:7.1f} MB/s "
                           f"({run.messages} messages, {run.received}/{total} bytes, "
                           f"{run.misattributed} parented to another request)")
@@ -681,12 +815,75 @@ def measure_rss(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker
                      written - received, misattributed, seconds)
 
 
+# ---------------------------------------------------------------------- 7: nobody watching
+
+
+def timed_fd_cell(total: int, chunk: int) -> str:
+    """``fd_cell`` timed by the writer itself: ``_rate`` is its MB/s."""
+    return ("import time as _t\n_t0 = _t.perf_counter()\n" + fd_cell(total, chunk)
+            + f"_rate = {total} / (_t.perf_counter() - _t0) / 1e6\n")
+
+
+@dataclass
+class UnwatchedResult:
+    nanny_mb_s: list[float]  # the kernel's own write rate, per run
+    raw_pipe_mb_s: list[float]  # the same code writing into a pipe drained by a reader
+    nanny_cpu_s: float
+    bytes: int
+
+
+def measure_unwatched(args: argparse.Namespace, workdir: Path,
+                      tracker: ProcessTracker) -> UnwatchedResult:
+    """A kernel writing to stdout with no frontend subscribed to iopub: how fast it writes
+    (timed in the cell), next to the same code writing into a bare pipe."""
+    from jupyter_client.blocking.client import BlockingKernelClient
+
+    total, chunk = args.fd_mib * MiB, args.fd_chunk_kib * 1024
+    code = timed_fd_cell(total, chunk)
+    result = UnwatchedResult([], [], 0.0, 0)
+    with contextlib.ExitStack() as stack:
+        say(args, "fd output with nobody watching: a nanny, no iopub subscriber")
+        nanny, watcher = start_nanny([], workdir, tracker, stack)
+        watcher.stop_channels()
+        kc = BlockingKernelClient()
+        kc.load_connection_file(str(nanny.connection_file))
+        kc.start_channels(iopub=False, stdin=False, hb=False, control=False)
+        stack.callback(kc.stop_channels)
+        for i in range(args.fd_reps + 1):  # the first run warms up
+            cpu0 = nanny.cpu_seconds()
+            msg_id = kc.execute(code, silent=False, store_history=False,
+                                user_expressions={"rate": "_rate"})
+            reply = kc.get_shell_msg(timeout=600)
+            while reply["parent_header"].get("msg_id") != msg_id:
+                reply = kc.get_shell_msg(timeout=600)
+            if reply["content"].get("status") != "ok":
+                raise BenchmarkError(f"unwatched cell failed: {reply['content']}")
+            rate = float(reply["content"]["user_expressions"]["rate"]["data"]["text/plain"])
+            if i:
+                result.nanny_mb_s.append(rate)
+                result.nanny_cpu_s += nanny.cpu_seconds() - cpu0
+                result.bytes += total
+            pipe = subprocess.Popen(
+                [sys.executable, "-c", code + "import sys; print(_rate, file=sys.stderr)"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert pipe.stdout is not None
+            while os.read(pipe.stdout.fileno(), 1 << 20):
+                pass
+            _, err = pipe.communicate(timeout=60)
+            if i:
+                result.raw_pipe_mb_s.append(float(err))
+            say(args, f"  kernel under the nanny: {rate:7.1f} MB/s; "
+                      f"into a bare pipe: {float(err):7.1f} MB/s")
+    return result
+
+
 # ---------------------------------------------------------------------- report
 
 
 def summarize(args: argparse.Namespace, fd: FdResult, log: LogResult, rss: RssResult,
-              leaked: int) -> dict[str, Any]:
+              unwatched: UnwatchedResult, leaked: int) -> dict[str, Any]:
     direct, nanny = fd.mb_s("direct"), fd.mb_s("nanny")
+    ceiling = max(fd.mb_s(f"ceiling-{size}") for size in CEILING_SIZES)
     fan = {f"fanout_{r.subscribers}_seconds": r.seconds for r in log.fanout}
     fan |= {f"fanout_{r.subscribers}_records_s": r.records_s for r in log.fanout}
     fan |= {f"fanout_{r.subscribers}_lost": r.lost for r in log.fanout}
@@ -697,10 +894,14 @@ def summarize(args: argparse.Namespace, fd: FdResult, log: LogResult, rss: RssRe
         "delimiters": args.delimiters,
         "fd_bytes": args.fd_mib * MiB,
         "fd_chunk_bytes": args.fd_chunk_kib * 1024,
+        "fd_line_bytes": args.fd_line,
         "fd_reps": args.fd_reps,
         "fd_direct_mb_s": direct,
         "fd_nanny_mb_s": nanny,
         "fd_ratio": nanny / direct,
+        **{f"fd_ceiling_{size}_mb_s": fd.mb_s(f"ceiling-{size}") for size in CEILING_SIZES},
+        "fd_ceiling_mb_s": ceiling,
+        "fd_of_ceiling": nanny / ceiling,
         "fd_direct_lost_bytes": fd.lost("direct"),
         "fd_nanny_lost_bytes": fd.lost("nanny"),
         "fd_direct_misattributed_bytes": fd.misattributed("direct"),
@@ -731,13 +932,19 @@ def summarize(args: argparse.Namespace, fd: FdResult, log: LogResult, rss: RssRe
         "cpu_s_per_mb_stdout": fd.nanny_cpu_s / (fd.nanny_bytes / MB),
         "cpu_s_per_mb_stdout_rss_run": rss.cpu_s / (rss.bytes / MB),
         "cpu_s_per_mb_log": log.cpu_s / (log.ingest.lines * LOG_LINE / MB),
+        "unwatched_mb_s": statistics.median(unwatched.nanny_mb_s),
+        "unwatched_raw_pipe_mb_s": statistics.median(unwatched.raw_pipe_mb_s),
+        "unwatched_cpu_s_per_mb": unwatched.nanny_cpu_s / (unwatched.bytes / MB),
         "leaked_processes": leaked,
     }
     s["targets_met"] = {
-        "fd_ratio": s["fd_ratio"] >= TARGET_FD_RATIO,
+        "fd_of_ceiling": s["fd_of_ceiling"] >= TARGET_FD_OF_CEILING,
+        "cpu_stdout": s["cpu_s_per_mb_stdout"] * 1e3 <= TARGET_CPU_MS_PER_MB_STDOUT,
+        "cpu_log": s["cpu_s_per_mb_log"] * 1e3 <= TARGET_CPU_MS_PER_MB_LOG,
         "ingest_lines_s": s["ingest_lines_s"] >= TARGET_INGEST_LINES_S,
         "replay_s": s["replay_client_s"] <= TARGET_REPLAY_S,
         "rss": s["rss_peak_bytes"] <= rss.ring + RSS_SLACK,
+        "unwatched_mb_s": s["unwatched_mb_s"] >= TARGET_UNWATCHED_MB_S,
     }
     return s
 
@@ -752,8 +959,11 @@ def print_table(s: dict[str, Any]) -> None:
         (f"fd output, ipykernel capture_fd_output ({s['fd_bytes'] // MiB} MiB)",
          f"{s['fd_direct_mb_s']:.1f} MB/s", ""),
         ("fd output through the nanny", f"{s['fd_nanny_mb_s']:.1f} MB/s", ""),
-        ("  nanny / ipykernel", f"x{s['fd_ratio']:.2f}",
-         f">= x{TARGET_FD_RATIO:g} {ok('fd_ratio')}"),
+        ("  nanny / ipykernel", f"x{s['fd_ratio']:.2f}", ""),
+        *((f"frontend's ceiling: bare publisher, {size // 1024} KiB messages",
+           f"{s[f'fd_ceiling_{size}_mb_s']:.1f} MB/s", "") for size in CEILING_SIZES),
+        ("  nanny / ceiling", f"{100 * s['fd_of_ceiling']:.0f} %",
+         f">= {100 * TARGET_FD_OF_CEILING:.0f} % {ok('fd_of_ceiling')}"),
         ("  stream messages per run (direct / nanny)",
          f"{s['fd_direct_messages_per_run']:.0f} / {s['fd_nanny_messages_per_run']:.0f}", ""),
         ("  bytes lost (direct / nanny)",
@@ -788,12 +998,19 @@ def print_table(s: dict[str, Any]) -> None:
          f"{s['rss_lost_bytes']} / {s['rss_misattributed_bytes']}", ""),
         ("nanny CPU per MB, stdout to a frontend",
          f"{s['cpu_s_per_mb_stdout'] * 1e3:.2f} ms "
-         f"({s['cpu_s_per_mb_stdout_rss_run'] * 1e3:.2f} in the RSS run)", ""),
+         f"({s['cpu_s_per_mb_stdout_rss_run'] * 1e3:.2f} in the RSS run)",
+         f"<= {TARGET_CPU_MS_PER_MB_STDOUT:g} ms {ok('cpu_stdout')}"),
         ("frontend CPU per MB, stdout (direct / nanny)",
          f"{s['fd_direct_frontend_cpu_s_per_mb'] * 1e3:.2f} / "
          f"{s['fd_nanny_frontend_cpu_s_per_mb'] * 1e3:.2f} ms", ""),
+        ("fd output with nobody watching: the kernel's write rate",
+         f"{s['unwatched_mb_s']:.0f} MB/s",
+         f">= {TARGET_UNWATCHED_MB_S:g} MB/s {ok('unwatched_mb_s')}"),
+        ("  the same writes into a bare pipe", f"{s['unwatched_raw_pipe_mb_s']:.0f} MB/s", ""),
+        ("  nanny CPU per MB meanwhile", f"{s['unwatched_cpu_s_per_mb'] * 1e3:.2f} ms", ""),
         ("nanny CPU per MB, log FIFO (live subscriber)",
-         f"{s['cpu_s_per_mb_log'] * 1e3:.2f} ms", ""),
+         f"{s['cpu_s_per_mb_log'] * 1e3:.2f} ms",
+         f"<= {TARGET_CPU_MS_PER_MB_LOG:g} ms {ok('cpu_log')}"),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     spill = "spill on" if s["spill"] else "--no-spill"
@@ -818,6 +1035,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--json-only", action="store_true", help="print only the JSON line")
     add("--fd-mib", type=int, default=64, help="MiB written to fd 1 per run (default 64)")
     add("--fd-chunk-kib", type=int, default=64, help="KiB per os.write (default 64)")
+    add("--fd-line", type=int, default=FD_LINE, help="bytes per stdout line (default 1024)")
     add("--fd-reps", type=int, default=3, help="runs per path, interleaved (default 3)")
     add("--log-lines", type=int, default=2_000_000, help="lines per ingest burst (default 2M)")
     add("--log-ring", default="512M", help="ring of the log-channel nanny (default 512M)")
@@ -830,6 +1048,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--delimiters", action="store_true",
         help="the nanny's ipykernel loads nanny_io.kernelside (output delimiters)")
     add("--subscriber", metavar="CONNECTION_FILE", help=argparse.SUPPRESS)
+    add("--publisher", metavar="KEY", help=argparse.SUPPRESS)
     add("--since-seq", type=int, default=1, help=argparse.SUPPRESS)
     add("--expect", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -841,8 +1060,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.fanout = [int(n) for n in args.fanout.split(",") if n.strip()]
     except ValueError:
         parser.error("--fanout takes counts separated by commas, e.g. 1,16,64")
-    sizes = (args.fd_mib, args.fd_chunk_kib, args.fd_reps, args.log_lines, args.fanout_lines,
-             args.replay_records, args.rss_mib, args.rss_ring_mib, *args.fanout)
+    sizes = (args.fd_mib, args.fd_chunk_kib, args.fd_line - 1, args.fd_reps, args.log_lines,
+             args.fanout_lines, args.replay_records, args.rss_mib, args.rss_ring_mib, *args.fanout)
     if min(sizes) < 1:
         parser.error("sizes and counts must be >= 1")
     args.nanny_options = ["--no-spill"] if args.no_spill else []
@@ -860,18 +1079,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.subscriber:
         return subscriber_main(args.subscriber, args.since_seq, args.expect)
+    if args.publisher:
+        return publisher_main(args.publisher)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupted)
     tracker = ProcessTracker()
     workdir = Path(tempfile.mkdtemp(prefix="bench-capture-"))
     make_jupyter_env(workdir, args.delimiters)
     status = 0
-    results: tuple[FdResult, LogResult, RssResult] | None = None
+    results: tuple[FdResult, LogResult, RssResult, UnwatchedResult] | None = None
     try:
         fd = measure_fd(args, workdir, tracker)
         log = measure_log(args, workdir, tracker)
         rss = measure_rss(args, workdir, tracker)
-        results = fd, log, rss
+        unwatched = measure_unwatched(args, workdir, tracker)
+        results = fd, log, rss, unwatched
     except KeyboardInterrupt:
         print("\ninterrupted; everything stopped", file=sys.stderr)
         status = 130

@@ -231,7 +231,9 @@ class StreamPipeline:
 
     def _append(self, pieces: list[tuple[bytes, int]]) -> None:
         if pieces:
-            self.store.append(self.stream, self._incarnation(), time.time_ns(), pieces)
+            self.store.append(
+                self.stream, self._incarnation(), time.time_ns(), pieces, checked=True
+            )
 
     def _arm(self) -> None:
         if self._timer is None:

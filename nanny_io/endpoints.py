@@ -45,6 +45,8 @@ class Endpoints:
         self.control.router_mandatory = 0
         self.iopub = self._bind(zmq.XPUB, "iopub")
         self.iopub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        #: Topics with at least one iopub subscriber (the proxy keeps it up to date).
+        self.iopub_topics: set[bytes] = set()
         # The log channel is bound now so its ports are fixed for the nanny's life.
         # A subscriber that does not read costs at most this many batches; beyond it PUB
         # drops and the subscriber repairs the gap from replay (specs/log-channel.md).
@@ -107,7 +109,13 @@ class Endpoints:
         await self.iopub.send_multipart(self.session.frames(msg_type, content, parent or {}))
 
     def send_stream(self, name: str, text: str, parent: dict[str, Any]) -> None:
-        """Captured output as an iopub ``stream`` message (the forwarder's sink)."""
+        """Captured output as an iopub ``stream`` message (the forwarder's sink).
+
+        With no frontend subscribed the message is not built at all (libzmq would drop it):
+        a kernel printing with nobody watching costs the nanny only the storing.
+        """
+        if not self.iopub_topics:
+            return
         self.iopub.send_multipart(
             self.session.frames("stream", {"name": name, "text": text}, parent)
         )

@@ -20,6 +20,10 @@ from nanny_io_proto.streams import Stream
 COALESCE_BYTES = 64 * 1024
 #: ...or after this long, whichever comes first.
 COALESCE_DELAY = 0.005
+#: The largest message text, in characters (cut after a newline where there is one): an
+#: unmodified frontend (jupyter_client) ingests messages of this size faster than larger
+#: ones, and the nanny's 1 MiB reads would otherwise become 1 MiB messages.
+MAX_MESSAGE_CHARS = 256 * 1024
 
 Parent = dict[str, Any]
 
@@ -37,12 +41,14 @@ class OutputForwarder:
         *,
         coalesce_bytes: int = COALESCE_BYTES,
         delay: float = COALESCE_DELAY,
+        max_message: int = MAX_MESSAGE_CHARS,
         rate_limit: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
         self._coalesce_bytes = coalesce_bytes
         self._delay = delay
+        self._max_message = max_message
         self._rate = rate_limit
         self._clock = clock
         self._tokens = rate_limit or 0.0
@@ -146,8 +152,23 @@ class OutputForwarder:
             self._timer = None
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         for stream, parent, parts in pending:
-            self._send(stream.value, "".join(parts), parent)
-            self.sent_messages += 1
+            for text in _pieces("".join(parts), self._max_message):
+                self._send(stream.value, text, parent)
+                self.sent_messages += 1
+
+
+def _pieces(text: str, limit: int) -> list[str]:
+    """``text`` in pieces of at most ``limit`` characters, each ending a line where it can."""
+    if len(text) <= limit:
+        return [text]
+    out = []
+    start = 0
+    while len(text) - start > limit:
+        end = text.rfind("\n", start, start + limit) + 1 or start + limit
+        out.append(text[start:end])
+        start = end
+    out.append(text[start:])
+    return out
 
 
 def _cut(data: bytes, limit: int) -> bytes:

@@ -313,6 +313,7 @@ def run_launch(opts: LaunchOptions) -> int:
 
     import asyncio
 
+    from .allocator import keep_large_buffers
     from .commport import serve_launcher
     from .nanny import Nanny
     from .startup import StartOptions, nanny_config
@@ -330,6 +331,7 @@ def run_launch(opts: LaunchOptions) -> int:
         options, spec, frontend, conn_path, True, private_dir, kernel_ports, exit_with_kernel=True
     )
     prune_spills()
+    keep_large_buffers()  # after the spawn: the kernel keeps glibc's defaults
     try:
         nanny = Nanny(config, guardian, first)
         return asyncio.run(serve_launcher(nanny, comm, opts.kernel_id, opts.log_stdout))

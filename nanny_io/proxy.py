@@ -223,11 +223,18 @@ class Proxy:
     async def _serve_iopub_subscriptions(self) -> None:
         """Greet each new iopub subscriber (JEP 65) and pass subscriptions to the kernel."""
         iopub = self.endpoints.iopub
+        topics = self.endpoints.iopub_topics
         while True:
             event = await iopub.recv()
-            if not event or event[0] != 1:
+            if not event or event[0] not in (0, 1):
                 continue
             topic = bytes(event[1:])
+            # The XPUB is verbose: every subscribe is reported, but only the last
+            # unsubscribe of a topic (its last subscriber left), as a set of topics needs.
+            if event[0] == 0:
+                topics.discard(topic)
+                continue
+            topics.add(topic)
             idents = (topic,) if topic else ()
             await iopub.send_multipart(
                 self.session.frames(

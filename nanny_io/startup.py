@@ -80,7 +80,10 @@ def run(options: StartOptions) -> int:
 
     import asyncio
 
+    from .allocator import keep_large_buffers
     from .nanny import Nanny
+
+    keep_large_buffers()  # after the spawn: the kernel keeps glibc's defaults
 
     config = nanny_config(options, spec, frontend, conn_path, owned, private_dir, kernel_ports)
     prune_spills()  # after the spawn: nothing here may delay the kernel

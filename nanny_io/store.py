@@ -70,6 +70,9 @@ StoreListener = Callable[[Stream, int, int], None]
 _GONE: Entry = (0, 0, 0, 0, 0, b"")
 
 _data = itemgetter(0)
+_entry_data = itemgetter(5)
+#: Records evicted at a time while the store is far over its bound, then closer.
+_EVICT_BLOCKS = (256, 16, 1)
 _flags = itemgetter(1)
 
 
@@ -173,6 +176,10 @@ class LogStore:
         self._bytes_used = 0
         self._evicted = 0
         self._listeners: list[StoreListener] = []
+        # The last append (first, last, time_ns, incarnation, stream, pieces) and its body.
+        self._last_append: tuple[int, int, int, int, Stream, Sequence[tuple[bytes, int]]] | None
+        self._last_append = None
+        self._last_body: bytes | None = None
 
     # -- state --------------------------------------------------------------------------------
 
@@ -234,27 +241,32 @@ class LogStore:
         incarnation: int,
         time_ns: int,
         pieces: Sequence[tuple[bytes, int]],
+        *,
+        checked: bool = False,
     ) -> tuple[int, int]:
         """Store ``pieces`` ((data, flags) from LineAssembler) as consecutive records.
 
         Returns ``(first_seq, last_seq)`` assigned (``(n + 1, n)`` for no pieces). The
         records reach the spill file with os.write before this returns; spill errors are
         logged once and never raised. Listeners are told unless there were no pieces.
+        ``checked``: the caller vouches that every piece is a (bytes, u8 int) pair, as
+        LineAssembler's are; checking each one again costs the capture path more than
+        storing it.
         """
         first = self._last_seq + 1
         n = len(pieces)
         if not n:
             return first, first - 1
         _check_scalars(stream, incarnation, time_ns)
-        if not set(map(type, map(_data, pieces))) <= {bytes} or not set(
-            map(type, map(_flags, pieces))
-        ) <= {int}:
-            raise TypeError("pieces must be (bytes, int) pairs")
-        if not set(map(_flags, pieces)) <= _U8_VALUES:
-            raise ValueError("flags must be u8 values")
-        if self.spill is not None and self.spill.active:
-            self.spill.write_parts(first, _body_parts(first, time_ns, incarnation, stream, pieces))
+        if not checked:
+            _check_pieces(pieces)
         last = first + n - 1
+        # One packed body for the spill and the log channel's live batch (see packed()).
+        self._last_append = (first, last, time_ns, incarnation, stream, pieces)
+        self._last_body = None
+        if self.spill is not None and self.spill.active:
+            self._last_body = b"".join(_body_parts(first, time_ns, incarnation, stream, pieces))
+            self.spill.write_parts(first, [self._last_body])
         self._ring.extend(
             zip(
                 range(first, last + 1),
@@ -285,6 +297,7 @@ class LogStore:
             raise ValueError(f"flags must be a u8, got {flags!r}")
         seq = self._last_seq + 1
         code = STREAM_CODES[stream]
+        self._last_append = self._last_body = None
         if self.spill is not None and self.spill.active:
             head = RECORD_HEADER.pack(seq, time_ns, incarnation, code, flags, len(data))
             self.spill.write_parts(seq, [_ONE, head, data])
@@ -303,10 +316,17 @@ class LogStore:
         used = self._bytes_used
         limit = self.max_bytes
         start = i
-        while used > limit:
-            used -= len(ring[i][5]) + RECORD_OVERHEAD
-            ring[i] = _GONE
-            i += 1
+        # Whole blocks (sums in C) while even the block leaves the store over its bound,
+        # with ever smaller blocks, the last of one record.
+        for size in _EVICT_BLOCKS:
+            while used > limit:
+                block = ring[i : i + size]
+                freed = sum(map(len, map(_entry_data, block))) + len(block) * RECORD_OVERHEAD
+                if used - freed < limit and size > 1:
+                    break
+                ring[i : i + len(block)] = repeat(_GONE, len(block))
+                used -= freed
+                i += len(block)
         self._evicted += i - start
         self._bytes_used = used
         if i > 64 and 2 * i >= len(ring):
@@ -315,6 +335,17 @@ class LogStore:
         self._start = i
 
     # -- reading ------------------------------------------------------------------------------
+
+    def packed(self, first_seq: int, last_seq: int) -> bytes | None:
+        """The packed body (``pack_entries``) of records ``first_seq .. last_seq`` when they
+        are exactly the last append, else None: the spill and the live batch share it."""
+        last = self._last_append
+        if last is None or last[0] != first_seq or last[1] != last_seq:
+            return None
+        if self._last_body is None:
+            first, _, time_ns, incarnation, stream, pieces = last
+            self._last_body = b"".join(_body_parts(first, time_ns, incarnation, stream, pieces))
+        return self._last_body
 
     def _span(self, from_seq: int, to_seq: int | None) -> tuple[int, int]:
         """Ring indexes [lo, hi) of the held seqs within from_seq..to_seq (inclusive)."""
@@ -475,6 +506,16 @@ class LogStore:
 
 
 _U8_VALUES: Final = frozenset(range(256))
+
+
+def _check_pieces(pieces: Sequence[tuple[bytes, int]]) -> None:
+    """TypeError/ValueError unless every piece is a (bytes, u8 int) pair."""
+    if not set(map(type, map(_data, pieces))) <= {bytes} or not set(
+        map(type, map(_flags, pieces))
+    ) <= {int}:
+        raise TypeError("pieces must be (bytes, int) pairs")
+    if not set(map(_flags, pieces)) <= _U8_VALUES:
+        raise ValueError("flags must be u8 values")
 
 
 def _codes(streams: Collection[Stream]) -> frozenset[int]:

@@ -55,7 +55,8 @@ class EntrySource(Protocol):
 
     It holds seqs ``oldest_seq .. last_seq`` (an empty source: ``oldest_seq == last_seq +
     1``). Reads return entries in seq order, within ``from_seq .. to_seq`` (inclusive), of
-    ``streams`` only (None: all).
+    ``streams`` only (None: all). A source may also offer ``packed(first_seq, last_seq)``:
+    the packed body of exactly those records if it has one at hand, else None.
     """
 
     @property
@@ -193,17 +194,22 @@ class LogPublisher:
         if self.wants(stream):
             prev = self.last_seqs
             entries = source.entries(first_seq, last_seq)
-            for run in cut_entries(entries, self.max_records, self.max_bytes):
-                last = run[-1][0]
+            runs = cut_entries(entries, self.max_records, self.max_bytes)
+            packed = getattr(source, "packed", None)  # a body the source already packed
+            for run in runs:
+                first, last = run[0][0], run[-1][0]
+                body = None
+                if len(runs) == 1 and packed is not None:
+                    body = packed(first, last)
                 messages.append(
                     encode_packed_batch(
                         self.epoch,
                         stream,
                         len(run),
-                        run[0][0],
+                        first,
                         last,
                         prev,
-                        pack_entries(run),
+                        pack_entries(run) if body is None else body,
                         self.signer,
                     )
                 )

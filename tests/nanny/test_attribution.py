@@ -154,3 +154,18 @@ def test_a_death_goes_to_the_request_opened_by_a_delimiter_even_without_its_busy
         assert attribution.running_parent() == {}
 
     run(test)
+
+
+def test_large_output_goes_out_in_messages_of_at_most_max_message_ending_lines() -> None:
+    frontend = Frontend()
+    forwarder = OutputForwarder(frontend.send, delay=0, max_message=100)
+    data = b"".join(b"%03d" % i + b"x" * 26 + b"\n" for i in range(40))  # 40 lines of 30
+    data += b"y" * 250  # a long partial line: cut at the limit
+    forwarder.add(Stream.STDOUT, data, A)
+    forwarder.flush()
+    texts = [text for _, text, _ in frontend.sent]
+    assert "".join(texts) == data.decode()
+    assert all(len(text) <= 100 for text in texts)
+    assert [len(text) for text in texts[:13]] == [90] * 13  # three whole lines each
+    assert texts[13:] == ["039" + "x" * 26 + "\n", "y" * 100, "y" * 100, "y" * 50]
+    assert {parent for _, _, parent in frontend.sent} == {"a"}

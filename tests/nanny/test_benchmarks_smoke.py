@@ -41,6 +41,10 @@ CAPTURE_KEYS = (
     "fd_direct_mb_s",
     "fd_nanny_mb_s",
     "fd_ratio",
+    "fd_ceiling_mb_s",
+    "fd_of_ceiling",
+    "unwatched_mb_s",
+    "unwatched_raw_pipe_mb_s",
     "fd_nanny_messages_per_run",
     "fd_direct_messages_per_run",
     "ingest_lines_s",
@@ -76,6 +80,10 @@ REPORT_KEYS = (
     "fd_direct_mb_s",
     "fd_nanny_mb_s",
     "fd_ratio",
+    "fd_ceiling_1mib_mb_s",
+    "fd_ceiling_256kib_mb_s",
+    "fd_of_ceiling",
+    "unwatched_mb_s",
     "ingest_lines_s",
     "replay_records",
     "replay_client_s",
@@ -90,7 +98,8 @@ REPORT_KEYS = (
 )
 
 CURVES = {
-    "fd_curve": ("bytes", {"direct_mb_s", "nanny_mb_s", "ratio", "nanny_cpu_ms_per_mb"}),
+    "fd_curve": ("bytes", {"direct_mb_s", "nanny_mb_s", "ceiling_mb_s", "of_ceiling"}),
+    "line_curve": ("line_bytes", {"nanny_mb_s", "ceiling_mb_s", "of_ceiling"}),
     "ingest_curve": ("lines", {"lines_s", "unobserved_lines_s", "mb_s", "nanny_cpu_ms_per_mb"}),
     "fanout_curve": ("subscribers", {"seconds", "records_s", "lines"}),
     "replay_curve": ("records", {"raw_s", "client_s", "client_records_s"}),
@@ -102,8 +111,11 @@ TARGETS = {
     "execute_ratio",
     "control_added_ms",
     "start_ratio",
-    "fd_ratio",
+    "fd_of_ceiling",
+    "cpu_stdout",
+    "cpu_log",
     "ingest_lines_s",
+    "unwatched_mb_s",
     "replay_s",
     "rss",
 }
@@ -165,7 +177,10 @@ def test_bench_capture_quick_json(tmp_path: Path) -> None:
     assert all(written > 0 and rss > 0 for written, rss in curve)
     assert [written for written, _ in curve] == sorted(written for written, _ in curve)
     assert report["leaked_processes"] == 0
-    assert set(report["targets_met"]) == {"fd_ratio", "ingest_lines_s", "replay_s", "rss"}
+    assert set(report["targets_met"]) == {
+        "fd_of_ceiling", "cpu_stdout", "cpu_log", "ingest_lines_s", "replay_s", "rss",
+        "unwatched_mb_s",
+    }
     assert all(isinstance(v, bool) for v in report["targets_met"].values())
 
 
@@ -188,7 +203,7 @@ def test_bench_report_quick_json(tmp_path: Path) -> None:
             _positive(point[x], f"{name}.{x}")
             for y in ys:
                 _positive(point[y], f"{name}.{y}")
-    for name in ("fd_curve", "ingest_curve", "rss_curve"):
+    for name in ("fd_curve", "line_curve", "ingest_curve", "rss_curve"):
         xs = [point[CURVES[name][0]] for point in report[name]]
         assert xs == sorted(xs) and len(set(xs)) == len(xs), f"{name} x values: {xs}"
     assert report["lost_records"] == 0

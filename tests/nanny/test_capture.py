@@ -918,3 +918,34 @@ def test_a_trailing_escape_is_released_before_idle(jupyter_env, nanny_factory) -
         m["content"]["text"] for m in cell.messages[: cell.idle_index] if m["msg_type"] == "stream"
     )
     assert before_idle.endswith("prompt> \x1b")
+
+
+def test_output_with_nobody_watching_is_stored_and_later_frontends_get_theirs(
+    jupyter_env, nanny_factory
+) -> None:
+    """With no iopub subscriber the nanny skips building stream messages, never storing."""
+    from jupyter_client.blocking.client import BlockingKernelClient
+
+    nanny = nanny_factory(add_kernel(jupyter_env, "cap"), "-q")
+    first, second = nanny.client(), nanny.client()
+    first.stop_channels()  # one of two subscribers leaves: the other still gets output
+    assert run_cell(second, "print('still watched')").text("stdout") == "still watched\n"
+    second.stop_channels()  # the last one leaves
+    shell_only = BlockingKernelClient()
+    shell_only.load_connection_file(str(nanny.connection_file))
+    shell_only.start_channels(iopub=False, stdin=False, hb=False, control=False)
+    try:
+        before = last_seq(nanny)
+        code = "import os\nfor i in range(3000):\n    os.write(1, b'unwatched %04d\\n' % i)\n"
+        reply = shell_reply(shell_only, shell_only.execute(code))
+        assert reply["status"] == "ok", reply
+        expected = b"".join(b"unwatched %04d\n" % i for i in range(3000))
+        wait_for(
+            lambda: stored_bytes(nanny, Stream.STDOUT, before) == expected,
+            30,
+            "the unwatched output in the store",
+        )
+    finally:
+        shell_only.stop_channels()
+    late = nanny.client()  # a frontend subscribing later gets its output again
+    assert run_cell(late, "print('watched again')").text("stdout") == "watched again\n"

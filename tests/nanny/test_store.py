@@ -120,6 +120,25 @@ def test_eviction_keeps_the_byte_bound(size: int) -> None:
     assert stats.evicted_records == store.oldest_seq - 1 == stats.last_seq - stats.count
 
 
+@pytest.mark.parametrize("per_call", [1, 300, 5000])
+def test_eviction_of_large_appends_is_minimal(per_call: int) -> None:
+    """Appends of thousands of records of mixed sizes evict exactly what must go."""
+    max_bytes = 256 << 10
+    store = LogStore(epoch="e1", max_bytes=max_bytes)
+    sizes = [1, 7, 300, 2000, 40]
+    appended: list[bytes] = []  # every record's data, by seq - 1
+    for call in range(40):
+        pieces = [(b"x" * sizes[(call + k) % len(sizes)] + b"\n", 0) for k in range(per_call)]
+        store.append(OUT, 1, T0, pieces)
+        appended += [data for data, _ in pieces]
+        recs = store.records(1)
+        assert store.bytes_used == sum(cost(r.data) for r in recs) <= max_bytes
+        if store.oldest_seq > 1:  # the newest evicted record would not have fitted
+            assert store.bytes_used + cost(appended[store.oldest_seq - 2]) > max_bytes
+        assert store.statistics().evicted_records == store.oldest_seq - 1
+    assert [r.seq for r in store.records(1)] == list(range(store.oldest_seq, store.last_seq + 1))
+
+
 def test_listeners_are_told_after_every_append_and_can_read_it_back() -> None:
     store = LogStore(epoch="e1", spill=None)
     seen: list[tuple[Stream, int, int, list[bytes]]] = []
@@ -605,3 +624,23 @@ def test_directory_vanishing_degrades_on_rotation(
     (warning,) = spill_warnings(caplog)
     assert "spill" in warning.getMessage()
     assert store.last_seq == 510 and store.statistics().spill_error
+
+
+@pytest.mark.parametrize("spilled", [False, True])
+def test_the_packed_body_of_the_last_append_is_pack_entries_of_its_records(
+    tmp_path: Path, spilled: bool
+) -> None:
+    """The spill and the log channel share one body: it must be exactly what packing the
+    stored entries gives, and only for exactly the last append."""
+    spill = Spill(tmp_path / "spill", epoch="e1") if spilled else None
+    store = LogStore(epoch="e1", spill=spill)
+    store.append(OUT, 1, T0, lines(3))
+    first, last = store.append(OUT, 2, T0 + 1, [(b"a\n", 0), (b"partial", FLAG_NO_EOL)])
+    body = store.packed(first, last)
+    assert body == pack_entries(store.entries(first, last))
+    assert store.packed(first - 1, last) is None and store.packed(first, last - 1) is None
+    store.append_one(Stream.NANNY, 2, T0 + 2, b"{}")
+    assert store.packed(first, last) is None
+    if spill is not None:
+        spill.close()
+        assert [r.data for _, r in read_spill(tmp_path / "spill")][-3:-1] == [b"a\n", b"partial"]

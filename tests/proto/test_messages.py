@@ -23,6 +23,7 @@ from nanny_io_proto.messages import (
     Message,
     decode_message,
     encode_message,
+    json_string,
     make_header,
     make_message,
     peek_header,
@@ -432,3 +433,30 @@ def test_peek_header_reads_only_the_header() -> None:
     assert peek_header(frames)["msg_type"] == "status"
     with pytest.raises(MalformedMessage):
         peek_header([DELIM, b"sig"])
+
+
+# -- stream content packed without the per-character JSON encoder -------------------------
+
+long_text = st.text(min_size=1, max_size=64).map(lambda t: t * (5000 // len(t) + 1))
+
+
+@given(text=st.text() | long_text)
+def test_json_string_is_json_dumps(text: str) -> None:
+    assert json_string(text) == json.dumps(text, ensure_ascii=False).encode()
+
+
+@given(text=long_text, name=st.sampled_from(["stdout", "stderr", 'a"\\b']))
+def test_long_stream_content_packs_as_jupyter_client_does(text: str, name: str) -> None:
+    content = {"name": name, "text": text}
+    msg = make_message("stream", content, parent=None, msg_id="m", session="s", date=DATE)
+    frames = encode_message(msg, Signer(KEY))
+    assert frames[-1] == json.dumps(content, ensure_ascii=False).encode()
+    assert frames[-1] == Session(key=KEY).pack(content)
+    assert decode_message(frames, Signer(KEY)).content == content
+
+
+def test_long_stream_text_with_a_lone_surrogate_is_refused() -> None:
+    content = {"name": "stdout", "text": "x" * 5000 + "\ud800"}
+    msg = make_message("stream", content, parent=None, msg_id="m", session="s", date=DATE)
+    with pytest.raises(LocalProtocolError, match="not JSON-serialisable"):
+        encode_message(msg, Signer(KEY))
