@@ -169,7 +169,7 @@ def test_a_segfault_names_the_cell_and_its_last_words(nanny: NannyProcess, tmp_p
         "`print('about to crash', flush=True)…` (started "
     )
     # print() went through iopub, never through fd 1: it is in the last words all the same.
-    assert {"stream": "stdout", "text": "about to crash"} in content["last_words"]
+    assert {"stream": "stdout", "text": "about to crash", "priority": 6} in content["last_words"]
     assert content["peak_memory"]["kernel"] > 10 << 20
 
 
@@ -271,7 +271,11 @@ def test_a_death_while_no_cell_runs_gives_the_last_lines(nanny: NannyProcess) ->
     assert died["parent_header"] == {}
     assert content["cell"] is None
     assert content["reason"] == "killed by SIGTERM"
-    assert content["last_words"][-1] == {"stream": "stdout", "text": "the last thing it said"}
+    assert content["last_words"][-1] == {
+        "stream": "stdout",
+        "text": "the last thing it said",
+        "priority": 6,
+    }
 
 
 # ------------------------------------------------------------------ iopub output in the log

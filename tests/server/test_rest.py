@@ -67,7 +67,14 @@ async def test_log_records_are_those_of_tail_json(jp_fetch, kernels) -> None:
     prompt = next(r for r in page["records"] if r["text"] == "prompt> ")
     assert prompt["partial"] is True
     assert set(prompt) == {
-        "seq", "time", "stream", "source", "text", "incarnation", "priority", "partial"
+        "seq",
+        "time",
+        "stream",
+        "source",
+        "text",
+        "incarnation",
+        "priority",
+        "partial",
     }
     assert prompt["source"] == "fd" and prompt["priority"] == 6
     started = next(r for r in page["records"] if r["stream"] == "nanny")
