@@ -33,6 +33,39 @@ class KernelNotFound(NannyIOError):
     """A KERNEL argument that names no known kernel (or names several)."""
 
 
+class BadKernelId(NannyIOError):
+    """A kernel id that cannot name files: it would escape the runtime dir or be too long."""
+
+
+#: Kernel ids become parts of file names (``kernel-<id>.json``, ``spill-<id>``, ...): a
+#: uuid is 32 or 36 characters; this leaves room without nearing NAME_MAX (255).
+MAX_KERNEL_ID = 128
+_KERNEL_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def kernel_id_problem(kernel_id: str) -> str | None:
+    """What makes ``kernel_id`` unusable as part of a file name, or None if it is fine."""
+    if not kernel_id:
+        return "it is empty"
+    if len(kernel_id) > MAX_KERNEL_ID:
+        return f"it has {len(kernel_id)} characters, more than {MAX_KERNEL_ID}"
+    bad = sorted(set(kernel_id) - _KERNEL_ID_CHARS)
+    if bad:
+        return f"it contains {''.join(bad)!r} (use letters, digits, '-', '_' and '.')"
+    if kernel_id.startswith("."):
+        return "it starts with '.'"
+    return None
+
+
+def check_kernel_id(kernel_id: str) -> str:
+    """``kernel_id`` if it can name files, else :class:`BadKernelId` saying why."""
+    problem = kernel_id_problem(kernel_id)
+    if problem is not None:
+        shown = kernel_id if len(kernel_id) <= 40 else kernel_id[:37] + "..."
+        raise BadKernelId(f"kernel id {shown!r} is not usable: {problem}")
+    return kernel_id
+
+
 def runtime_dir() -> Path:
     """The Jupyter runtime dir (``$JUPYTER_RUNTIME_DIR`` honoured), created 0700."""
     from jupyter_core.paths import jupyter_runtime_dir
@@ -190,6 +223,13 @@ def resolve_kernel(ref: str) -> KernelRef:
             return KernelRef(as_path, info, state)
         if os.sep in ref:
             raise KernelNotFound(f"no connection file at {ref!r}")
+    problem = kernel_id_problem(ref)
+    if problem is not None:
+        shown = ref if len(ref) <= 40 else ref[:37] + "..."
+        raise KernelNotFound(
+            f"{shown!r} is neither a kernel id ({problem}) nor a connection file; "
+            "see 'nanny-io list'"
+        )
     states = [s for s, alive in iter_states() if alive]
     matches = [s for s in states if s.kernel_id == ref] or [
         s for s in states if s.kernel_id.startswith(ref)
@@ -225,9 +265,7 @@ def state_summary(state: NannyState, alive: bool, now: float) -> dict[str, Any]:
         "kernel_pid": state.kernel_pid,
         "incarnation": state.incarnation,
         "status": state.status if alive else "stale",
-        "uptime": (
-            round(now - state.started_at, 1) if runs and state.started_at else None
-        ),
+        "uptime": (round(now - state.started_at, 1) if runs and state.started_at else None),
         "memory": memory,
         "connection_file": state.connection_file,
         "rejected_messages": state.rejected_messages,

@@ -22,7 +22,15 @@ from nanny_io_proto.connection_files import (
 )
 from nanny_io_proto.errors import ConnectionFileError
 
-from .discovery import prune_spills, runtime_dir, spill_path, state_path, write_private
+from .discovery import (
+    BadKernelId,
+    check_kernel_id,
+    prune_spills,
+    runtime_dir,
+    spill_path,
+    state_path,
+    write_private,
+)
 from .errors import NannyIOError
 from .launcher import KernelSpecError, find_kernelspec, free_ipc_ports, free_tcp_ports
 from .limits import (
@@ -68,8 +76,10 @@ class StartOptions:
 def run(options: StartOptions) -> int:
     """Start the kernel, run the nanny until it is shut down; the exit status."""
     try:
+        if options.kernel_id is not None:
+            check_kernel_id(options.kernel_id)
         spec = find_kernelspec(options.kernel_name)
-    except KernelSpecError as exc:
+    except (KernelSpecError, BadKernelId) as exc:
         raise StartError(str(exc)) from None
     frontend, conn_path, owned = _adopt_or_allocate(options)
     private_dir, kernel_ports, guardian, first = spawn_first_incarnation(
@@ -187,6 +197,10 @@ def _adopt_or_allocate(options: StartOptions) -> tuple[NannyConnectionInfo, Path
         except ConnectionFileError as exc:
             raise StartError(f"cannot use connection file {str(path)!r}: {exc}") from None
         kernel_id = options.kernel_id or getattr(info, "kernel_id", "") or uuid.uuid4().hex
+        try:
+            check_kernel_id(kernel_id)
+        except BadKernelId as exc:
+            raise StartError(f"{exc}; give another with --kernel-id") from None
         if isinstance(info, NannyConnectionInfo):  # a file a nanny wrote before: same ports
             base = info.standard().to_dict()
             log_ports = [info.log_port, info.log_replay_port]

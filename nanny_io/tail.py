@@ -17,7 +17,14 @@ from nanny_io_proto.errors import RemoteProtocolError
 from nanny_io_proto.logrecords import LogRecord, parse_nanny_event
 from nanny_io_proto.streams import FLAG_NO_EOL, Stream
 
-from .discovery import KernelNotFound, KernelRef, resolve_kernel, spill_path, state_dir
+from .discovery import (
+    KernelNotFound,
+    KernelRef,
+    kernel_id_problem,
+    resolve_kernel,
+    spill_path,
+    state_dir,
+)
 from .spill import read_spill
 from .subscriber import (
     BlockingLogClient,
@@ -141,6 +148,8 @@ def find_spill(ref: str) -> Path | None:
     if path.suffix == ".json" and path.is_file():
         with contextlib.suppress(OSError, ValueError):
             ref = json.loads(path.read_text()).get("kernel_id", "") or ref
+    if kernel_id_problem(ref) is not None:  # "a/b", "..": not a name under the state dir
+        return None
     exact = spill_path(ref)
     if exact.is_dir():
         return exact

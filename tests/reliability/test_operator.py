@@ -1,0 +1,90 @@
+"""A careless operator and a hostile neighbour: killed guardians, silent nannies, full disks,
+bad input on the command line, a runtime dir others can write, and `install` defaults.
+
+Real nannies, kernels and CLI processes; every wait polls for a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from reliability.support import cli
+
+# ------------------------------------------------------------------ bad input: one line, no files
+
+BAD_KERNEL_IDS = {
+    "slash": "a/b",
+    "dotdot": "..",
+    "long": "x" * 300,
+}
+
+
+def _one_line_error(proc, *words: str) -> None:
+    """A failed CLI call that printed exactly one error line (no traceback) naming ``words``."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("nanny-io: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+@pytest.mark.timeout(60)
+def test_a_kernel_json_that_is_not_json_is_one_line_and_leaves_nothing(jupyter_env) -> None:
+    path = jupyter_env.data / "kernels" / "broken"
+    path.mkdir(parents=True)
+    (path / "kernel.json").write_text("{not json")
+    for verb in (("start", "broken"), ("install", "broken", "--prefix", str(jupyter_env.root))):
+        _one_line_error(cli(*verb), "broken", "not JSON" if verb[0] == "start" else "kernel.json")
+    assert _files(jupyter_env.runtime) == []
+    assert not (jupyter_env.root / "share").exists()
+
+
+@pytest.mark.timeout(60)
+def test_an_empty_argv_is_one_line_and_leaves_nothing(jupyter_env) -> None:
+    jupyter_env.add_kernelspec("empty", [])
+    for verb in (("start", "empty"), ("install", "empty", "--prefix", str(jupyter_env.root))):
+        _one_line_error(cli(*verb), "'empty'", "'argv' is empty")
+    assert _files(jupyter_env.runtime) == []
+    assert not (jupyter_env.root / "share").exists()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("bad", list(BAD_KERNEL_IDS))
+def test_a_kernel_id_that_cannot_name_files_is_refused_in_one_line(jupyter_env, bad: str) -> None:
+    from reliability.support import add_kernel
+
+    kernel_id = BAD_KERNEL_IDS[bad]
+    add_kernel(jupyter_env)
+    _one_line_error(cli("start", "rel", "--kernel-id", kernel_id), "kernel id", "not usable")
+    assert _files(jupyter_env.runtime) == []
+    for verb in ("shutdown", "interrupt", "tail"):
+        proc = cli(verb, kernel_id)
+        _one_line_error(proc)
+        assert "nanny-io list" in proc.stderr or "connection file" in proc.stderr
+
+
+# ------------------------------------------------------------------ install keeps the source's choice
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("flag", "expected"), [((), True), (("--no-capture",), False)])
+def test_install_without_a_flag_keeps_the_sources_capture_choice(
+    jupyter_env, flag: tuple[str, ...], expected: bool
+) -> None:
+    from reliability.support import add_kernel
+
+    add_kernel(jupyter_env, "optin", capture=True)
+    proc = cli("install", "optin", "--prefix", str(jupyter_env.root), *flag)
+    assert proc.returncode == 0, proc.stderr
+    spec = json.loads(
+        (jupyter_env.root / "share/jupyter/kernels/optin-nanny/kernel.json").read_text()
+    )
+    assert spec["metadata"]["capture_stdstreams"] is expected
