@@ -182,7 +182,8 @@ def spawn_first_incarnation(
     if frontend.transport == "ipc":  # ZeroMQ does not always remove the socket files
         ports = [*sorted(used), control, iopub, hb]
         cleanup += [f"{frontend.ip}-{port}" for port in ports]
-    guardian = GuardianHandle.start(cleanup)
+    # ps shows the guardian's title in the nanny's (cut to its) command line length
+    guardian = GuardianHandle.start(cleanup, title=f"nanny-io guardian {frontend.kernel_id}")
     first = prelaunch(guardian, spec, kernel_file, private_dir, None, spec.capture_stdstreams)
     return private_dir, (control, iopub, hb), guardian, first
 

@@ -71,7 +71,7 @@ def test_a_kernel_id_that_cannot_name_files_is_refused_in_one_line(jupyter_env, 
         assert "nanny-io list" in proc.stderr or "connection file" in proc.stderr
 
 
-# ------------------------------------------------------------------ install keeps the source's choice
+# ------------------------------------------------------------ install keeps the source's choice
 
 
 @pytest.mark.timeout(60)
@@ -88,3 +88,55 @@ def test_install_without_a_flag_keeps_the_sources_capture_choice(
         (jupyter_env.root / "share/jupyter/kernels/optin-nanny/kernel.json").read_text()
     )
     assert spec["metadata"]["capture_stdstreams"] is expected
+
+
+# ------------------------------------------------------------------ the guardian alone is killed
+
+#: The kernel starts a child in a session of its own (out of the kernel's process group) and a
+#: grandchild in its group; both must end with the kernel.
+DETACHED_CHILDREN = """
+import subprocess, sys
+procs = [
+    subprocess.Popen(
+        [sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True
+    ),
+    subprocess.Popen(['sh', '-c', 'sleep 600 & wait']),
+]
+"""
+
+
+@pytest.mark.timeout(90)
+def test_killing_the_guardian_alone_ends_the_kernel_tree_and_fails(
+    jupyter_env, nanny_factory
+) -> None:
+    import os
+    import signal
+
+    import psutil
+    from helpers import wait_for, wait_gone
+    from reliability.support import add_kernel, run
+
+    nanny = nanny_factory(add_kernel(jupyter_env), "-q")
+    kc = nanny.client()
+    run(kc, DETACHED_CHILDREN)
+    kernel_pid = nanny.state()["kernel_pid"]
+    wait_for(lambda: len(psutil.Process(kernel_pid).children(recursive=True)) >= 3, 30, "children")
+    tree = nanny.tree_pids()
+    (guardian,) = psutil.Process(nanny.pid).children()
+    # ps tells them apart: the guardian says what it is
+    nanny_cmd = " ".join(psutil.Process(nanny.pid).cmdline())
+    guardian_cmd = " ".join(guardian.cmdline())
+    assert guardian_cmd != nanny_cmd
+    assert guardian_cmd.startswith(f"nanny-io guardian {nanny.kernel_id[:8]}"), guardian_cmd
+    assert "guardian" in guardian.name()
+    private_dirs = [p for p in jupyter_env.runtime.glob("nanny-io-*") if p.is_dir()]
+    assert private_dirs
+
+    os.kill(guardian.pid, signal.SIGKILL)
+    assert nanny.proc.wait(timeout=30) == 70, (nanny.proc.returncode, nanny.log_tail())
+    assert not wait_gone(tree, 10), "the kernel tree outlived its guardian and nanny"
+    assert "guardian" in nanny.stderr and "killed" in nanny.stderr
+    assert not nanny.connection_file.exists()
+    assert not [p for p in jupyter_env.runtime.glob("nanny-io-*") if p.is_dir()]
+    assert not list((jupyter_env.runtime / "nanny-io").glob("nanny-*.json"))
+    assert cli("list").stdout.strip() == "no kernels are running under nanny-io"
