@@ -6,12 +6,15 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
+
+import psutil
 
 from nanny_io_proto.errors import RemoteProtocolError
 from nanny_io_proto.logrecords import LogRecord, parse_nanny_event
@@ -35,6 +38,10 @@ from .subscriber import (
     ReplayFailed,
     Truncated,
 )
+
+#: ``tail -f`` exit status when the nanny vanished without announcing its stop (killed,
+#: crashed); a nanny that stops cleanly ends ``tail -f`` with 0.
+EXIT_NANNY_GONE = 3
 
 _COLORS = {Stream.STDERR: "\x1b[31m", Stream.NANNY: "\x1b[1;33m", Stream.LOG: "\x1b[36m"}
 _MARK = "\x1b[1m"
@@ -171,13 +178,15 @@ def tail_spill(directory: Path, opts: TailOptions, printer: Printer) -> None:
         printer.record(rec)
 
 
-def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> bool:
-    """Print from a running nanny; True when the nanny went away while following."""
+def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> tuple[bool, bool]:
+    """Print from a running nanny. Whether the nanny went away (while following: its process
+    is gone; a stopped nanny is waited for), and whether it announced its stop first."""
     kwargs: dict[str, Any] = {"streams": opts.streams}
     if opts.since_seq is not None:
         kwargs["since_seq"] = opts.since_seq
     else:
         kwargs["last"] = opts.lines
+    silence = _Silence()
     with BlockingLogClient(ref.info, **kwargs) as client:
         for event in client.events(follow=opts.follow):
             if isinstance(event, Records):
@@ -203,9 +212,74 @@ def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> bool:
             elif isinstance(event, ReplayFailed):
                 printer.notice("replay-failed", f"history unavailable: {event.message}")
             elif isinstance(event, NannySilent):
-                printer.notice("silent", "the nanny is not answering (stopped?)")
-                return True
-    return False
+                why = _nanny_gone(ref)
+                if why is not None or not opts.follow:
+                    printer.notice("gone", why or "the nanny is not answering (stopped?)")
+                    return True, silence.stopped
+                if silence.started is None:  # once per silence; the client keeps listening
+                    silence.started = time.monotonic() - event.seconds
+                    printer.notice(
+                        "silent",
+                        f"the nanny has not answered for {event.seconds:.0f} s "
+                        f"({_nanny_condition(ref)}); waiting for it",
+                        seconds=round(event.seconds, 1),
+                    )
+            if not isinstance(event, NannySilent) and silence.started is not None:
+                quiet = time.monotonic() - silence.started
+                silence.started = None
+                printer.notice(
+                    "resumed",
+                    f"the nanny answers again after {quiet:.0f} s of silence",
+                    seconds=round(quiet, 1),
+                )
+            if isinstance(event, Records):
+                silence.stopped |= any(_is_stop(rec) for rec in event.records)
+    return False, silence.stopped
+
+
+@dataclass
+class _Silence:
+    """What ``tail -f`` knows about the nanny's silences and its end."""
+
+    started: float | None = None  # monotonic time the current silence began
+    stopped: bool = False  # the nanny announced its own stop (``nanny_stopped``)
+
+
+def _is_stop(rec: LogRecord) -> bool:
+    if rec.stream is not Stream.NANNY:
+        return False
+    event = record_text(rec)[1]
+    return event is not None and event.get("event") == "nanny_stopped"
+
+
+def _nanny_process(ref: KernelRef) -> psutil.Process | None:
+    """The nanny's process if it still runs (checked against its start time), else None."""
+    state = ref.state
+    if state is None:  # a connection file without a state file: look for one now
+        with contextlib.suppress(KernelNotFound):
+            state = resolve_kernel(ref.info.kernel_id).state
+    if state is None or not state.nanny_alive():
+        return None
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(state.nanny_pid)
+    return None
+
+
+def _nanny_gone(ref: KernelRef) -> str | None:
+    """Why the nanny will not answer again, or None while its process lives."""
+    if _nanny_process(ref) is None:
+        return "the nanny is gone"
+    return None
+
+
+def _nanny_condition(ref: KernelRef) -> str:
+    proc = _nanny_process(ref)
+    with contextlib.suppress(psutil.Error, AttributeError):
+        if proc is not None and proc.status() == psutil.STATUS_STOPPED:
+            return f"its process {proc.pid} is stopped"
+        if proc is not None:
+            return f"its process {proc.pid} runs"
+    return "its process is gone"
 
 
 def _wait_for_kernel(ref: str) -> Iterator[KernelRef]:
@@ -230,7 +304,7 @@ def run_tail(opts: TailOptions, out: IO[str] | None = None) -> int:
     printer = Printer(out or sys.stdout, opts.json)
     if opts.wait:  # follow this kernel id across nanny restarts, until interrupted
         for ref in _wait_for_kernel(opts.kernel):
-            gone = _follow(ref, opts, printer)
+            gone, _ = _follow(ref, opts, printer)
             if not gone or not opts.follow:
                 return 0
         return 0
@@ -242,5 +316,7 @@ def run_tail(opts: TailOptions, out: IO[str] | None = None) -> int:
             raise
         tail_spill(spill, opts, printer)
         return 0
-    _follow(ref, opts, printer)
+    gone, stopped = _follow(ref, opts, printer)
+    if gone and opts.follow and not stopped:
+        return EXIT_NANNY_GONE
     return 0

@@ -140,3 +140,85 @@ def test_killing_the_guardian_alone_ends_the_kernel_tree_and_fails(
     assert not [p for p in jupyter_env.runtime.glob("nanny-io-*") if p.is_dir()]
     assert not list((jupyter_env.runtime / "nanny-io").glob("nanny-*.json"))
     assert cli("list").stdout.strip() == "no kernels are running under nanny-io"
+
+
+# ------------------------------------------------------------------ tail -f across silence
+
+
+class _Lines:
+    """A process's stdout lines, read by a thread; ``expect`` waits for one that matches."""
+
+    def __init__(self, proc) -> None:
+        import queue
+        import threading
+
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+
+        def pump() -> None:
+            for line in proc.stdout:
+                self.queue.put(line)
+            self.queue.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def expect(self, predicate, timeout: float, what: str) -> dict:
+        import queue
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {what} within {timeout} s; saw {self.seen}") from None
+            if line is None:
+                raise AssertionError(f"tail ended before {what}; saw {self.seen}")
+            self.seen.append(line)
+            obj = json.loads(line)
+            if predicate(obj):
+                return obj
+
+
+@pytest.mark.timeout(90)
+def test_tail_f_waits_through_a_stopped_nanny_and_fails_when_it_is_gone(
+    jupyter_env, nanny_factory
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from reliability.support import add_kernel, run
+
+    nanny = nanny_factory(add_kernel(jupyter_env), "-q")
+    kc = nanny.client()
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "nanny_io", "tail", "-f", "--json", "-n", "1", nanny.kernel_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = _Lines(tail)
+        lines.expect(lambda o: "seq" in o, 30, "a first record")
+        os.kill(nanny.pid, signal.SIGSTOP)
+        try:
+            silent = lines.expect(lambda o: o.get("notice") == "silent", 30, "a silence notice")
+            assert "stopped" in silent["text"], silent
+            assert tail.poll() is None, "tail -f gave up on a stopped nanny"
+        finally:
+            os.kill(nanny.pid, signal.SIGCONT)
+        lines.expect(lambda o: o.get("notice") == "resumed", 30, "a recovery notice")
+        run(kc, "import os; os.write(1, b'after the silence\\n')")
+        lines.expect(lambda o: o.get("text") == "after the silence", 30, "output after SIGCONT")
+        os.kill(nanny.pid, signal.SIGKILL)
+        gone = lines.expect(lambda o: o.get("notice") == "gone", 30, "a gone notice")
+        assert "gone" in gone["text"]
+        assert tail.wait(timeout=30) == 3, tail.stderr.read() if tail.stderr else ""
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+        tail.wait()
+        tail.stdout.close()  # type: ignore[union-attr]
+        tail.stderr.close()  # type: ignore[union-attr]
