@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +29,8 @@ from nanny_io_proto.errors import ConnectionFileError
 
 from .errors import NannyIOError
 from .lifecycle import KernelState, kernel_process_runs
+
+log = logging.getLogger("nanny_io")
 
 
 class KernelNotFound(NannyIOError):
@@ -66,20 +70,78 @@ def check_kernel_id(kernel_id: str) -> str:
     return kernel_id
 
 
+class UnsafeRuntimeDir(NannyIOError):
+    """A runtime dir that another user owns or may write: they could swap connection files."""
+
+
+_warned_insecure: set[Path] = set()
+
+
+def check_private_dir(path: Path) -> Path:
+    """Refuse a directory another user owns or can write to, with the fix.
+
+    Connection files carry the signing key and say where frontends connect: whoever can
+    write the directory can replace them. jupyter_core's ``JUPYTER_ALLOW_INSECURE_WRITES=1``
+    turns the refusal into a warning, as it does for jupyter_core's own files.
+    """
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise UnsafeRuntimeDir(f"cannot use runtime dir {str(path)!r}: {exc.strerror}") from None
+    mode = stat.S_IMODE(st.st_mode)
+    # A group-writable dir of one's own is common under umask 002, where each user has a
+    # group of their own: a warning. Another owner, or anyone may write: a refusal.
+    refuse = True
+    if st.st_uid != os.geteuid():
+        problem = (
+            f"{str(path)!r} belongs to {_user_name(st.st_uid)}, not to you; "
+            "set JUPYTER_RUNTIME_DIR to a directory of yours"
+        )
+    elif mode & 0o022:
+        refuse = bool(mode & 0o002)
+        problem = (
+            f"{str(path)!r} can be written by {'other users' if refuse else 'its group'} "
+            f"(mode {mode:o}); make it private with 'chmod 700 {path}'"
+        )
+    else:
+        return path
+    from jupyter_core.paths import allow_insecure_writes
+
+    if refuse and not allow_insecure_writes:
+        raise UnsafeRuntimeDir(
+            f"unsafe runtime dir: {problem} "
+            "(or set JUPYTER_ALLOW_INSECURE_WRITES=1 to use it anyway)"
+        )
+    if path not in _warned_insecure:
+        _warned_insecure.add(path)
+        log.warning("unsafe runtime dir: %s", problem)
+    return path
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
 def runtime_dir() -> Path:
-    """The Jupyter runtime dir (``$JUPYTER_RUNTIME_DIR`` honoured), created 0700."""
+    """The Jupyter runtime dir (``$JUPYTER_RUNTIME_DIR`` honoured), created 0700; refused
+    when another user owns it or may write to it."""
     from jupyter_core.paths import jupyter_runtime_dir
 
     path = Path(jupyter_runtime_dir())
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return check_private_dir(path)
 
 
 def state_dir() -> Path:
     """The private directory that holds the nannies' state files."""
     path = runtime_dir() / "nanny-io"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return check_private_dir(path)
 
 
 def state_path(kernel_id: str) -> Path:

@@ -25,6 +25,7 @@ from nanny_io_proto.errors import ConnectionFileError
 from .discovery import (
     BadKernelId,
     check_kernel_id,
+    check_private_dir,
     prune_spills,
     runtime_dir,
     spill_path,
@@ -167,6 +168,7 @@ def spawn_first_incarnation(
         kernel_ports = free_ports(frontend.transport, frontend.ip, 3, used)
     control, iopub, hb = kernel_ports
     conn_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_private_dir(conn_path.parent)  # whoever may write there can swap the file
     write_private(conn_path, encode_connection_file(frontend))
     kernel_file = private_dir / "kernel.json"
     write_private(

@@ -222,3 +222,50 @@ def test_tail_f_waits_through_a_stopped_nanny_and_fails_when_it_is_gone(
         tail.wait()
         tail.stdout.close()  # type: ignore[union-attr]
         tail.stderr.close()  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------ a runtime dir others can write
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("owner", ["nobody", "me"])
+def test_a_runtime_dir_others_can_write_is_refused_with_the_fix(
+    jupyter_env, monkeypatch: pytest.MonkeyPatch, owner: str
+) -> None:
+    import os
+    import pwd
+
+    from reliability.support import add_kernel
+
+    add_kernel(jupyter_env)
+    runtime = jupyter_env.runtime
+    runtime.mkdir()
+    os.chmod(runtime, 0o777)
+    if owner == "nobody":
+        try:
+            os.chown(runtime, pwd.getpwnam("nobody").pw_uid, -1)
+        except (KeyError, PermissionError) as exc:
+            pytest.skip(f"cannot give the runtime dir to 'nobody': {exc}")
+        fix = "JUPYTER_RUNTIME_DIR"
+    else:
+        fix = f"chmod 700 {runtime}"
+    for verb in (("start", "rel"), ("list",)):
+        _one_line_error(cli(*verb), "unsafe runtime dir", fix)
+    assert _files(runtime) == [], "something was written into the unsafe runtime dir"
+    # jupyter_core's escape hatch turns the refusal into a warning
+    monkeypatch.setenv("JUPYTER_ALLOW_INSECURE_WRITES", "1")
+    proc = cli("list")
+    assert proc.returncode == 0, proc.stderr
+    assert "unsafe runtime dir" in proc.stderr and fix in proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_group_writable_runtime_dir_of_ones_own_is_used_with_a_warning(jupyter_env) -> None:
+    import os
+
+    runtime = jupyter_env.runtime
+    runtime.mkdir()
+    os.chmod(runtime, 0o770)
+    proc = cli("list")
+    assert proc.returncode == 0, proc.stderr
+    assert "can be written by its group" in proc.stderr and "chmod 700" in proc.stderr
