@@ -206,7 +206,30 @@ class NannyState:
         return state_path(self.kernel_id)
 
     def save(self) -> None:
-        write_private(self.path, json.dumps(asdict(self), indent=1).encode() + b"\n")
+        data = json.dumps(asdict(self), indent=1).encode() + b"\n"
+        try:
+            write_private(self.path, data)
+        except OSError:
+            # A full disk: the atomic write needs a new file, but rewriting the old one in
+            # place reuses its blocks, so `list` does not show an old pid and incarnation.
+            # A reader that catches it half-written skips it (it is not JSON) for a moment.
+            if not self._overwrite(data):
+                raise
+
+    def _overwrite(self, data: bytes) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return False
+        try:
+            old_size = os.fstat(fd).st_size
+            padded = data + b" " * max(0, old_size - len(data))  # never ask for a new block
+            os.pwrite(fd, padded, 0)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     def remove(self) -> None:
         with contextlib.suppress(OSError):

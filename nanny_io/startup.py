@@ -8,7 +8,9 @@ which keeps start-to-ready close to a kernel started directly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -154,7 +156,6 @@ def spawn_first_incarnation(
     from .guardian import GuardianHandle
     from .launcher import make_private_dir, prelaunch
 
-    private_dir = make_private_dir(runtime_dir(), frontend.kernel_id)
     used = {
         frontend.shell_port,
         frontend.iopub_port,
@@ -167,18 +168,34 @@ def spawn_first_incarnation(
     if kernel_ports is None:
         kernel_ports = free_ports(frontend.transport, frontend.ip, 3, used)
     control, iopub, hb = kernel_ports
-    conn_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    check_private_dir(conn_path.parent)  # whoever may write there can swap the file
-    write_private(conn_path, encode_connection_file(frontend))
-    kernel_file = private_dir / "kernel.json"
-    write_private(
-        kernel_file,
-        encode_connection_file(
-            kernel_facing(
-                frontend, ip=frontend.ip, control_port=control, iopub_port=iopub, hb_port=hb
-            )
-        ),
-    )
+    private_dir: Path | None = None
+    wrote_connection_file = False
+    try:
+        private_dir = make_private_dir(runtime_dir(), frontend.kernel_id)
+        conn_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_private_dir(conn_path.parent)  # whoever may write there can swap the file
+        write_private(conn_path, encode_connection_file(frontend))
+        wrote_connection_file = owned
+        kernel_file = private_dir / "kernel.json"
+        write_private(
+            kernel_file,
+            encode_connection_file(
+                kernel_facing(
+                    frontend, ip=frontend.ip, control_port=control, iopub_port=iopub, hb_port=hb
+                )
+            ),
+        )
+    except OSError as exc:  # a full disk, a quota: say so and leave nothing behind
+        if private_dir is not None:
+            shutil.rmtree(private_dir, ignore_errors=True)
+        if wrote_connection_file:
+            with contextlib.suppress(OSError):
+                conn_path.unlink()
+        where = conn_path.parent if private_dir is None else private_dir.parent
+        raise StartError(
+            f"cannot write the nanny's files in {str(where)!r}: {exc.strerror or exc}; "
+            "free some space there or set JUPYTER_RUNTIME_DIR to another directory"
+        ) from None
     cleanup = [str(private_dir), str(state_path(frontend.kernel_id))]
     cleanup += [str(conn_path)] if owned else []
     if frontend.transport == "ipc":  # ZeroMQ does not always remove the socket files

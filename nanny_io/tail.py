@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -28,7 +29,7 @@ from .discovery import (
     spill_path,
     state_dir,
 )
-from .spill import read_spill
+from .spill import incomplete_epochs, read_spill
 from .subscriber import (
     BlockingLogClient,
     EpochChanged,
@@ -170,12 +171,31 @@ def find_spill(ref: str) -> Path | None:
 def tail_spill(directory: Path, opts: TailOptions, printer: Printer) -> None:
     """Print what the nanny left on disk."""
     epoch = None
+    cut = incomplete_epochs(directory)
     printer.notice("post-mortem", f"the nanny is gone; history from {directory}")
     for rec_epoch, rec in _select(read_spill(directory), opts):
         if epoch is not None and rec_epoch != epoch:
+            _notice_cut(printer, cut.get(epoch))
             printer.notice("epoch", "the nanny restarted here")
         epoch = rec_epoch
         printer.record(rec)
+    if epoch is not None:
+        _notice_cut(printer, cut.get(epoch))
+
+
+def _notice_cut(printer: Printer, cut: tuple[int, str] | None) -> None:
+    """Say where the history on disk stops because the nanny could not write it."""
+    if cut is None:
+        return
+    first_lost, reason = cut
+    why = os.strerror(getattr(errno, reason, errno.EIO))
+    printer.notice(
+        "truncated",
+        f"history truncated: the nanny could not save seq {first_lost} and later ({why}); "
+        "they were kept in memory only",
+        first_lost=first_lost,
+        reason=reason,
+    )
 
 
 def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> tuple[bool, bool]:

@@ -269,3 +269,73 @@ def test_a_group_writable_runtime_dir_of_ones_own_is_used_with_a_warning(jupyter
     proc = cli("list")
     assert proc.returncode == 0, proc.stderr
     assert "can be written by its group" in proc.stderr and "chmod 700" in proc.stderr
+
+
+# ------------------------------------------------------------------ a full disk
+
+#: More than the 2 MiB the runtime dir gets: the spill fills the disk part-way.
+FILL_DISK = (
+    "import os\nfor i in range(40000):\n    os.write(1, b'line %06d %s\\n' % (i, b'x' * 60))\n"
+)
+
+
+@pytest.fixture
+def small_runtime_dir(jupyter_env):
+    """The runtime dir on a 2 MiB tmpfs (root only), unmounted afterwards."""
+    import subprocess
+
+    runtime = jupyter_env.runtime
+    runtime.mkdir(mode=0o700)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(runtime)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+    yield runtime
+    if subprocess.run(["umount", str(runtime)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(runtime)], check=True)
+
+
+@pytest.mark.timeout(120)
+def test_a_full_disk_is_reported_by_tail_list_and_a_second_start(
+    jupyter_env, small_runtime_dir: Path
+) -> None:
+    from helpers import spawn_nanny, wait_for
+    from reliability.support import add_kernel, run
+
+    add_kernel(jupyter_env)
+    nanny = spawn_nanny("rel", "-q")
+    try:
+        kc = nanny.client()
+        run(kc, FILL_DISK)
+        wait_for(lambda: "log spill off" in nanny.stderr, 30, "the spill to give up")
+        # the state file follows a restart although no new file fits on the disk
+        first_pid = nanny.state()["kernel_pid"]
+        restart = cli("shutdown", nanny.kernel_id, "--restart")
+        assert restart.returncode == 0, restart.stderr
+        state = nanny.wait_status("running", 30)
+        assert state["incarnation"] == 2 and state["kernel_pid"] != first_pid, state
+        (row,) = json.loads(cli("list", "--json").stdout)
+        assert (row["incarnation"], row["kernel_pid"]) == (2, state["kernel_pid"]), row
+        # a second nanny says what is wrong in one line and leaves nothing behind
+        before = _files(small_runtime_dir)
+        _one_line_error(
+            cli("start", "rel", "--kernel-id", "second"), "No space left on device", "free"
+        )
+        assert _files(small_runtime_dir) == before
+    finally:
+        for client in nanny.clients:
+            client.stop_channels()
+        nanny.clients.clear()
+        nanny.stop()
+    # the history on disk says where it stops
+    proc = cli("tail", nanny.kernel_id, "-n", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    notice = lines[-1]
+    assert notice.get("notice") == "truncated", lines
+    assert notice["reason"] == "ENOSPC" and "No space left on device" in notice["text"]
+    assert lines[-2]["seq"] < notice["first_lost"], lines
+    assert "line 039999" not in proc.stdout  # the end of the output was never on disk
