@@ -260,7 +260,7 @@ class GuardianHandle:
             try:
                 parent.close()
                 set_process_title(
-                    title or f"nanny-io guardian (nanny {os.getppid()})", "nanny-guardian"
+                    title or f"nanny-io-guardian (nanny {os.getppid()})", "nanny-guardian"
                 )
                 _Guardian(child, cleanup_paths).run()
             except BaseException:

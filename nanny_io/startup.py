@@ -202,7 +202,7 @@ def spawn_first_incarnation(
         ports = [*sorted(used), control, iopub, hb]
         cleanup += [f"{frontend.ip}-{port}" for port in ports]
     # ps shows the guardian's title in the nanny's (cut to its) command line length
-    guardian = GuardianHandle.start(cleanup, title=f"nanny-io guardian {frontend.kernel_id}")
+    guardian = GuardianHandle.start(cleanup, title=f"nanny-io-guardian {frontend.kernel_id}")
     first = prelaunch(guardian, spec, kernel_file, private_dir, None, spec.capture_stdstreams)
     return private_dir, (control, iopub, hb), guardian, first
 

@@ -127,7 +127,7 @@ def test_killing_the_guardian_alone_ends_the_kernel_tree_and_fails(
     nanny_cmd = " ".join(psutil.Process(nanny.pid).cmdline())
     guardian_cmd = " ".join(guardian.cmdline())
     assert guardian_cmd != nanny_cmd
-    assert guardian_cmd.startswith(f"nanny-io guardian {nanny.kernel_id[:8]}"), guardian_cmd
+    assert guardian_cmd.startswith(f"nanny-io-guardian {nanny.kernel_id[:8]}"), guardian_cmd
     assert "guardian" in guardian.name()
     private_dirs = [p for p in jupyter_env.runtime.glob("nanny-io-*") if p.is_dir()]
     assert private_dirs
