@@ -32,6 +32,7 @@ from .discovery import (
 from .spill import incomplete_epochs, read_spill
 from .subscriber import (
     BlockingLogClient,
+    ClientEvent,
     EpochChanged,
     Gap,
     NannySilent,
@@ -207,7 +208,7 @@ def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> tuple[bool, 
     else:
         kwargs["last"] = opts.lines
     silence = _Silence()
-    with BlockingLogClient(ref.info, **kwargs) as client:
+    with _Reconnecting(ref, kwargs) as client:
         for event in client.events(follow=opts.follow):
             if isinstance(event, Records):
                 for rec in event.records:
@@ -233,8 +234,11 @@ def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> tuple[bool, 
                 printer.notice("replay-failed", f"history unavailable: {event.message}")
             elif isinstance(event, NannySilent):
                 why = _nanny_gone(ref)
-                if why is not None or not opts.follow:
-                    printer.notice("gone", why or "the nanny is not answering (stopped?)")
+                if why is not None:
+                    printer.notice("gone", why)
+                    return True, silence.stopped
+                if not opts.follow:
+                    printer.notice("silent", "the nanny is not answering (stopped?)")
                     return True, silence.stopped
                 if silence.started is None:  # once per silence; the client keeps listening
                     silence.started = time.monotonic() - event.seconds
@@ -255,6 +259,31 @@ def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> tuple[bool, 
             if isinstance(event, Records):
                 silence.stopped |= any(_is_stop(rec) for rec in event.records)
     return False, silence.stopped
+
+
+class _Reconnecting:
+    """A log client that connects again to a nanny that was silent from the start (stopped
+    before we connected, so no first tick came), as long as the nanny's process runs."""
+
+    def __init__(self, ref: KernelRef, kwargs: dict[str, Any]) -> None:
+        self.ref = ref
+        self.kwargs = kwargs
+
+    def __enter__(self) -> _Reconnecting:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def events(self, *, follow: bool) -> Iterator[ClientEvent]:
+        while True:
+            heard = False
+            with BlockingLogClient(self.ref.info, **self.kwargs) as client:
+                for event in client.events(follow=follow):
+                    heard |= not isinstance(event, NannySilent)
+                    yield event
+            if heard or not follow or _nanny_gone(self.ref) is not None:
+                return
 
 
 @dataclass
