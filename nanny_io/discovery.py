@@ -77,18 +77,22 @@ class UnsafeRuntimeDir(NannyIOError):
 _warned_insecure: set[Path] = set()
 
 
-def check_private_dir(path: Path) -> Path:
+def check_private_dir(path: Path, *, sticky_ok: bool = False) -> Path:
     """Refuse a directory another user owns or can write to, with the fix.
 
     Connection files carry the signing key and say where frontends connect: whoever can
     write the directory can replace them. jupyter_core's ``JUPYTER_ALLOW_INSECURE_WRITES=1``
-    turns the refusal into a warning, as it does for jupyter_core's own files.
+    turns the refusal into a warning, as it does for jupyter_core's own files. With
+    ``sticky_ok`` (for a ``--connection-file`` the user chose), a sticky directory such as
+    /tmp is fine: others may create files there, but not replace or remove ours.
     """
     try:
         st = path.stat()
     except OSError as exc:
         raise UnsafeRuntimeDir(f"cannot use runtime dir {str(path)!r}: {exc.strerror}") from None
     mode = stat.S_IMODE(st.st_mode)
+    if sticky_ok and mode & stat.S_ISVTX and st.st_uid in (0, os.geteuid()):
+        return path
     # A group-writable dir of one's own is common under umask 002, where each user has a
     # group of their own: a warning. Another owner, or anyone may write: a refusal.
     refuse = True
@@ -105,17 +109,35 @@ def check_private_dir(path: Path) -> Path:
         )
     else:
         return path
+    _refuse_or_warn("runtime dir", path, problem, refuse)
+    return path
+
+
+def check_own_file(path: Path) -> Path:
+    """Refuse an existing connection file that another user owns or may write: it could
+    have been planted, with a key its author knows."""
+    st = path.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid():
+        problem = f"{str(path)!r} belongs to {_user_name(st.st_uid)}, not to you"
+    elif mode & 0o022:
+        problem = f"{str(path)!r} can be written by others (mode {mode:o})"
+    else:
+        return path
+    _refuse_or_warn("connection file", path, problem + "; remove it or give another path", True)
+    return path
+
+
+def _refuse_or_warn(what: str, path: Path, problem: str, refuse: bool) -> None:
     from jupyter_core.paths import allow_insecure_writes
 
     if refuse and not allow_insecure_writes:
         raise UnsafeRuntimeDir(
-            f"unsafe runtime dir: {problem} "
-            "(or set JUPYTER_ALLOW_INSECURE_WRITES=1 to use it anyway)"
+            f"unsafe {what}: {problem} (or set JUPYTER_ALLOW_INSECURE_WRITES=1 to use it anyway)"
         )
     if path not in _warned_insecure:
         _warned_insecure.add(path)
-        log.warning("unsafe runtime dir: %s", problem)
-    return path
+        log.warning("unsafe %s: %s", what, problem)
 
 
 def _user_name(uid: int) -> str:
@@ -350,9 +372,7 @@ def state_summary(state: NannyState, alive: bool, now: float) -> dict[str, Any]:
         "kernel_pid": state.kernel_pid,
         "incarnation": state.incarnation,
         "status": state.status if alive else "stale",
-        "uptime": (
-            round(now - state.started_at, 1) if runs and state.started_at else None
-        ),
+        "uptime": (round(now - state.started_at, 1) if runs and state.started_at else None),
         "memory": memory,
         "connection_file": state.connection_file,
         "rejected_messages": state.rejected_messages,

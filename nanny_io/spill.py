@@ -178,8 +178,8 @@ class Spill:
         name = f"incomplete-{first_lost:020d}-{reason}-{self.epoch}"
         try:
             os.close(os.open(self.directory / name, os.O_WRONLY | os.O_CREAT, 0o600))
-        except OSError as again:
-            logger.warning(
+        except OSError as again:  # the one warning about the spill was given already
+            logger.debug(
                 "cannot mark the log history in %r as incomplete: %s",
                 str(self.directory),
                 again.strerror or again,

@@ -26,7 +26,9 @@ from nanny_io_proto.errors import ConnectionFileError
 
 from .discovery import (
     BadKernelId,
+    UnsafeRuntimeDir,
     check_kernel_id,
+    check_own_file,
     check_private_dir,
     prune_spills,
     runtime_dir,
@@ -173,7 +175,9 @@ def spawn_first_incarnation(
     try:
         private_dir = make_private_dir(runtime_dir(), frontend.kernel_id)
         conn_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        check_private_dir(conn_path.parent)  # whoever may write there can swap the file
+        # Whoever may write there can swap the file. (The runtime dir itself was checked
+        # strictly above; a sticky directory that the user chose, such as /tmp, is fine.)
+        check_private_dir(conn_path.parent, sticky_ok=True)
         write_private(conn_path, encode_connection_file(frontend))
         wrote_connection_file = owned
         kernel_file = private_dir / "kernel.json"
@@ -212,6 +216,10 @@ def _adopt_or_allocate(options: StartOptions) -> tuple[NannyConnectionInfo, Path
     the file's path and whether the nanny owns (and removes) it."""
     path = options.connection_file.expanduser() if options.connection_file else None
     if path is not None and path.is_file():
+        try:
+            check_own_file(path)
+        except UnsafeRuntimeDir as exc:
+            raise StartError(str(exc)) from None
         try:
             info = decode_connection_file(path.read_bytes())
         except ConnectionFileError as exc:
