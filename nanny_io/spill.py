@@ -122,6 +122,7 @@ class Spill:
                 self._rotate(first_seq)
             _write_all(self._fd, chunk)
         except OSError as exc:
+            self._cut_partial_chunk()
             self._fail("cannot write to", exc)
             self._mark_incomplete(first_seq, exc)
             return False
@@ -169,6 +170,17 @@ class Spill:
             "log spill off, %s; history will not survive the nanny (memory only)", self.error
         )
         self._close_fd()
+
+    def _cut_partial_chunk(self) -> None:
+        """Drop what part of the failed chunk reached the file (a disk fills up mid-write),
+        so the history on disk ends exactly before it. Truncating needs no free space."""
+        if self._fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            if self._seg_size == 0:  # not even the header of a new segment: no segment
+                os.unlink(self._path)
+            else:
+                os.ftruncate(self._fd, self._seg_size)
 
     def _mark_incomplete(self, first_lost: int, exc: OSError) -> None:
         """Leave a note that the history on disk ends before ``first_lost``, for the

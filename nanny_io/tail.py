@@ -24,6 +24,7 @@ from nanny_io_proto.streams import FLAG_NO_EOL, Stream
 from .discovery import (
     KernelNotFound,
     KernelRef,
+    NannyState,
     kernel_id_problem,
     resolve_kernel,
     spill_path,
@@ -208,7 +209,7 @@ def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> tuple[bool, 
     else:
         kwargs["last"] = opts.lines
     silence = _Silence()
-    with _Reconnecting(ref, kwargs) as client:
+    with _Reconnecting(ref, kwargs, silence) as client:
         for event in client.events(follow=opts.follow):
             if isinstance(event, Records):
                 for rec in event.records:
@@ -233,7 +234,7 @@ def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> tuple[bool, 
             elif isinstance(event, ReplayFailed):
                 printer.notice("replay-failed", f"history unavailable: {event.message}")
             elif isinstance(event, NannySilent):
-                why = _nanny_gone(ref)
+                why = _nanny_gone(ref, silence)
                 if why is not None:
                     printer.notice("gone", why)
                     return True, silence.stopped
@@ -245,7 +246,7 @@ def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> tuple[bool, 
                     printer.notice(
                         "silent",
                         f"the nanny has not answered for {event.seconds:.0f} s "
-                        f"({_nanny_condition(ref)}); waiting for it",
+                        f"({_nanny_condition(ref, silence)}); waiting for it",
                         seconds=round(event.seconds, 1),
                     )
             if not isinstance(event, NannySilent) and silence.started is not None:
@@ -265,9 +266,10 @@ class _Reconnecting:
     """A log client that connects again to a nanny that was silent from the start (stopped
     before we connected, so no first tick came), as long as the nanny's process runs."""
 
-    def __init__(self, ref: KernelRef, kwargs: dict[str, Any]) -> None:
+    def __init__(self, ref: KernelRef, kwargs: dict[str, Any], silence: _Silence) -> None:
         self.ref = ref
         self.kwargs = kwargs
+        self.silence = silence
 
     def __enter__(self) -> _Reconnecting:
         return self
@@ -282,7 +284,7 @@ class _Reconnecting:
                 for event in client.events(follow=follow):
                     heard |= not isinstance(event, NannySilent)
                     yield event
-            if heard or not follow or _nanny_gone(self.ref) is not None:
+            if heard or not follow or _nanny_gone(self.ref, self.silence) is not None:
                 return
 
 
@@ -292,6 +294,7 @@ class _Silence:
 
     started: float | None = None  # monotonic time the current silence began
     stopped: bool = False  # the nanny announced its own stop (``nanny_stopped``)
+    state: NannyState | None = None  # the followed nanny's state, once known
 
 
 def _is_stop(rec: LogRecord) -> bool:
@@ -301,12 +304,14 @@ def _is_stop(rec: LogRecord) -> bool:
     return event is not None and event.get("event") == "nanny_stopped"
 
 
-def _nanny_process(ref: KernelRef) -> psutil.Process | None:
+def _nanny_process(ref: KernelRef, silence: _Silence) -> psutil.Process | None:
     """The nanny's process if it still runs (checked against its start time), else None."""
-    state = ref.state
-    if state is None:  # a connection file without a state file: look for one now
+    if silence.state is None:
+        silence.state = ref.state
+    if silence.state is None:  # a connection file without a state file yet: look once more
         with contextlib.suppress(KernelNotFound):
-            state = resolve_kernel(ref.info.kernel_id).state
+            silence.state = resolve_kernel(ref.info.kernel_id).state
+    state = silence.state  # kept: a later nanny for the same kernel id is another one
     if state is None or not state.nanny_alive():
         return None
     with contextlib.suppress(psutil.Error):
@@ -314,15 +319,17 @@ def _nanny_process(ref: KernelRef) -> psutil.Process | None:
     return None
 
 
-def _nanny_gone(ref: KernelRef) -> str | None:
+def _nanny_gone(ref: KernelRef, silence: _Silence) -> str | None:
     """Why the nanny will not answer again, or None while its process lives."""
-    if _nanny_process(ref) is None:
+    if silence.stopped:
+        return "the nanny stopped"
+    if _nanny_process(ref, silence) is None:
         return "the nanny is gone"
     return None
 
 
-def _nanny_condition(ref: KernelRef) -> str:
-    proc = _nanny_process(ref)
+def _nanny_condition(ref: KernelRef, silence: _Silence) -> str:
+    proc = _nanny_process(ref, silence)
     with contextlib.suppress(psutil.Error, AttributeError):
         if proc is not None and proc.status() == psutil.STATUS_STOPPED:
             return f"its process {proc.pid} is stopped"

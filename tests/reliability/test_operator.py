@@ -279,6 +279,21 @@ FILL_DISK = (
 )
 
 
+def _fill(path: Path) -> None:
+    """Write to ``path`` until the disk is full."""
+    import errno
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture
 def small_runtime_dir(jupyter_env):
     """The runtime dir on a 2 MiB tmpfs (root only), unmounted afterwards."""
@@ -311,6 +326,7 @@ def test_a_full_disk_is_reported_by_tail_list_and_a_second_start(
         kc = nanny.client()
         run(kc, FILL_DISK)
         wait_for(lambda: "log spill off" in nanny.stderr, 30, "the spill to give up")
+        _fill(small_runtime_dir / "filler")  # the spill gave back its partial chunk: fill it
         # the state file follows a restart although no new file fits on the disk
         first_pid = nanny.state()["kernel_pid"]
         restart = cli("shutdown", nanny.kernel_id, "--restart")
