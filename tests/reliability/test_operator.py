@@ -355,3 +355,27 @@ def test_a_full_disk_is_reported_by_tail_list_and_a_second_start(
     assert notice["reason"] == "ENOSPC" and "No space left on device" in notice["text"]
     assert lines[-2]["seq"] < notice["first_lost"], lines
     assert "line 039999" not in proc.stdout  # the end of the output was never on disk
+
+
+@pytest.mark.timeout(60)
+def test_a_connection_file_planted_by_another_user_is_not_adopted(jupyter_env, tmp_path) -> None:
+    import os
+    import pwd
+
+    from reliability.support import add_kernel
+
+    add_kernel(jupyter_env)
+    planted = tmp_path / "shared" / "kernel.json"
+    planted.parent.mkdir(mode=0o1777)
+    os.chmod(planted.parent, 0o1777)  # like /tmp: anyone may create files here
+    planted.write_text(json.dumps({"key": "known-to-its-author", "transport": "tcp"}))
+    try:
+        os.chown(planted, pwd.getpwnam("nobody").pw_uid, -1)
+    except (KeyError, PermissionError) as exc:
+        pytest.skip(f"cannot give a file to 'nobody': {exc}")
+    _one_line_error(
+        cli("start", "rel", "--connection-file", str(planted)),
+        "unsafe connection file",
+        "belongs to user 'nobody'",
+    )
+    assert _files(jupyter_env.runtime) == []
