@@ -122,7 +122,6 @@ class Spill:
                 self._rotate(first_seq)
             _write_all(self._fd, chunk)
         except OSError as exc:
-            self._cut_partial_chunk()
             self._fail("cannot write to", exc)
             self._mark_incomplete(first_seq, exc)
             return False
@@ -171,21 +170,11 @@ class Spill:
         )
         self._close_fd()
 
-    def _cut_partial_chunk(self) -> None:
-        """Drop what part of the failed chunk reached the file (a disk fills up mid-write),
-        so the history on disk ends exactly before it. Truncating needs no free space."""
-        if self._fd < 0:
-            return
-        with contextlib.suppress(OSError):
-            if self._seg_size == 0:  # not even the header of a new segment: no segment
-                os.unlink(self._path)
-            else:
-                os.ftruncate(self._fd, self._seg_size)
-
     def _mark_incomplete(self, first_lost: int, exc: OSError) -> None:
-        """Leave a note that the history on disk ends before ``first_lost``, for the
-        post-mortem reader. An empty file: creating one needs an inode, not a data block,
-        so it usually works on a full disk (tmpfs, and ext4 for root's reserved blocks)."""
+        """Leave a note for the post-mortem reader that the history on disk is cut short
+        (at the latest before ``first_lost``: the complete records of a chunk cut by the
+        disk filling up stay readable). An empty file: creating one needs an inode, not a
+        data block, so it usually works on a full disk (tmpfs, ext4's reserved blocks)."""
         reason = errno.errorcode.get(exc.errno or 0, "EIO")
         name = f"incomplete-{first_lost:020d}-{reason}-{self.epoch}"
         try:
@@ -245,7 +234,8 @@ _INCOMPLETE_NAME = re.compile(r"incomplete-(\d{20})-([A-Z0-9]+)-(.+)")
 
 def incomplete_epochs(directory: str | os.PathLike[str]) -> dict[str, tuple[int, str]]:
     """Epochs whose history on disk was cut short (the spill could not write, e.g. a full
-    disk): epoch -> (the first seq that is missing, the error's name such as ``ENOSPC``)."""
+    disk): epoch -> (the first seq of the chunk that failed, the error's name such as
+    ``ENOSPC``). Complete records of that chunk may still be on disk."""
     found: dict[str, tuple[int, str]] = {}
     with contextlib.suppress(OSError):
         for entry in os.scandir(directory):

@@ -174,28 +174,35 @@ def tail_spill(directory: Path, opts: TailOptions, printer: Printer) -> None:
     """Print what the nanny left on disk."""
     epoch = None
     cut = incomplete_epochs(directory)
+    last_saved: dict[str, int] = {}  # per epoch, whatever the options select
+
+    def saved() -> Iterator[tuple[str, LogRecord]]:
+        for rec_epoch, rec in read_spill(directory):
+            last_saved[rec_epoch] = rec.seq
+            yield rec_epoch, rec
+
     printer.notice("post-mortem", f"the nanny is gone; history from {directory}")
-    for rec_epoch, rec in _select(read_spill(directory), opts):
+    for rec_epoch, rec in _select(saved(), opts):
         if epoch is not None and rec_epoch != epoch:
-            _notice_cut(printer, cut.get(epoch))
+            _notice_cut(printer, cut.get(epoch), last_saved.get(epoch))
             printer.notice("epoch", "the nanny restarted here")
         epoch = rec_epoch
         printer.record(rec)
     if epoch is not None:
-        _notice_cut(printer, cut.get(epoch))
+        _notice_cut(printer, cut.get(epoch), last_saved.get(epoch))
 
 
-def _notice_cut(printer: Printer, cut: tuple[int, str] | None) -> None:
+def _notice_cut(printer: Printer, cut: tuple[int, str] | None, last_saved: int | None) -> None:
     """Say where the history on disk stops because the nanny could not write it."""
-    if cut is None:
+    if cut is None or last_saved is None:
         return
-    first_lost, reason = cut
+    reason = cut[1]
     why = os.strerror(getattr(errno, reason, errno.EIO))
     printer.notice(
         "truncated",
-        f"history truncated: the nanny could not save seq {first_lost} and later ({why}); "
-        "they were kept in memory only",
-        first_lost=first_lost,
+        f"history truncated after seq {last_saved}: the nanny could not save more ({why}); "
+        "later records were kept in memory only",
+        last_saved=last_saved,
         reason=reason,
     )
 
