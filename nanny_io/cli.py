@@ -393,9 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--capture",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=None,
         help="send the kernel's stdout/stderr to frontends, attributed to cells "
-        "(default: --no-capture: stored and tailed, not sent)",
+        "(default: what SOURCE_KERNEL's metadata.capture_stdstreams says, else "
+        "--no-capture: stored and tailed, not sent)",
     )
     add_remote_install_options(p)
     p.set_defaults(func=cmd_install)

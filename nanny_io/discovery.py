@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,25 +30,140 @@ from nanny_io_proto.errors import ConnectionFileError
 from .errors import NannyIOError
 from .lifecycle import KernelState, kernel_process_runs
 
+log = logging.getLogger("nanny_io")
+
 
 class KernelNotFound(NannyIOError):
     """A KERNEL argument that names no known kernel (or names several)."""
 
 
+class BadKernelId(NannyIOError):
+    """A kernel id that cannot name files: it would escape the runtime dir or be too long."""
+
+
+#: Kernel ids become parts of file names (``kernel-<id>.json``, ``spill-<id>``, ...): a
+#: uuid is 32 or 36 characters; this leaves room without nearing NAME_MAX (255).
+MAX_KERNEL_ID = 128
+_KERNEL_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def kernel_id_problem(kernel_id: str) -> str | None:
+    """What makes ``kernel_id`` unusable as part of a file name, or None if it is fine."""
+    if not kernel_id:
+        return "it is empty"
+    if len(kernel_id) > MAX_KERNEL_ID:
+        return f"it has {len(kernel_id)} characters, more than {MAX_KERNEL_ID}"
+    bad = sorted(set(kernel_id) - _KERNEL_ID_CHARS)
+    if bad:
+        return f"it contains {''.join(bad)!r} (use letters, digits, '-', '_' and '.')"
+    if kernel_id.startswith("."):
+        return "it starts with '.'"
+    return None
+
+
+def check_kernel_id(kernel_id: str) -> str:
+    """``kernel_id`` if it can name files, else :class:`BadKernelId` saying why."""
+    problem = kernel_id_problem(kernel_id)
+    if problem is not None:
+        shown = kernel_id if len(kernel_id) <= 40 else kernel_id[:37] + "..."
+        raise BadKernelId(f"kernel id {shown!r} is not usable: {problem}")
+    return kernel_id
+
+
+class UnsafeRuntimeDir(NannyIOError):
+    """A runtime dir that another user owns or may write: they could swap connection files."""
+
+
+_warned_insecure: set[Path] = set()
+
+
+def check_private_dir(path: Path, *, sticky_ok: bool = False) -> Path:
+    """Refuse a directory another user owns or can write to, with the fix.
+
+    Connection files carry the signing key and say where frontends connect: whoever can
+    write the directory can replace them. jupyter_core's ``JUPYTER_ALLOW_INSECURE_WRITES=1``
+    turns the refusal into a warning, as it does for jupyter_core's own files. With
+    ``sticky_ok`` (for a ``--connection-file`` the user chose), a sticky directory such as
+    /tmp is fine: others may create files there, but not replace or remove ours.
+    """
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise UnsafeRuntimeDir(f"cannot use runtime dir {str(path)!r}: {exc.strerror}") from None
+    mode = stat.S_IMODE(st.st_mode)
+    if sticky_ok and mode & stat.S_ISVTX and st.st_uid in (0, os.geteuid()):
+        return path
+    # A group-writable dir of one's own is common under umask 002, where each user has a
+    # group of their own: a warning. Another owner, or anyone may write: a refusal.
+    refuse = True
+    if st.st_uid != os.geteuid():
+        problem = (
+            f"{str(path)!r} belongs to {_user_name(st.st_uid)}, not to you; "
+            "set JUPYTER_RUNTIME_DIR to a directory of yours"
+        )
+    elif mode & 0o022:
+        refuse = bool(mode & 0o002)
+        problem = (
+            f"{str(path)!r} can be written by {'other users' if refuse else 'its group'} "
+            f"(mode {mode:o}); make it private with 'chmod 700 {path}'"
+        )
+    else:
+        return path
+    _refuse_or_warn("runtime dir", path, problem, refuse)
+    return path
+
+
+def check_own_file(path: Path) -> Path:
+    """Refuse an existing connection file that another user owns or may write: it could
+    have been planted, with a key its author knows."""
+    st = path.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid():
+        problem = f"{str(path)!r} belongs to {_user_name(st.st_uid)}, not to you"
+    elif mode & 0o022:
+        problem = f"{str(path)!r} can be written by others (mode {mode:o})"
+    else:
+        return path
+    _refuse_or_warn("connection file", path, problem + "; remove it or give another path", True)
+    return path
+
+
+def _refuse_or_warn(what: str, path: Path, problem: str, refuse: bool) -> None:
+    from jupyter_core.paths import allow_insecure_writes
+
+    if refuse and not allow_insecure_writes:
+        raise UnsafeRuntimeDir(
+            f"unsafe {what}: {problem} (or set JUPYTER_ALLOW_INSECURE_WRITES=1 to use it anyway)"
+        )
+    if path not in _warned_insecure:
+        _warned_insecure.add(path)
+        log.warning("unsafe %s: %s", what, problem)
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
 def runtime_dir() -> Path:
-    """The Jupyter runtime dir (``$JUPYTER_RUNTIME_DIR`` honoured), created 0700."""
+    """The Jupyter runtime dir (``$JUPYTER_RUNTIME_DIR`` honoured), created 0700; refused
+    when another user owns it or may write to it."""
     from jupyter_core.paths import jupyter_runtime_dir
 
     path = Path(jupyter_runtime_dir())
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return check_private_dir(path)
 
 
 def state_dir() -> Path:
     """The private directory that holds the nannies' state files."""
     path = runtime_dir() / "nanny-io"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return check_private_dir(path)
 
 
 def state_path(kernel_id: str) -> Path:
@@ -114,7 +231,30 @@ class NannyState:
         return state_path(self.kernel_id)
 
     def save(self) -> None:
-        write_private(self.path, json.dumps(asdict(self), indent=1).encode() + b"\n")
+        data = json.dumps(asdict(self), indent=1).encode() + b"\n"
+        try:
+            write_private(self.path, data)
+        except OSError:
+            # A full disk: the atomic write needs a new file, but rewriting the old one in
+            # place reuses its blocks, so `list` does not show an old pid and incarnation.
+            # A reader that catches it half-written skips it (it is not JSON) for a moment.
+            if not self._overwrite(data):
+                raise
+
+    def _overwrite(self, data: bytes) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return False
+        try:
+            old_size = os.fstat(fd).st_size
+            padded = data + b" " * max(0, old_size - len(data))  # never ask for a new block
+            os.pwrite(fd, padded, 0)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     def remove(self) -> None:
         with contextlib.suppress(OSError):
@@ -193,6 +333,13 @@ def resolve_kernel(ref: str) -> KernelRef:
             return KernelRef(as_path, info, state)
         if os.sep in ref:
             raise KernelNotFound(f"no connection file at {ref!r}")
+    problem = kernel_id_problem(ref)
+    if problem is not None:
+        shown = ref if len(ref) <= 40 else ref[:37] + "..."
+        raise KernelNotFound(
+            f"{shown!r} is neither a kernel id ({problem}) nor a connection file; "
+            "see 'nanny-io list'"
+        )
     states = [s for s, alive in iter_states() if alive]
     matches = [s for s in states if s.kernel_id == ref] or [
         s for s in states if s.kernel_id.startswith(ref)

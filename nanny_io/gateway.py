@@ -111,9 +111,15 @@ def launch_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Laun
     except BadLauncherArgument as exc:
         raise LaunchError(str(exc)) from None
     assert public_key is not None
+    from .discovery import kernel_id_problem
+
+    kernel_id = pick("kernel_id") or str(uuid.uuid4())
+    problem = kernel_id_problem(kernel_id)
+    if problem is not None:  # it names files in the runtime dir
+        raise LaunchError(f"kernel id {kernel_id[:40]!r} is not usable: {problem}")
     return LaunchOptions(
         kernel=kernel,
-        kernel_id=pick("kernel_id") or str(uuid.uuid4()),
+        kernel_id=kernel_id,
         response_address=response_address,
         public_key=public_key,
         port_range=port_range,

@@ -52,6 +52,36 @@ _RESET_SIGNALS = (
 )
 
 
+PR_SET_NAME = 15
+#: Exit status of a nanny whose guardian was killed (EX_SOFTWARE): it ended the kernel tree
+#: itself, but the operator should know something outside killed a part of it.
+GUARDIAN_LOST_STATUS = 70
+
+
+def set_process_title(title: str, comm: str) -> None:
+    """Rename this process in ``ps`` (its command line) and ``top`` (its 15-byte comm).
+
+    Pure Python, Linux only: the command line is the original argv area, rewritten through
+    /proc/self/mem (as setproctitle does in C); a title longer than that area is cut.
+    Anything that fails leaves the old name: names are for humans only.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(comm.encode()[:15]), 0, 0, 0)
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/stat", "rb") as fh:
+            stat = fh.read()
+        # fields after the ")" that closes comm; arg_start and arg_end are fields 48 and 49
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        start, end = int(fields[45]), int(fields[46])
+        if end <= start:
+            return
+        data = title.encode()[: end - start - 1]
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(data + b"\0" * (end - start - len(data)))
+
+
 def _set_subreaper() -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -202,12 +232,16 @@ class _Guardian:
         self._reap()
 
     def _cleanup_files(self) -> None:
-        for path in self.cleanup_paths:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+        _remove_paths(self.cleanup_paths)
+
+
+def _remove_paths(paths: Iterable[str]) -> None:
+    for path in paths:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 @dataclass
@@ -216,23 +250,54 @@ class GuardianHandle:
 
     pid: int
     sock: socket.socket
+    cleanup_paths: Sequence[str] = ()
+    #: The guardian died (killed from outside): the kernel trees are the nanny's children now.
+    lost: bool = False
 
     @classmethod
-    def start(cls, cleanup_paths: Sequence[str] = ()) -> GuardianHandle:
-        """Fork the guardian. Call before any thread exists (zmq context, event loop)."""
+    def start(cls, cleanup_paths: Sequence[str] = (), title: str = "") -> GuardianHandle:
+        """Fork the guardian. Call before any thread exists (zmq context, event loop).
+
+        The nanny becomes a child subreaper too: should the guardian be killed, its orphans
+        (the kernel trees) come to the nanny rather than to init, and the nanny ends them.
+        ``title`` names the guardian in ``ps``.
+        """
+        _set_subreaper()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the forked child
             code = 0
             try:
                 parent.close()
+                set_process_title(
+                    title or f"nanny-io-guardian (nanny {os.getppid()})", "nanny-guardian"
+                )
                 _Guardian(child, cleanup_paths).run()
             except BaseException:
                 code = 1
             finally:
                 os._exit(code)
         child.close()
-        return cls(pid, parent)
+        return cls(pid, parent, list(cleanup_paths))
+
+    def adopt_orphans(self) -> None:
+        """The guardian is gone: wait until it is a zombie (its orphans have been re-parented
+        to the nanny by then), reap it, and look after the kernel trees from now on."""
+        self.lost = True
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+    def reap_adopted(self) -> dict[int, int]:
+        """After :meth:`adopt_orphans`: reap the nanny's exited children; {pid: wait status}."""
+        reaped: dict[int, int] = {}
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return reaped
+            if pid == 0:
+                return reaped
+            reaped[pid] = status
 
     def send_spawn(
         self,
@@ -267,10 +332,24 @@ class GuardianHandle:
 
     def descendants(self) -> list[psutil.Process]:
         """Every live process of the kernel trees, orphans included."""
-        return _descendants(self.pid)
+        if not self.lost:
+            return _descendants(self.pid)
+        live = []
+        for proc in _descendants(os.getpid()):
+            with contextlib.suppress(psutil.Error):
+                if proc.pid != self.pid and proc.status() != psutil.STATUS_ZOMBIE:
+                    live.append(proc)
+        return live
 
     def close(self, timeout: float = 10.0) -> None:
-        """Ask the guardian to kill what is left, clean up and exit; wait for it."""
+        """Ask the guardian to kill what is left, clean up and exit; wait for it.
+
+        A lost guardian cannot: the nanny removes the files the guardian would have.
+        """
+        if self.lost:
+            self.sock.close()
+            _remove_paths(self.cleanup_paths)
+            return
         with contextlib.suppress(OSError):
             _send(self.sock, {"op": "exit"})
         self.sock.close()
@@ -296,4 +375,10 @@ def wait_status_to_returncode(status: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-__all__ = ["TERM_GRACE", "GuardianHandle", "wait_status_to_returncode"]
+__all__ = [
+    "GUARDIAN_LOST_STATUS",
+    "TERM_GRACE",
+    "GuardianHandle",
+    "set_process_title",
+    "wait_status_to_returncode",
+]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .launcher import KernelSpecError
+from .launcher import KernelSpecError, get_kernel_spec
 
 if TYPE_CHECKING:
     from .remote_specs import RemoteOptions
@@ -33,7 +33,8 @@ class InstallOptions:
     display_name: str | None = None
     user: bool = False
     prefix: str | None = None
-    capture: bool = False
+    #: None keeps the source kernelspec's ``metadata.capture_stdstreams``.
+    capture: bool | None = None
     remote: RemoteOptions | None = None  # a kernelspec for a gateway_provisioners provisioner
 
 
@@ -77,18 +78,15 @@ def wrapped_spec(
 
 def install(opts: InstallOptions) -> tuple[str, str]:
     """Install the wrapper kernelspec; returns (name, path)."""
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    from jupyter_client.kernelspec import KernelSpecManager
 
     ksm = KernelSpecManager()
-    try:
-        source = ksm.get_kernel_spec(opts.source)
-    except NoSuchKernel:
-        available = ", ".join(sorted(ksm.find_kernel_specs())) or "none"
-        raise KernelSpecError(
-            f"no kernel named {opts.source!r}; available kernels: {available}"
-        ) from None
+    source = get_kernel_spec(opts.source)
     name = opts.name or f"{opts.source}-nanny"
-    spec = wrapped_spec(source.to_dict(), opts.source, opts.capture, opts.display_name)
+    capture = opts.capture
+    if capture is None:  # no flag: keep the source's choice
+        capture = (source.metadata or {}).get("capture_stdstreams") is True
+    spec = wrapped_spec(source.to_dict(), opts.source, capture, opts.display_name)
     if opts.remote is not None:
         from . import remote_specs
 

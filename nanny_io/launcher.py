@@ -69,11 +69,10 @@ def _spec_on_disk(name: str) -> KernelSpecInfo | None:
     for directory in jupyter_path("kernels"):
         resource_dir = Path(directory, name.lower())
         try:
-            raw = json.loads((resource_dir / "kernel.json").read_text())
-        except (OSError, ValueError):
+            text = (resource_dir / "kernel.json").read_text()
+        except OSError:
             continue
-        if not isinstance(raw, dict) or not isinstance(raw.get("argv"), list):
-            return None  # let KernelSpecManager report what is wrong with it
+        raw = parse_kernel_json(name, resource_dir / "kernel.json", text)
         metadata = raw.get("metadata")
         if not isinstance(metadata, dict):
             metadata = {}
@@ -91,19 +90,38 @@ def _spec_on_disk(name: str) -> KernelSpecInfo | None:
     return None
 
 
+def parse_kernel_json(name: str, path: Path, text: str) -> dict[str, Any]:
+    """A kernelspec's kernel.json, checked for what a launch needs; a one-line
+    :class:`KernelSpecError` that names the file and the fix otherwise."""
+    fix = f"fix {str(path)!r} or reinstall the kernelspec"
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise KernelSpecError(
+            f"kernelspec {name!r}: kernel.json is not JSON ({exc}); {fix}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise KernelSpecError(f"kernelspec {name!r}: kernel.json is not a JSON object; {fix}")
+    check_argv(name, raw.get("argv"), fix)
+    return raw
+
+
+def check_argv(name: str, argv: object, fix: str) -> None:
+    """Refuse an ``argv`` that cannot start a process: missing, empty, or not strings."""
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise KernelSpecError(f"kernelspec {name!r}: 'argv' must be a list of strings; {fix}")
+    if not argv or not argv[0]:
+        raise KernelSpecError(
+            f"kernelspec {name!r}: 'argv' is empty, so there is no command to run; {fix}"
+        )
+
+
 def find_kernelspec(name: str) -> KernelSpecInfo:
     """Find a kernelspec: on disk first, then with jupyter_client's KernelSpecManager."""
     found = _spec_on_disk(name)
     if found is not None:
         return found
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    ksm = KernelSpecManager()
-    try:
-        spec = ksm.get_kernel_spec(name)
-    except NoSuchKernel:
-        available = ", ".join(sorted(ksm.find_kernel_specs())) or "none"
-        raise KernelSpecError(f"no kernel named {name!r}; available kernels: {available}") from None
+    spec = get_kernel_spec(name)
     metadata = dict(spec.metadata or {})
     return KernelSpecInfo(
         name=name,
@@ -116,6 +134,25 @@ def find_kernelspec(name: str) -> KernelSpecInfo:
         display_name=spec.display_name or "",
         metadata=metadata,
     )
+
+
+def get_kernel_spec(name: str) -> Any:
+    """jupyter_client's KernelSpec ``name``, with its errors as one-line KernelSpecErrors."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    ksm = KernelSpecManager()
+    try:
+        spec = ksm.get_kernel_spec(name)
+    except NoSuchKernel:
+        available = ", ".join(sorted(ksm.find_kernel_specs())) or "none"
+        raise KernelSpecError(f"no kernel named {name!r}; available kernels: {available}") from None
+    except (ValueError, OSError) as exc:  # kernel.json unreadable or not JSON
+        raise KernelSpecError(
+            f"kernelspec {name!r}: cannot read kernel.json ({exc}); fix or reinstall it"
+        ) from None
+    fix = f"fix {str(Path(spec.resource_dir, 'kernel.json'))!r} or reinstall the kernelspec"
+    check_argv(name, list(spec.argv or []), fix)
+    return spec
 
 
 def format_argv(spec: KernelSpecInfo, connection_file: str) -> list[str]:

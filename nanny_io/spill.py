@@ -40,7 +40,7 @@ from nanny_io_proto.spillformat import (
 
 from .limits import DEFAULT_SEGMENT_BYTES, DEFAULT_SPILL_BYTES
 
-__all__ = ["Spill", "read_spill"]
+__all__ = ["Spill", "incomplete_epochs", "read_spill"]
 
 logger = logging.getLogger("nanny_io")
 
@@ -123,6 +123,7 @@ class Spill:
             _write_all(self._fd, chunk)
         except OSError as exc:
             self._fail("cannot write to", exc)
+            self._mark_incomplete(first_seq, exc)
             return False
         self._seg_size += len(chunk)
         self.bytes_written += len(chunk)
@@ -169,6 +170,22 @@ class Spill:
         )
         self._close_fd()
 
+    def _mark_incomplete(self, first_lost: int, exc: OSError) -> None:
+        """Leave a note for the post-mortem reader that the history on disk is cut short
+        (at the latest before ``first_lost``: the complete records of a chunk cut by the
+        disk filling up stay readable). An empty file: creating one needs an inode, not a
+        data block, so it usually works on a full disk (tmpfs, ext4's reserved blocks)."""
+        reason = errno.errorcode.get(exc.errno or 0, "EIO")
+        name = f"incomplete-{first_lost:020d}-{reason}-{self.epoch}"
+        try:
+            os.close(os.open(self.directory / name, os.O_WRONLY | os.O_CREAT, 0o600))
+        except OSError as again:  # the one warning about the spill was given already
+            logger.debug(
+                "cannot mark the log history in %r as incomplete: %s",
+                str(self.directory),
+                again.strerror or again,
+            )
+
     def _close_fd(self) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:
@@ -211,6 +228,21 @@ def _segments(directory: Path) -> list[tuple[int, int, Path]]:
 
 
 # -- post-mortem reading -----------------------------------------------------------------------
+
+_INCOMPLETE_NAME = re.compile(r"incomplete-(\d{20})-([A-Z0-9]+)-(.+)")
+
+
+def incomplete_epochs(directory: str | os.PathLike[str]) -> dict[str, tuple[int, str]]:
+    """Epochs whose history on disk was cut short (the spill could not write, e.g. a full
+    disk): epoch -> (the first seq of the chunk that failed, the error's name such as
+    ``ENOSPC``). Complete records of that chunk may still be on disk."""
+    found: dict[str, tuple[int, str]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            m = _INCOMPLETE_NAME.fullmatch(entry.name)
+            if m:
+                found[m[3]] = (int(m[1]), m[2])
+    return found
 
 
 def read_spill(directory: str | os.PathLike[str]) -> Iterator[tuple[str, LogRecord]]:

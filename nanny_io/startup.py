@@ -8,7 +8,9 @@ which keeps start-to-ready close to a kernel started directly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +24,18 @@ from nanny_io_proto.connection_files import (
 )
 from nanny_io_proto.errors import ConnectionFileError
 
-from .discovery import prune_spills, runtime_dir, spill_path, state_path, write_private
+from .discovery import (
+    BadKernelId,
+    UnsafeRuntimeDir,
+    check_kernel_id,
+    check_own_file,
+    check_private_dir,
+    prune_spills,
+    runtime_dir,
+    spill_path,
+    state_path,
+    write_private,
+)
 from .errors import NannyIOError
 from .launcher import KernelSpecError, find_kernelspec, free_ipc_ports, free_tcp_ports
 from .limits import (
@@ -70,8 +83,10 @@ class StartOptions:
 def run(options: StartOptions) -> int:
     """Start the kernel, run the nanny until it is shut down; the exit status."""
     try:
+        if options.kernel_id is not None:
+            check_kernel_id(options.kernel_id)
         spec = find_kernelspec(options.kernel_name)
-    except KernelSpecError as exc:
+    except (KernelSpecError, BadKernelId) as exc:
         raise StartError(str(exc)) from None
     frontend, conn_path, owned = _adopt_or_allocate(options)
     private_dir, kernel_ports, guardian, first = spawn_first_incarnation(
@@ -153,7 +168,6 @@ def spawn_first_incarnation(
     from .guardian import GuardianHandle
     from .launcher import make_private_dir, prelaunch
 
-    private_dir = make_private_dir(runtime_dir(), frontend.kernel_id)
     used = {
         frontend.shell_port,
         frontend.iopub_port,
@@ -166,23 +180,43 @@ def spawn_first_incarnation(
     if kernel_ports is None:
         kernel_ports = free_ports(frontend.transport, frontend.ip, 3, used)
     control, iopub, hb = kernel_ports
-    conn_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_private(conn_path, encode_connection_file(frontend))
-    kernel_file = private_dir / "kernel.json"
-    write_private(
-        kernel_file,
-        encode_connection_file(
-            kernel_facing(
-                frontend, ip=frontend.ip, control_port=control, iopub_port=iopub, hb_port=hb
-            )
-        ),
-    )
+    private_dir: Path | None = None
+    wrote_connection_file = False
+    try:
+        private_dir = make_private_dir(runtime_dir(), frontend.kernel_id)
+        conn_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Whoever may write there can swap the file. (The runtime dir itself was checked
+        # strictly above; a sticky directory that the user chose, such as /tmp, is fine.)
+        check_private_dir(conn_path.parent, sticky_ok=True)
+        write_private(conn_path, encode_connection_file(frontend))
+        wrote_connection_file = owned
+        kernel_file = private_dir / "kernel.json"
+        write_private(
+            kernel_file,
+            encode_connection_file(
+                kernel_facing(
+                    frontend, ip=frontend.ip, control_port=control, iopub_port=iopub, hb_port=hb
+                )
+            ),
+        )
+    except OSError as exc:  # a full disk, a quota: say so and leave nothing behind
+        if private_dir is not None:
+            shutil.rmtree(private_dir, ignore_errors=True)
+        if wrote_connection_file:
+            with contextlib.suppress(OSError):
+                conn_path.unlink()
+        where = conn_path.parent if private_dir is None else private_dir.parent
+        raise StartError(
+            f"cannot write the nanny's files in {str(where)!r}: {exc.strerror or exc}; "
+            "free some space there or set JUPYTER_RUNTIME_DIR to another directory"
+        ) from None
     cleanup = [str(private_dir), str(state_path(frontend.kernel_id))]
     cleanup += [str(conn_path)] if owned else []
     if frontend.transport == "ipc":  # ZeroMQ does not always remove the socket files
         ports = [*sorted(used), control, iopub, hb]
         cleanup += [f"{frontend.ip}-{port}" for port in ports]
-    guardian = GuardianHandle.start(cleanup)
+    # ps shows the guardian's title in the nanny's (cut to its) command line length
+    guardian = GuardianHandle.start(cleanup, title=f"nanny-io-guardian {frontend.kernel_id}")
     first = prelaunch(guardian, spec, kernel_file, private_dir, None, spec.capture_stdstreams)
     return private_dir, (control, iopub, hb), guardian, first
 
@@ -193,10 +227,18 @@ def _adopt_or_allocate(options: StartOptions) -> tuple[NannyConnectionInfo, Path
     path = options.connection_file.expanduser() if options.connection_file else None
     if path is not None and path.is_file():
         try:
+            check_own_file(path)
+        except UnsafeRuntimeDir as exc:
+            raise StartError(str(exc)) from None
+        try:
             info = decode_connection_file(path.read_bytes())
         except ConnectionFileError as exc:
             raise StartError(f"cannot use connection file {str(path)!r}: {exc}") from None
         kernel_id = options.kernel_id or getattr(info, "kernel_id", "") or uuid.uuid4().hex
+        try:
+            check_kernel_id(kernel_id)
+        except BadKernelId as exc:
+            raise StartError(f"{exc}; give another with --kernel-id") from None
         if isinstance(info, NannyConnectionInfo):  # a file a nanny wrote before: same ports
             base = info.standard().to_dict()
             log_ports = [info.log_port, info.log_replay_port]

@@ -42,7 +42,7 @@ from .cgroups import OomWatch
 from .deathwatch import CellWatch, last_words, sample_tree_memory
 from .endpoints import Endpoints
 from .errors import NannyIOError
-from .guardian import GuardianHandle, wait_status_to_returncode
+from .guardian import GUARDIAN_LOST_STATUS, GuardianHandle, wait_status_to_returncode
 from .journal import Journal
 from .launcher import KernelSpecInfo, Prelaunch, format_argv, launch_env, make_pipe
 from .lifecycle import KernelState
@@ -154,9 +154,7 @@ class Supervisor:
             except BlockingIOError:
                 return
             if event is None:
-                log.error("the guardian process is gone; stopping")
-                self.unwatch_guardian(asyncio.get_running_loop())
-                self.journal.stop.set()
+                self._guardian_lost()
                 return
             kind = event.get("event")
             if kind in ("spawned", "spawn_failed"):
@@ -170,6 +168,29 @@ class Supervisor:
                     if isinstance(maxrss, int) and maxrss > 0:
                         inc.maxrss = maxrss
                     self._on_exit(inc, wait_status_to_returncode(status))
+
+    def _guardian_lost(self) -> None:
+        """Someone killed the guardian. Its orphans, the kernel trees, are the nanny's
+        children now (the nanny is a subreaper too): end them, then stop with an error."""
+        log.error(
+            "the guardian process (pid %d) was killed; ending the kernel tree and stopping",
+            self.guardian.pid,
+        )
+        self.unwatch_guardian(asyncio.get_running_loop())
+        self.guardian.adopt_orphans()
+        self.exit_status = GUARDIAN_LOST_STATUS
+        self.shutting_down = True  # no death report and no restart: the nanny is stopping
+        self.journal.spawn(self._reap_adopted(), "reap-adopted")
+        self.journal.stop.set()
+
+    async def _reap_adopted(self) -> None:
+        """Do the lost guardian's work: notice when the kernel process exits."""
+        while True:
+            for pid, status in self.guardian.reap_adopted().items():
+                inc = self.incarnation
+                if inc is not None and inc.pid == pid:
+                    self._on_exit(inc, wait_status_to_returncode(status))
+            await asyncio.sleep(0.02)
 
     def _on_exit(self, inc: Incarnation, returncode: int) -> None:
         if inc.exited.done():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import sys
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -14,15 +16,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
+import psutil
+
 from nanny_io_proto.errors import RemoteProtocolError
 from nanny_io_proto.logrecords import LogRecord, parse_nanny_event
 from nanny_io_proto.priorities import priority_of
 from nanny_io_proto.streams import FLAG_IOPUB, FLAG_NO_EOL, Stream
 
-from .discovery import KernelNotFound, KernelRef, resolve_kernel, spill_path, state_dir
-from .spill import read_spill
+from .discovery import (
+    KernelNotFound,
+    KernelRef,
+    NannyState,
+    kernel_id_problem,
+    resolve_kernel,
+    spill_path,
+    state_dir,
+)
+from .spill import incomplete_epochs, read_spill
 from .subscriber import (
     BlockingLogClient,
+    ClientEvent,
     EpochChanged,
     Gap,
     NannySilent,
@@ -30,6 +43,10 @@ from .subscriber import (
     ReplayFailed,
     Truncated,
 )
+
+#: ``tail -f`` exit status when the nanny vanished without announcing its stop (killed,
+#: crashed); a nanny that stops cleanly ends ``tail -f`` with 0.
+EXIT_NANNY_GONE = 3
 
 #: The stream column's colour; the text's colour comes from the record's priority.
 _STREAM_COLORS = {Stream.STDERR: "\x1b[35m", Stream.NANNY: "\x1b[1m", Stream.LOG: "\x1b[36m"}
@@ -253,6 +270,8 @@ def find_spill(ref: str) -> Path | None:
     if path.suffix == ".json" and path.is_file():
         with contextlib.suppress(OSError, ValueError):
             ref = json.loads(path.read_text()).get("kernel_id", "") or ref
+    if kernel_id_problem(ref) is not None:  # "a/b", "..": not a name under the state dir
+        return None
     exact = spill_path(ref)
     if exact.is_dir():
         return exact
@@ -266,11 +285,19 @@ def find_spill(ref: str) -> Path | None:
 def tail_spill(directory: Path, opts: TailOptions, printer: Printer) -> None:
     """Print what the nanny left on disk."""
     epoch = None
+    cut = incomplete_epochs(directory)
+    last_saved: dict[str, int] = {}  # per epoch, whatever the options select
+
+    def saved() -> Iterator[tuple[str, LogRecord]]:
+        for rec_epoch, rec in read_spill(directory):
+            last_saved[rec_epoch] = rec.seq
+            yield rec_epoch, rec
+
     printer.notice("post-mortem", f"the nanny is gone; history from {directory}")
     deaths: list[tuple[LogRecord, dict[str, Any]]] = []
 
     def noting_deaths() -> Iterator[tuple[str, LogRecord]]:
-        for rec_epoch, rec in read_spill(directory):
+        for rec_epoch, rec in saved():
             if rec.stream is Stream.NANNY:
                 event = record_text(rec)[1]
                 if event is not None and event.get("event") == "kernel_died":
@@ -289,9 +316,12 @@ def tail_spill(directory: Path, opts: TailOptions, printer: Printer) -> None:
         )
     for rec_epoch, rec in shown:
         if epoch is not None and rec_epoch != epoch:
+            _notice_cut(printer, cut.get(epoch), last_saved.get(epoch))
             printer.notice("epoch", "the nanny restarted here")
         epoch = rec_epoch
         printer.record(rec)
+    if epoch is not None:
+        _notice_cut(printer, cut.get(epoch), last_saved.get(epoch))
 
 
 def _history_by_priority(ref: KernelRef, opts: TailOptions, printer: Printer) -> int:
@@ -313,27 +343,146 @@ def _history_by_priority(ref: KernelRef, opts: TailOptions, printer: Printer) ->
     return last
 
 
-def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> bool:
-    """Print from a running nanny; True when the nanny went away while following."""
+def _notice_cut(printer: Printer, cut: tuple[int, str] | None, last_saved: int | None) -> None:
+    """Say where the history on disk stops because the nanny could not write it."""
+    if cut is None or last_saved is None:
+        return
+    reason = cut[1]
+    why = os.strerror(getattr(errno, reason, errno.EIO))
+    printer.notice(
+        "truncated",
+        f"history truncated after seq {last_saved}: the nanny could not save more ({why}); "
+        "later records were kept in memory only",
+        last_saved=last_saved,
+        reason=reason,
+    )
+
+
+def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> tuple[bool, bool]:
+    """Print from a running nanny. Whether the nanny went away (while following: its process
+    is gone; a stopped nanny is waited for), and whether it announced its stop first."""
     kwargs: dict[str, Any] = {"streams": opts.streams}
     if opts.since_seq is not None:
         kwargs["since_seq"] = opts.since_seq
     elif opts.priority is not None:
         last = _history_by_priority(ref, opts, printer)
         if not opts.follow:
-            return False
+            return False, False
         kwargs["since_seq"] = last + 1
     else:
         kwargs["last"] = opts.lines
-    with BlockingLogClient(ref.info, **kwargs) as client:
+    silence = _Silence()
+    with _Reconnecting(ref, kwargs, silence) as client:
         for event in client.events(follow=opts.follow):
             if isinstance(event, Records):
                 for rec in event.records:
                     if opts.wanted(rec):
                         printer.record(rec)
-            elif _notice(event, printer):
-                return True
-    return False
+            elif isinstance(event, NannySilent):
+                why = _nanny_gone(ref, silence)
+                if why is not None:
+                    printer.notice("gone", why)
+                    return True, silence.stopped
+                if not opts.follow:
+                    printer.notice("silent", "the nanny is not answering (stopped?)")
+                    return True, silence.stopped
+                if silence.started is None:  # once per silence; the client keeps listening
+                    silence.started = time.monotonic() - event.seconds
+                    printer.notice(
+                        "silent",
+                        f"the nanny has not answered for {event.seconds:.0f} s "
+                        f"({_nanny_condition(ref, silence)}); waiting for it",
+                        seconds=round(event.seconds, 1),
+                    )
+            else:
+                _notice(event, printer)
+            if not isinstance(event, NannySilent) and silence.started is not None:
+                quiet = time.monotonic() - silence.started
+                silence.started = None
+                printer.notice(
+                    "resumed",
+                    f"the nanny answers again after {quiet:.0f} s of silence",
+                    seconds=round(quiet, 1),
+                )
+            if isinstance(event, Records):
+                silence.stopped |= any(_is_stop(rec) for rec in event.records)
+    return False, silence.stopped
+
+
+class _Reconnecting:
+    """A log client that connects again to a nanny that was silent from the start (stopped
+    before we connected, so no first tick came), as long as the nanny's process runs."""
+
+    def __init__(self, ref: KernelRef, kwargs: dict[str, Any], silence: _Silence) -> None:
+        self.ref = ref
+        self.kwargs = kwargs
+        self.silence = silence
+
+    def __enter__(self) -> _Reconnecting:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def events(self, *, follow: bool) -> Iterator[ClientEvent]:
+        while True:
+            heard = False
+            with BlockingLogClient(self.ref.info, **self.kwargs) as client:
+                for event in client.events(follow=follow):
+                    heard |= not isinstance(event, NannySilent)
+                    yield event
+            if heard or not follow or _nanny_gone(self.ref, self.silence) is not None:
+                return
+
+
+@dataclass
+class _Silence:
+    """What ``tail -f`` knows about the nanny's silences and its end."""
+
+    started: float | None = None  # monotonic time the current silence began
+    stopped: bool = False  # the nanny announced its own stop (``nanny_stopped``)
+    state: NannyState | None = None  # the followed nanny's state, once known
+
+
+def _is_stop(rec: LogRecord) -> bool:
+    if rec.stream is not Stream.NANNY:
+        return False
+    event = record_text(rec)[1]
+    return event is not None and event.get("event") == "nanny_stopped"
+
+
+def _nanny_process(ref: KernelRef, silence: _Silence) -> psutil.Process | None:
+    """The nanny's process if it still runs (checked against its start time), else None."""
+    if silence.state is None:
+        silence.state = ref.state
+    if silence.state is None:  # a connection file without a state file yet: look once more
+        with contextlib.suppress(KernelNotFound):
+            silence.state = resolve_kernel(ref.info.kernel_id).state
+    state = silence.state  # kept: a later nanny for the same kernel id is another one
+    if state is None or not state.nanny_alive():
+        return None
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(state.nanny_pid)
+    return None
+
+
+def _nanny_gone(ref: KernelRef, silence: _Silence) -> str | None:
+    """Why the nanny will not answer again, or None while its process lives."""
+    if silence.stopped:
+        return "the nanny stopped"
+    if _nanny_process(ref, silence) is None:
+        return "the nanny is gone"
+    return None
+
+
+def _nanny_condition(ref: KernelRef, silence: _Silence) -> str:
+    proc = _nanny_process(ref, silence)
+    with contextlib.suppress(psutil.Error, AttributeError):
+        if proc is not None and proc.status() == psutil.STATUS_STOPPED:
+            return f"its process {proc.pid} is stopped"
+        if proc is not None:
+            return f"its process {proc.pid} runs"
+    return "its process is gone"
 
 
 def _notice(event: Any, printer: Printer) -> bool:
@@ -384,7 +533,7 @@ def run_tail(opts: TailOptions, out: IO[str] | None = None) -> int:
     printer = Printer(out or sys.stdout, opts.json, raw=opts.raw)
     if opts.wait:  # follow this kernel id across nanny restarts, until interrupted
         for ref in _wait_for_kernel(opts.kernel):
-            gone = _follow(ref, opts, printer)
+            gone, _ = _follow(ref, opts, printer)
             if not gone or not opts.follow:
                 return 0
         return 0
@@ -396,5 +545,7 @@ def run_tail(opts: TailOptions, out: IO[str] | None = None) -> int:
             raise
         tail_spill(spill, opts, printer)
         return 0
-    _follow(ref, opts, printer)
+    gone, stopped = _follow(ref, opts, printer)
+    if gone and opts.follow and not stopped:
+        return EXIT_NANNY_GONE
     return 0
