@@ -45,6 +45,10 @@ MAX_CONCURRENT_REPLAYS = 8
 #: never reaches accepted clients.
 REPLAY_SNDHWM = 16
 _RETRY_MIN, _RETRY_MAX = 0.001, 0.02  # pause between sends to a client whose queue is full
+#: Least time between two ticks sent to greet new subscribers. A subscriber's tick goes to
+#: every subscriber (PUB cannot address one), so greetings are coalesced: whatever peers
+#: subscribe, the nanny sends at most 1 / GREETING_SPACING extra ticks a second (spec 5).
+GREETING_SPACING = 0.25
 
 
 class LogChannel:
@@ -65,9 +69,18 @@ class LogChannel:
         self.history = DigestHistory()
         self.publisher = LogPublisher(store.epoch, signer)
         self._replays: set[asyncio.Task[Any]] = set()
-        self.stats = {"published_batches": 0, "replays": 0, "replay_errors": 0, "replay_waits": 0}
+        self.stats = {
+            "published_batches": 0,
+            "replays": 0,
+            "replay_errors": 0,
+            "replay_waits": 0,
+            "greetings": 0,
+            "replay_stalls": 0,
+        }
         self.kernel_state = "starting"
         self.incarnation = 0
+        self._greeted_at = -GREETING_SPACING  # monotonic time of the last greeting tick
+        self._greeting: asyncio.TimerHandle | None = None  # a coalesced greeting, due later
         replay.router_mandatory = 1  # wait for a slow reader instead of dropping an answer
         store.add_listener(self.stored)
 
@@ -94,14 +107,37 @@ class LogChannel:
             await asyncio.sleep(TICK_INTERVAL)
 
     async def serve_subscriptions(self) -> None:
-        """Track which topics have subscribers; greet each new one with a tick.
+        """Track which topics have subscribers; greet new ones with a tick.
 
         The XPUB is verbose: every subscribe is reported, but only the last unsubscribe of a
-        topic, which is what a set of wanted topics needs.
+        topic, which is what a set of wanted topics needs. Only key holders get this far
+        (the ZAP handler refuses anyone else during the handshake), and greetings are
+        coalesced (GREETING_SPACING), so no subscriber can make the nanny send a tick to
+        everyone for each subscription it sends.
         """
-        while True:
-            if self.publisher.subscription(await self.pub.recv()):
-                self.tick()  # greet: the subscriber now knows live messages reach it
+        try:
+            while True:
+                if self.publisher.subscription(await self.pub.recv()):
+                    self._greet()
+        finally:
+            if self._greeting is not None:
+                self._greeting.cancel()
+
+    def _greet(self) -> None:
+        """A tick now, or at the end of the current greeting spacing if one was just sent."""
+        if self._greeting is not None:
+            return  # a greeting is already due; it greets this subscriber too
+        wait = self._greeted_at + GREETING_SPACING - time.monotonic()
+        if wait <= 0:
+            self._send_greeting()
+        else:
+            self._greeting = asyncio.get_running_loop().call_later(wait, self._send_greeting)
+
+    def _send_greeting(self) -> None:
+        self._greeting = None
+        self._greeted_at = time.monotonic()
+        self.stats["greetings"] += 1
+        self.tick()
 
     # ------------------------------------------------------------------ replay
 

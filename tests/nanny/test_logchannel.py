@@ -40,6 +40,7 @@ from nanny_io.subscriber import (
     Records,
     Truncated,
 )
+from nanny_io.zap import secure_client
 from nanny_io_proto.connection_files import NannyConnectionInfo
 from nanny_io_proto.errors import RemoteProtocolError
 from nanny_io_proto.logrecords import (
@@ -128,6 +129,7 @@ class ReplaySocket:
         if rcvhwm is not None:
             self.sock.rcvhwm = rcvhwm
             self.sock.rcvbuf = 4096  # keep the kernel's socket buffer small too
+        secure_client(self.sock, info, "log_replay")
         self.sock.connect(info.url("log_replay"))
 
     def send(self, req: ReplayRequest) -> None:
@@ -323,6 +325,7 @@ def test_plain_sub_gets_signed_batches_and_ticks(nanny_factory: NannyFactory) ->
     sub = ctx.socket(zmq.SUB)
     sub.linger = 0
     sub.subscribe(b"")
+    secure_client(sub, info, "log")
     sub.connect(info.url("log"))
     try:
         # The nanny greets every new subscription with a tick: then live messages reach us.
