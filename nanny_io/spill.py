@@ -4,7 +4,8 @@
 segment files ``seg-<index:08d>-<first_seq:020d>.nlog`` (the index orders them, the first
 seq names where each starts); the bytes inside are the segment format of
 ``nanny_io_proto.spillformat``: a header (magic, log format version, epoch), then one chunk
-per store append, a u32 length and a body in exactly the log channel's binary layout.
+per store append, a head (length and checksums) and a body in exactly the log channel's
+binary layout.
 
 This module does the files: creating, rotating and bounding them (:class:`Spill`, written
 by the store), and reading a directory back (:func:`read_spill`), where everything that is
@@ -30,6 +31,7 @@ from nanny_io_proto.spillformat import (
     SEGMENT_HEADER,
     BadEpoch,
     CorruptChunk,
+    DamagedChunk,
     NotASegment,
     SegmentDecoder,
     SegmentHeader,
@@ -250,6 +252,15 @@ def _read_segment(
                 epoch = event.epoch
                 continue
             assert event is not NEED_DATA  # the end of the file was given
+            if isinstance(event, DamagedChunk):  # the next chunk is still readable
+                logger.warning(
+                    "spill segment %r: %d bytes of records at byte %d fail their checksum "
+                    "(corrupted on disk); skipping them",
+                    str(path),
+                    event.length,
+                    event.offset,
+                )
+                continue
             records = event.records
             if records:
                 if records[0].seq <= last_seq.get(epoch, 0):

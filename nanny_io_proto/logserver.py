@@ -259,6 +259,7 @@ class ReplayAnswer:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.sent = 0  # records in the messages returned so far
+        self.prev_seq = 0  # the last seq of the last batch returned (0: none yet)
         self.complete = True  # False once a limit or an eviction cut the answer short
         self._cursor = self.plan.first_seq  # the next seq to read in range mode
         self._phase = _Phase.NEW
@@ -337,13 +338,17 @@ class ReplayAnswer:
                     run[-1][0],
                     pack_entries(run),
                     self.signer,
+                    self.prev_seq,
                 )
             )
+            self.prev_seq = run[-1][0]
         self.sent += len(entries)
         return out
 
     def _end(self) -> list[bytes]:
         self._phase = _Phase.ENDED
         plan = self.plan
-        end = ReplayEnd(plan.request_id, self.epoch, plan.end_seq, self.sent, self.complete)
+        end = ReplayEnd(
+            plan.request_id, self.epoch, plan.end_seq, self.sent, self.complete, self.prev_seq
+        )
         return encode_replay_response(end, self.signer)
