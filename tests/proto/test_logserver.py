@@ -195,7 +195,8 @@ def test_answer_last_n_with_stream_filter() -> None:
     assert seqs_of(answer) == [3, 7]
     assert answer[-1] == ReplayEnd("r", "ep", 10, 2, True, prev_seq=7)
     answer = answer_all(store_of(10), ReplayRequest("r", "n", last=5, limit=2))
-    assert seqs_of(answer) == [6, 7] and answer[-1] == ReplayEnd("r", "ep", 10, 2, False, prev_seq=7)
+    assert seqs_of(answer) == [6, 7]
+    assert answer[-1] == ReplayEnd("r", "ep", 10, 2, False, prev_seq=7)
 
 
 def test_answer_limit_cuts_and_says_incomplete() -> None:
