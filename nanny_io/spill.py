@@ -24,8 +24,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from nanny_io_proto.logrecords import Entry, LogRecord, check_epoch, pack_entries
+from nanny_io_proto.logrecords import (
+    RECORD_HEADER,
+    Entry,
+    LogRecord,
+    check_epoch,
+    pack_entries,
+)
 from nanny_io_proto.spillformat import (
+    CHUNK_HEAD,
     END,
     NEED_DATA,
     SEGMENT_HEADER,
@@ -38,6 +45,7 @@ from nanny_io_proto.spillformat import (
     TruncatedHeader,
     encode_chunk,
     encode_segment_header,
+    tail_of_body,
 )
 
 from .limits import DEFAULT_SEGMENT_BYTES, DEFAULT_SPILL_BYTES
@@ -46,6 +54,7 @@ __all__ = ["Spill", "read_spill"]
 
 logger = logging.getLogger("nanny_io")
 
+_COUNT_SIZE = 4  # the u32 record count a body starts with
 _SEG_NAME = re.compile(r"seg-(\d{8,})-(\d{20})\.nlog")
 
 
@@ -117,11 +126,19 @@ class Spill:
         if not self.active:
             return False
         chunk = encode_chunk(parts)
+        if len(self._header) + len(chunk) > self.max_total_bytes:
+            # One append larger than the whole spill: keep its newest records that fit.
+            room = self.max_total_bytes - len(self._header) - CHUNK_HEAD.size
+            body = tail_of_body(b"".join(parts), room)
+            if body is None:
+                return True  # not even its last record fits: the spill keeps what it had
+            first_seq = RECORD_HEADER.unpack_from(body, _COUNT_SIZE)[0]
+            chunk = encode_chunk([body])
         try:
             if self._fd < 0 or (
                 self._seg_size and self._seg_size + len(chunk) > self.segment_bytes
             ):
-                self._rotate(first_seq)
+                self._rotate(first_seq, len(chunk))
             _write_all(self._fd, chunk)
         except OSError as exc:
             self._fail("cannot write to", exc)
@@ -136,14 +153,20 @@ class Spill:
             return self.active
         return self.write_parts(entries[0][0], [pack_entries(entries)])
 
-    def _rotate(self, first_seq: int) -> None:
-        """Close the open segment, drop the oldest ones over the bound, open a new one."""
+    def _rotate(self, first_seq: int, incoming: int = 0) -> None:
+        """Close the open segment, drop the oldest ones over the bound, open a new one.
+
+        The new segment will hold up to ``segment_bytes``, or more when the chunk about to
+        be written (``incoming`` bytes) is larger than a segment: room is made for that,
+        so one oversized append cannot take the spill over its bound.
+        """
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
             self._closed.append((self._path, self._seg_size))
             self._closed_bytes += self._seg_size
-        while self._closed and self._closed_bytes + self.segment_bytes > self.max_total_bytes:
+        new_segment = max(self.segment_bytes, len(self._header) + incoming)
+        while self._closed and self._closed_bytes + new_segment > self.max_total_bytes:
             path, size = self._closed.popleft()
             self._closed_bytes -= size
             with contextlib.suppress(FileNotFoundError):

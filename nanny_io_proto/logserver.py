@@ -323,6 +323,14 @@ class ReplayAnswer:
         self._cursor = chunk[-1][0] + 1
         return chunk
 
+    def abandon(self, prev_seq: int) -> list[bytes]:
+        """The ``end`` of an answer cut short by the server (its client stopped reading):
+        ``complete`` false, ``prev_seq`` the last seq of the last batch actually sent, so
+        the client asks again for the rest. The answer is finished after this."""
+        self.complete = False
+        self.prev_seq = prev_seq
+        return self._end()
+
     def _batches(self, entries: Sequence[Entry] | None) -> list[list[bytes]]:
         if not entries:
             return []

@@ -59,6 +59,7 @@ __all__ = [
     "TruncatedHeader",
     "encode_chunk",
     "encode_segment_header",
+    "tail_of_body",
 ]
 
 #: First 8 bytes of every segment: the container format. The body layout inside is
@@ -171,6 +172,43 @@ def encode_chunk(parts: Sequence[bytes]) -> bytes:
     for part in parts:
         crc = zlib.crc32(part, crc)
     return b"".join([CHUNK_HEAD.pack(size, zlib.crc32(_U32.pack(size)), crc), *parts])
+
+
+def tail_of_body(body: bytes, max_size: int) -> bytes | None:
+    """The body of the newest records of ``body`` (the log channel layout, valid) whose
+    body fits in ``max_size`` bytes; None if not even the last record fits.
+
+    For an append larger than the whole spill: the spill keeps its newest part.
+    """
+    (count,) = _U32.unpack_from(body, 0)
+    heads = list(
+        RECORD_HEADER.iter_unpack(body[_U32.size : _U32.size + count * RECORD_HEADER.size])
+    )
+    data_start = _U32.size + count * RECORD_HEADER.size
+    ends = []
+    pos = data_start
+    for head in heads:
+        pos += head[5]
+        ends.append(pos)
+    size = _U32.size
+    keep = 0
+    for head in reversed(heads):
+        grown = size + RECORD_HEADER.size + head[5]
+        if grown > max_size:
+            break
+        size = grown
+        keep += 1
+    if not keep:
+        return None
+    first = count - keep
+    data_from = ends[first - 1] if first else data_start
+    return b"".join(
+        [
+            _U32.pack(keep),
+            body[_U32.size + first * RECORD_HEADER.size : data_start],
+            body[data_from:],
+        ]
+    )
 
 
 # -- decoding ----------------------------------------------------------------------------------
