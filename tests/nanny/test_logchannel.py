@@ -647,9 +647,9 @@ def test_garbage_and_forged_requests_are_refused(
         sock.sock.send_multipart([*pre, *encode_replay_request(req, Signer(b"wrong key"))])
         refused = reply()
         assert isinstance(refused, ReplayError) and refused.code == "bad_signature"
-        # another version, correctly signed
-        v2 = json.dumps({**json.loads(body), "version": 2}).encode()
-        sock.sock.send_multipart([*pre, signer.sign((v2,)), v2])
+        # another version (the previous one), correctly signed
+        v1 = json.dumps({**json.loads(body), "version": 1}).encode()
+        sock.sock.send_multipart([*pre, signer.sign((v1,)), v1])
         refused = reply()
         assert isinstance(refused, ReplayError) and refused.code == "unsupported_version"
         # an invalid field, correctly signed
