@@ -36,6 +36,7 @@ from nanny_io_proto.spillformat import (
     END,
     NEED_DATA,
     SEGMENT_HEADER,
+    SPILL_MAGIC,
     BadEpoch,
     CorruptChunk,
     DamagedChunk,
@@ -47,6 +48,7 @@ from nanny_io_proto.spillformat import (
     encode_segment_header,
     tail_of_body,
 )
+from nanny_io_proto.version import LOG_FORMAT_VERSION
 
 from .limits import DEFAULT_SEGMENT_BYTES, DEFAULT_SPILL_BYTES
 
@@ -302,12 +304,20 @@ def _read_segment(
         if exc.length < SEGMENT_HEADER.size:
             logger.warning("skipping spill segment %r: truncated header", str(path))
     except NotASegment as exc:
-        logger.warning(
-            "skipping %r: not a nanny-io spill segment (magic %r, version %r)",
-            str(path),
-            exc.magic,
-            exc.version,
-        )
+        if exc.magic == SPILL_MAGIC:
+            logger.warning(
+                "skipping spill segment %r: log format %r, this nanny-io reads format %r",
+                str(path),
+                exc.version,
+                LOG_FORMAT_VERSION,
+            )
+        else:
+            logger.warning(
+                "skipping %r: not a nanny-io spill segment (magic %r, version %r)",
+                str(path),
+                exc.magic,
+                exc.version,
+            )
     except BadEpoch:
         logger.warning("skipping spill segment %r: bad epoch", str(path))
     except CorruptChunk as exc:
