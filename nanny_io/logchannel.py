@@ -56,7 +56,7 @@ _RETRY_MIN, _RETRY_MAX = 0.001, 0.02  # pause between sends to a client whose qu
 #: Least time between two ticks sent to greet new subscribers. A subscriber's tick goes to
 #: every subscriber (PUB cannot address one), so greetings are coalesced: whatever peers
 #: subscribe, the nanny sends at most 1 / GREETING_SPACING extra ticks a second (spec 5).
-GREETING_SPACING = 0.25
+GREETING_SPACING = 0.05
 
 
 def _batch_last_seq(message: list[bytes], default: int) -> int:
