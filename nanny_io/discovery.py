@@ -225,7 +225,9 @@ def state_summary(state: NannyState, alive: bool, now: float) -> dict[str, Any]:
         "kernel_pid": state.kernel_pid,
         "incarnation": state.incarnation,
         "status": state.status if alive else "stale",
-        "uptime": (round(now - state.started_at, 1) if runs and state.started_at else None),
+        "uptime": (
+            round(now - state.started_at, 1) if runs and state.started_at else None
+        ),
         "memory": memory,
         "connection_file": state.connection_file,
         "rejected_messages": state.rejected_messages,
