@@ -67,6 +67,7 @@ import zmq
 from benchkit import BenchmarkError, ProcessTracker, kill_survivors
 
 from nanny_io.testing import NannyProcess
+from nanny_io.zap import secure_client
 
 MiB = 1 << 20
 MB = 1e6
@@ -449,6 +450,7 @@ class SeqWatcher:
         self.sock.rcvhwm = 0
         for topic in (b"log", b"tick"):
             self.sock.subscribe(topic)
+        secure_client(self.sock, info, "log")
         self.sock.connect(info.url("log"))
         self.last = -1
         self.batches = 0
@@ -485,6 +487,7 @@ class ReplayProbe:
         self.sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
         self.sock.linger = 0
         self.sock.rcvhwm = 0
+        secure_client(self.sock, info, "log_replay")
         self.sock.connect(info.url("log_replay"))
         self.signer = info.make_signer()
 

@@ -16,6 +16,7 @@ from nanny_io_proto.messages import Message
 from .heartbeat import Heartbeat
 from .logchannel import REPLAY_SNDHWM
 from .session import NannySession
+from .zap import ZapHandler, secure_server, zap_policy
 
 log = logging.getLogger("nanny_io")
 
@@ -41,6 +42,8 @@ class Endpoints:
         self.session = session
         self.ctx = zmq.asyncio.Context()
         self._warn_if_exposed()
+        # Bound before any frontend-facing socket: no client is admitted without its verdict.
+        self.zap = ZapHandler(zmq.Context.shadow(self.ctx.underlying), zap_policy(frontend))
         self.control = self._bind(zmq.ROUTER, "control")
         self.control.router_mandatory = 0
         self.iopub = self._bind(zmq.XPUB, "iopub")
@@ -56,7 +59,9 @@ class Endpoints:
         # the store, not in memory (the limit only applies when set before bind).
         self.log_replay = self._bind(zmq.ROUTER, "log_replay", sndhwm=REPLAY_SNDHWM)
         self.heartbeat = Heartbeat(
-            zmq.Context.shadow(self.ctx.underlying), frontend.url("hb"), configure=self._secure
+            zmq.Context.shadow(self.ctx.underlying),
+            frontend.url("hb"),
+            configure=lambda sock: secure_server(sock, frontend, "hb"),
         )
         self.kernel_control = self.kernel_socket(zmq.DEALER, "control")
         self.kernel_iopub = self.kernel_socket(zmq.XSUB, "iopub")
@@ -71,20 +76,13 @@ class Endpoints:
                 f.ip,
             )
 
-    def _secure(self, sock: zmq.Socket[Any]) -> None:
-        """Make a frontend-facing socket a CurveZMQ server when the connection info has keys."""
-        if self.frontend.curve_secretkey and self.frontend.curve_publickey:
-            sock.curve_secretkey = self.frontend.curve_secretkey.encode()
-            sock.curve_publickey = self.frontend.curve_publickey.encode()
-            sock.curve_server = True
-
     def _bind(self, socket_type: int, channel: str, **options: int) -> zmq.asyncio.Socket:
         """A frontend-facing socket; ``options`` are set before bind (some only apply then)."""
         sock = self.ctx.socket(socket_type)
         sock.linger = 1000
         for name, value in options.items():
             setattr(sock, name, value)
-        self._secure(sock)
+        secure_server(sock, self.frontend, channel)
         sock.bind(self.frontend.url(channel))
         return sock
 
@@ -137,4 +135,5 @@ class Endpoints:
         if final:
             for sock in (self.iopub, self.log):
                 sock.close(linger=FINAL_LINGER_MS)
+        self.zap.stop()  # its sockets are on this context: closed before the context ends
         self.ctx.destroy(linger=0)

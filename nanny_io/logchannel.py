@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from typing import Any
@@ -37,6 +38,13 @@ log = logging.getLogger("nanny_io")
 
 #: Replays served at once; more get a "busy" error so one slow client cannot pile up work.
 MAX_CONCURRENT_REPLAYS = 8
+#: An answer whose client has not taken a message for this long gives its slot back: the
+#: answer ends there (``complete: false``), and that last message waits, without a slot,
+#: until the client reads again (spec 8.3). So clients that never read cannot hold the
+#: slots others need.
+REPLAY_STALL_TIMEOUT = 10.0
+#: Answers parked that way at most; beyond it the oldest is dropped without its end.
+MAX_PARKED_REPLAYS = 64
 #: SNDHWM for the replay ROUTER: answer messages queued per client (each at most 1 MiB of
 #: data plus 26 bytes a record, under 1.5 MB). Beyond it an answer waits for its client to
 #: read (spec 8.3), so a client that stops reading holds at most this many messages of the
@@ -45,6 +53,17 @@ MAX_CONCURRENT_REPLAYS = 8
 #: never reaches accepted clients.
 REPLAY_SNDHWM = 16
 _RETRY_MIN, _RETRY_MAX = 0.001, 0.02  # pause between sends to a client whose queue is full
+#: Least time between two ticks sent to greet new subscribers. A subscriber's tick goes to
+#: every subscriber (PUB cannot address one), so greetings are coalesced: whatever peers
+#: subscribe, the nanny sends at most 1 / GREETING_SPACING extra ticks a second (spec 5).
+GREETING_SPACING = 0.05
+
+
+def _batch_last_seq(message: list[bytes], default: int) -> int:
+    """The last seq of a ``records`` answer message (``[signature, header, body]``)."""
+    if b'"type":"records"' not in message[1]:
+        return default
+    return int(json.loads(message[1])["last_seq"])
 
 
 class LogChannel:
@@ -64,10 +83,20 @@ class LogChannel:
         self.epoch = store.epoch
         self.history = DigestHistory()
         self.publisher = LogPublisher(store.epoch, signer)
-        self._replays: set[asyncio.Task[Any]] = set()
-        self.stats = {"published_batches": 0, "replays": 0, "replay_errors": 0, "replay_waits": 0}
+        self._replays: set[asyncio.Task[Any]] = set()  # answers holding a slot
+        self._parked: dict[asyncio.Task[Any], None] = {}  # stalled answers, oldest first
+        self.stats = {
+            "published_batches": 0,
+            "replays": 0,
+            "replay_errors": 0,
+            "replay_waits": 0,
+            "greetings": 0,
+            "replay_stalls": 0,
+        }
         self.kernel_state = "starting"
         self.incarnation = 0
+        self._greeted_at = -GREETING_SPACING  # monotonic time of the last greeting tick
+        self._greeting: asyncio.TimerHandle | None = None  # a coalesced greeting, due later
         replay.router_mandatory = 1  # wait for a slow reader instead of dropping an answer
         store.add_listener(self.stored)
 
@@ -94,14 +123,37 @@ class LogChannel:
             await asyncio.sleep(TICK_INTERVAL)
 
     async def serve_subscriptions(self) -> None:
-        """Track which topics have subscribers; greet each new one with a tick.
+        """Track which topics have subscribers; greet new ones with a tick.
 
         The XPUB is verbose: every subscribe is reported, but only the last unsubscribe of a
-        topic, which is what a set of wanted topics needs.
+        topic, which is what a set of wanted topics needs. Only key holders get this far
+        (the ZAP handler refuses anyone else during the handshake), and greetings are
+        coalesced (GREETING_SPACING), so no subscriber can make the nanny send a tick to
+        everyone for each subscription it sends.
         """
-        while True:
-            if self.publisher.subscription(await self.pub.recv()):
-                self.tick()  # greet: the subscriber now knows live messages reach it
+        try:
+            while True:
+                if self.publisher.subscription(await self.pub.recv()):
+                    self._greet()
+        finally:
+            if self._greeting is not None:
+                self._greeting.cancel()
+
+    def _greet(self) -> None:
+        """A tick now, or at the end of the current greeting spacing if one was just sent."""
+        if self._greeting is not None:
+            return  # a greeting is already due; it greets this subscriber too
+        wait = self._greeted_at + GREETING_SPACING - time.monotonic()
+        if wait <= 0:
+            self._send_greeting()
+        else:
+            self._greeting = asyncio.get_running_loop().call_later(wait, self._send_greeting)
+
+    def _send_greeting(self) -> None:
+        self._greeting = None
+        self._greeted_at = time.monotonic()
+        self.stats["greetings"] += 1
+        self.tick()
 
     # ------------------------------------------------------------------ replay
 
@@ -136,9 +188,10 @@ class LogChannel:
                 self._replays.add(task)
                 task.add_done_callback(self._replays.discard)
         finally:
-            for task in self._replays:
+            tasks = [*self._replays, *self._parked]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._replays, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     @staticmethod
     def _envelope(identity: bytes, request: list[bytes]) -> list[bytes]:
@@ -155,8 +208,15 @@ class LogChannel:
         with contextlib.suppress(zmq.ZMQError):  # full queue (EAGAIN) or client gone
             await self.replay.send_multipart(frames, flags=zmq.NOBLOCK)
 
-    async def _send(self, identity: bytes, message: list[bytes], request: list[bytes]) -> None:
-        """Send one answer message, waiting while this client's queue is full.
+    async def _send(
+        self,
+        identity: bytes,
+        message: list[bytes],
+        request: list[bytes],
+        stall: float | None = None,
+    ) -> bool:
+        """Send one answer message, waiting while this client's queue is full; False when
+        the client took nothing for ``stall`` seconds (None: wait as long as it takes).
 
         Always a non-blocking send, retried after a pause. A blocking send would park in
         pyzmq's send queue, shared by the whole socket, where it holds up every other
@@ -167,13 +227,16 @@ class LogChannel:
         """
         frames = self._envelope(identity, request) + message
         delay = _RETRY_MIN
+        deadline = None if stall is None else time.monotonic() + stall
         while True:
             try:
                 await self.replay.send_multipart(frames, flags=zmq.NOBLOCK)
-                return
+                return True
             except zmq.Again:
                 if delay == _RETRY_MIN:
                     self.stats["replay_waits"] += 1  # an answer waits for a slow reader
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, _RETRY_MAX)
 
@@ -187,12 +250,33 @@ class LogChannel:
             oldest_seq=store.oldest_seq,
             last_seq=store.last_seq,
         )
+        sent_seq = 0  # the last seq of the last batch the client's queue took
         try:
             while True:
                 for message in answer.next_messages(store):
-                    await self._send(identity, message, frames)
+                    if not await self._send(identity, message, frames, REPLAY_STALL_TIMEOUT):
+                        await self._park(identity, frames, answer.abandon(sent_seq))
+                        return
+                    sent_seq = _batch_last_seq(message, sent_seq)
                 if answer.finished:
                     return
                 await asyncio.sleep(0)  # let capture run between chunks
         except zmq.ZMQError as exc:  # the client went away mid-answer
             log.debug("replay to a departed client abandoned: %s", exc)
+
+    async def _park(self, identity: bytes, frames: list[bytes], end: list[bytes]) -> None:
+        """Give this answer's slot back and wait, slotless, to send its ``end``."""
+        self.stats["replay_stalls"] += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._replays.discard(task)
+        self._parked[task] = None
+        while len(self._parked) > MAX_PARKED_REPLAYS:
+            oldest = next(iter(self._parked))
+            del self._parked[oldest]
+            oldest.cancel()  # its client gets no end; it repairs on its own timeout, if any
+        log.debug("a replay client took nothing for %g s: its answer ends", REPLAY_STALL_TIMEOUT)
+        try:
+            await self._send(identity, end, frames)
+        finally:
+            self._parked.pop(task, None)

@@ -4,7 +4,8 @@
 segment files ``seg-<index:08d>-<first_seq:020d>.nlog`` (the index orders them, the first
 seq names where each starts); the bytes inside are the segment format of
 ``nanny_io_proto.spillformat``: a header (magic, log format version, epoch), then one chunk
-per store append, a u32 length and a body in exactly the log channel's binary layout.
+per store append, a head (length and checksums) and a body in exactly the log channel's
+binary layout.
 
 This module does the files: creating, rotating and bounding them (:class:`Spill`, written
 by the store), and reading a directory back (:func:`read_spill`), where everything that is
@@ -23,20 +24,31 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from nanny_io_proto.logrecords import Entry, LogRecord, check_epoch, pack_entries
+from nanny_io_proto.logrecords import (
+    RECORD_HEADER,
+    Entry,
+    LogRecord,
+    check_epoch,
+    pack_entries,
+)
 from nanny_io_proto.spillformat import (
+    CHUNK_HEAD,
     END,
     NEED_DATA,
     SEGMENT_HEADER,
+    SPILL_MAGIC,
     BadEpoch,
     CorruptChunk,
+    DamagedChunk,
     NotASegment,
     SegmentDecoder,
     SegmentHeader,
     TruncatedHeader,
     encode_chunk,
     encode_segment_header,
+    tail_of_body,
 )
+from nanny_io_proto.version import LOG_FORMAT_VERSION
 
 from .limits import DEFAULT_SEGMENT_BYTES, DEFAULT_SPILL_BYTES
 
@@ -44,6 +56,7 @@ __all__ = ["Spill", "incomplete_epochs", "read_spill"]
 
 logger = logging.getLogger("nanny_io")
 
+_COUNT_SIZE = 4  # the u32 record count a body starts with
 _SEG_NAME = re.compile(r"seg-(\d{8,})-(\d{20})\.nlog")
 
 
@@ -115,11 +128,19 @@ class Spill:
         if not self.active:
             return False
         chunk = encode_chunk(parts)
+        if len(self._header) + len(chunk) > self.max_total_bytes:
+            # One append larger than the whole spill: keep its newest records that fit.
+            room = self.max_total_bytes - len(self._header) - CHUNK_HEAD.size
+            body = tail_of_body(b"".join(parts), room)
+            if body is None:
+                return True  # not even its last record fits: the spill keeps what it had
+            first_seq = RECORD_HEADER.unpack_from(body, _COUNT_SIZE)[0]
+            chunk = encode_chunk([body])
         try:
             if self._fd < 0 or (
                 self._seg_size and self._seg_size + len(chunk) > self.segment_bytes
             ):
-                self._rotate(first_seq)
+                self._rotate(first_seq, len(chunk))
             _write_all(self._fd, chunk)
         except OSError as exc:
             self._fail("cannot write to", exc)
@@ -135,14 +156,20 @@ class Spill:
             return self.active
         return self.write_parts(entries[0][0], [pack_entries(entries)])
 
-    def _rotate(self, first_seq: int) -> None:
-        """Close the open segment, drop the oldest ones over the bound, open a new one."""
+    def _rotate(self, first_seq: int, incoming: int = 0) -> None:
+        """Close the open segment, drop the oldest ones over the bound, open a new one.
+
+        The new segment will hold up to ``segment_bytes``, or more when the chunk about to
+        be written (``incoming`` bytes) is larger than a segment: room is made for that,
+        so one oversized append cannot take the spill over its bound.
+        """
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
             self._closed.append((self._path, self._seg_size))
             self._closed_bytes += self._seg_size
-        while self._closed and self._closed_bytes + self.segment_bytes > self.max_total_bytes:
+        new_segment = max(self.segment_bytes, len(self._header) + incoming)
+        while self._closed and self._closed_bytes + new_segment > self.max_total_bytes:
             path, size = self._closed.popleft()
             self._closed_bytes -= size
             with contextlib.suppress(FileNotFoundError):
@@ -282,6 +309,15 @@ def _read_segment(
                 epoch = event.epoch
                 continue
             assert event is not NEED_DATA  # the end of the file was given
+            if isinstance(event, DamagedChunk):  # the next chunk is still readable
+                logger.warning(
+                    "spill segment %r: %d bytes of records at byte %d fail their checksum "
+                    "(corrupted on disk); skipping them",
+                    str(path),
+                    event.length,
+                    event.offset,
+                )
+                continue
             records = event.records
             if records:
                 if records[0].seq <= last_seq.get(epoch, 0):
@@ -300,12 +336,20 @@ def _read_segment(
         if exc.length < SEGMENT_HEADER.size:
             logger.warning("skipping spill segment %r: truncated header", str(path))
     except NotASegment as exc:
-        logger.warning(
-            "skipping %r: not a nanny-io spill segment (magic %r, version %r)",
-            str(path),
-            exc.magic,
-            exc.version,
-        )
+        if exc.magic == SPILL_MAGIC:
+            logger.warning(
+                "skipping spill segment %r: log format %r, this nanny-io reads format %r",
+                str(path),
+                exc.version,
+                LOG_FORMAT_VERSION,
+            )
+        else:
+            logger.warning(
+                "skipping %r: not a nanny-io spill segment (magic %r, version %r)",
+                str(path),
+                exc.magic,
+                exc.version,
+            )
     except BadEpoch:
         logger.warning("skipping spill segment %r: bad epoch", str(path))
     except CorruptChunk as exc:

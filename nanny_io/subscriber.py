@@ -48,6 +48,7 @@ from nanny_io_proto.subscription import (
 )
 
 from .errors import NannyIOError
+from .zap import secure_client
 
 __all__ = [
     "Alive",
@@ -85,13 +86,11 @@ def connect(
     channel: str,
     topics: tuple[bytes, ...] = (),
 ) -> zmq.asyncio.Socket:
-    """A socket connected to ``channel`` (a CurveZMQ client when the nanny is a server)."""
+    """A socket connected to ``channel`` with the credentials the nanny admits there (on
+    the log channel, the CurveZMQ key pair derived from the connection key)."""
     sock = context.socket(kind)
     sock.linger = 0
-    if info.curve_publickey and info.curve_secretkey:
-        sock.curve_publickey = info.curve_publickey.encode()
-        sock.curve_secretkey = info.curve_secretkey.encode()
-        sock.curve_serverkey = info.curve_publickey.encode()
+    secure_client(sock, info, channel)
     for topic in topics:
         sock.subscribe(topic)
     sock.connect(info.url(channel))

@@ -265,6 +265,7 @@ class ReplayAnswer:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.sent = 0  # records in the messages returned so far
+        self.prev_seq = 0  # the last seq of the last batch returned (0: none yet)
         self.complete = True  # False once a limit or an eviction cut the answer short
         self._cursor = self.plan.first_seq  # the next seq to read in range mode
         self._phase = _Phase.NEW
@@ -328,6 +329,14 @@ class ReplayAnswer:
         self._cursor = chunk[-1][0] + 1
         return chunk
 
+    def abandon(self, prev_seq: int) -> list[bytes]:
+        """The ``end`` of an answer cut short by the server (its client stopped reading):
+        ``complete`` false, ``prev_seq`` the last seq of the last batch actually sent, so
+        the client asks again for the rest. The answer is finished after this."""
+        self.complete = False
+        self.prev_seq = prev_seq
+        return self._end()
+
     def _batches(self, entries: Sequence[Entry] | None) -> list[list[bytes]]:
         if not entries:
             return []
@@ -343,13 +352,17 @@ class ReplayAnswer:
                     run[-1][0],
                     pack_entries(run),
                     self.signer,
+                    self.prev_seq,
                 )
             )
+            self.prev_seq = run[-1][0]
         self.sent += len(entries)
         return out
 
     def _end(self) -> list[bytes]:
         self._phase = _Phase.ENDED
         plan = self.plan
-        end = ReplayEnd(plan.request_id, self.epoch, plan.end_seq, self.sent, self.complete)
+        end = ReplayEnd(
+            plan.request_id, self.epoch, plan.end_seq, self.sent, self.complete, self.prev_seq
+        )
         return encode_replay_response(end, self.signer)

@@ -124,6 +124,9 @@ class ReplayBatch:
     request_id: str
     epoch: str
     records: tuple[LogRecord, ...]
+    #: The last seq of the answer's previous ``records`` message (0: this is the first), so
+    #: a client sees that a message of the answer was lost (spec 8.3).
+    prev_seq: int = 0
 
     def __post_init__(self) -> None:
         _check_id("request_id", self.request_id)
@@ -133,6 +136,11 @@ class ReplayBatch:
         if not all(type(r) is LogRecord for r in self.records):
             raise LocalProtocolError("a replay batch carries LogRecords only")
         check_increasing(self.records)
+        if type(self.prev_seq) is not int or not 0 <= self.prev_seq < self.records[0].seq:
+            raise LocalProtocolError(
+                f"prev_seq must be a u64 below the first seq {self.records[0].seq!r}, "
+                f"got {self.prev_seq!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +171,7 @@ class ReplayEnd:
     last_seq: int  # the store's newest seq when the request was served
     sent: int  # records in the answer
     complete: bool  # False when ``limit`` cut the answer short
+    prev_seq: int = 0  # the last seq of the answer's last ``records`` message (0: none)
 
     def __post_init__(self) -> None:
         _check_id("request_id", self.request_id)
@@ -171,6 +180,8 @@ class ReplayEnd:
             raise LocalProtocolError(f"last_seq must be a u64, got {self.last_seq!r}")
         if type(self.sent) is not int or not 0 <= self.sent <= U64:
             raise LocalProtocolError(f"sent must be a u64, got {self.sent!r}")
+        if type(self.prev_seq) is not int or not 0 <= self.prev_seq <= U64:
+            raise LocalProtocolError(f"prev_seq must be a u64, got {self.prev_seq!r}")
         if type(self.complete) is not bool:
             raise LocalProtocolError(f"complete must be a bool, got {self.complete!r}")
 
@@ -295,11 +306,13 @@ def encode_packed_replay_batch(
     last_seq: int,
     body: bytes,
     signer: Signer,
+    prev_seq: int = 0,
 ) -> list[bytes]:
     """Frames of a ``records`` answer whose body is already packed (see pack_records).
 
     Lets a server stream straight from its store without building a LogRecord per record;
-    the caller vouches that ``body`` holds ``count`` records from ``first_seq`` to ``last_seq``.
+    the caller vouches that ``body`` holds ``count`` records from ``first_seq`` to ``last_seq``
+    and that ``prev_seq`` is the last seq of the answer's previous batch (0: none).
     """
     header = json_header(
         {
@@ -309,6 +322,7 @@ def encode_packed_replay_batch(
             "count": count,
             "first_seq": first_seq,
             "last_seq": last_seq,
+            "prev_seq": prev_seq,
         }
     )
     return [signer.sign((header, body)), header, body]
@@ -327,6 +341,7 @@ def encode_replay_response(event: ReplayResponse, signer: Signer) -> list[bytes]
             recs[-1].seq,
             pack_records(recs),
             signer,
+            event.prev_seq,
         )
     if isinstance(event, ReplayTruncated):
         header_obj = {
@@ -343,6 +358,7 @@ def encode_replay_response(event: ReplayResponse, signer: Signer) -> list[bytes]
             "last_seq": event.last_seq,
             "sent": event.sent,
             "complete": event.complete,
+            "prev_seq": event.prev_seq,
         }
     elif isinstance(event, ReplayError):
         header_obj = {
@@ -373,8 +389,15 @@ def decode_replay_response(frames: Sequence[bytes], signer: Signer) -> ReplayRes
         check_body_matches(header, records)
         if not _ID_RE.fullmatch(request_id):
             raise MalformedMessage(f"invalid request_id {request_id!r}")
+        prev_seq = get_uint(header, "prev_seq")
+        if prev_seq >= records[0].seq:
+            raise MalformedMessage(f"prev_seq {prev_seq!r} is not below the first seq")
         batch: ReplayBatch = trusted(
-            ReplayBatch, request_id=request_id, epoch=epoch, records=tuple(records)
+            ReplayBatch,
+            request_id=request_id,
+            epoch=epoch,
+            records=tuple(records),
+            prev_seq=prev_seq,
         )
         return batch
     if body:
@@ -393,6 +416,7 @@ def decode_replay_response(frames: Sequence[bytes], signer: Signer) -> ReplayRes
                 last_seq=get_uint(header, "last_seq"),
                 sent=get_uint(header, "sent"),
                 complete=get_any(header, "complete"),
+                prev_seq=get_uint(header, "prev_seq"),
             )
         if kind == "error":
             return ReplayError(

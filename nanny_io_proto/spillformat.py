@@ -5,14 +5,21 @@ files. A segment is a header, then one chunk per store append::
 
     header   magic b"NIOSPILL" (8 bytes), log format version u16, epoch length u16,
              the epoch (ASCII)
-    chunk    length u32, then a body of that many bytes in exactly the log channel's
-             binary layout (specs/log-channel.md §2.1: count, headers, data)
+    chunk    length u32, CRC-32 of the length field u32, CRC-32 of the body u32, then a
+             body of that many bytes in exactly the log channel's binary layout
+             (specs/log-channel.md §2.1: count, headers, data)
 
 All integers little-endian. The nanny writes every chunk with one ``write`` and may be
 killed at any moment, so a segment can end anywhere: inside its header (nothing to read),
-inside a length prefix (the chunks before it are whole), or inside a body. Because a body
+inside a chunk head (the chunks before it are whole), or inside a body. Because a body
 puts all record headers first, the complete records at the start of a cut body can still
 be recovered, and the decoder returns them (``Chunk.complete`` is then False).
+
+The checksums tell damage from a cut (format 2; format 1 had none, so flipped bytes read
+as wrong data and a damaged length as the end of the file): a length that fails its CRC
+is corruption (:class:`CorruptChunk`, nothing after it can be found), and a whole body that
+fails its CRC is a :class:`DamagedChunk` event, after which decoding goes on with the
+next chunk.
 
 :class:`SegmentDecoder` is sans-I/O in the manner of h11: feed it bytes with
 :meth:`~SegmentDecoder.receive_data` (``b""`` for the end of the file), then call
@@ -24,6 +31,7 @@ exception, and feeding a file whole or a byte at a time gives the same events.
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -35,7 +43,7 @@ from .streams import Stream
 from .version import LOG_FORMAT_VERSION
 
 __all__ = [
-    "CHUNK_LENGTH",
+    "CHUNK_HEAD",
     "END",
     "NEED_DATA",
     "SEGMENT_HEADER",
@@ -43,6 +51,7 @@ __all__ = [
     "BadEpoch",
     "Chunk",
     "CorruptChunk",
+    "DamagedChunk",
     "MalformedSegment",
     "NotASegment",
     "SegmentDecoder",
@@ -50,6 +59,7 @@ __all__ = [
     "TruncatedHeader",
     "encode_chunk",
     "encode_segment_header",
+    "tail_of_body",
 ]
 
 #: First 8 bytes of every segment: the container format. The body layout inside is
@@ -57,8 +67,9 @@ __all__ = [
 SPILL_MAGIC: Final = b"NIOSPILL"
 #: magic, log format version, epoch length (the epoch follows)
 SEGMENT_HEADER: Final = struct.Struct("<8sHH")
-#: The length prefix of a chunk.
-CHUNK_LENGTH: Final = struct.Struct("<I")
+#: The head of a chunk: body length, CRC-32 of the 4 length bytes, CRC-32 of the body.
+CHUNK_HEAD: Final = struct.Struct("<III")
+_U32: Final = struct.Struct("<I")
 
 _BY_CODE: tuple[Stream, ...] = tuple(sorted(STREAM_CODES, key=STREAM_CODES.__getitem__))
 
@@ -123,6 +134,15 @@ class Chunk:
     complete: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class DamagedChunk:
+    """The chunk at byte ``offset`` is whole but its body fails its checksum: its records
+    (``length`` bytes of body) are lost to corruption; the next chunk follows it."""
+
+    offset: int
+    length: int
+
+
 class Sentinel(Enum):
     NEED_DATA = "need_data"  # feed more bytes (or b"" at the end of the file)
     END = "end"  # the segment is over: nothing more will come
@@ -131,7 +151,7 @@ class Sentinel(Enum):
 NEED_DATA: Final = Sentinel.NEED_DATA
 END: Final = Sentinel.END
 
-Event = SegmentHeader | Chunk | Sentinel
+Event = SegmentHeader | Chunk | DamagedChunk | Sentinel
 
 
 # -- encoding ----------------------------------------------------------------------------------
@@ -144,11 +164,51 @@ def encode_segment_header(epoch: str) -> bytes:
 
 
 def encode_chunk(parts: Sequence[bytes]) -> bytes:
-    """One chunk: the length prefix and a body given as parts to join (no copy before)."""
+    """One chunk: its head and a body given as parts to join (no copy before)."""
     size = sum(map(len, parts))
     if size > 0xFFFF_FFFF:
         raise LocalProtocolError(f"a chunk body must be under 4 GiB, got {size!r} bytes")
-    return b"".join([CHUNK_LENGTH.pack(size), *parts])
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return b"".join([CHUNK_HEAD.pack(size, zlib.crc32(_U32.pack(size)), crc), *parts])
+
+
+def tail_of_body(body: bytes, max_size: int) -> bytes | None:
+    """The body of the newest records of ``body`` (the log channel layout, valid) whose
+    body fits in ``max_size`` bytes; None if not even the last record fits.
+
+    For an append larger than the whole spill: the spill keeps its newest part.
+    """
+    (count,) = _U32.unpack_from(body, 0)
+    heads = list(
+        RECORD_HEADER.iter_unpack(body[_U32.size : _U32.size + count * RECORD_HEADER.size])
+    )
+    data_start = _U32.size + count * RECORD_HEADER.size
+    ends = []
+    pos = data_start
+    for head in heads:
+        pos += head[5]
+        ends.append(pos)
+    size = _U32.size
+    keep = 0
+    for head in reversed(heads):
+        grown = size + RECORD_HEADER.size + head[5]
+        if grown > max_size:
+            break
+        size = grown
+        keep += 1
+    if not keep:
+        return None
+    first = count - keep
+    data_from = ends[first - 1] if first else data_start
+    return b"".join(
+        [
+            _U32.pack(keep),
+            body[_U32.size + first * RECORD_HEADER.size : data_start],
+            body[data_from:],
+        ]
+    )
 
 
 # -- decoding ----------------------------------------------------------------------------------
@@ -233,40 +293,45 @@ class SegmentDecoder:
     def _chunk(self) -> Event:
         buf, pos = self._buf, self._pos
         offset = self._base + pos
-        if pos + CHUNK_LENGTH.size > len(buf):
+        if pos + CHUNK_HEAD.size > len(buf):
             if not self._eof:
                 return NEED_DATA
-            self._state = _State.DONE  # nothing left, or killed while writing a length prefix
+            self._state = _State.DONE  # nothing left, or killed while writing a chunk head
             return END
-        (size,) = CHUNK_LENGTH.unpack_from(buf, pos)
-        body_end = pos + CHUNK_LENGTH.size + size
+        size, size_crc, body_crc = CHUNK_HEAD.unpack_from(buf, pos)
+        if zlib.crc32(buf[pos : pos + _U32.size]) != size_crc:
+            raise CorruptChunk(offset, "its length fails its checksum")
+        start = pos + CHUNK_HEAD.size
+        body_end = start + size
         if body_end > len(buf):
             if not self._eof:
                 return NEED_DATA
             self._state = _State.DONE  # killed while writing this body: keep what is whole
-            return Chunk(offset, _salvage(buf[pos + CHUNK_LENGTH.size :]), complete=False)
-        try:
-            records = unpack_records(buf[pos + CHUNK_LENGTH.size : body_end])
-        except MalformedMessage as exc:
-            raise CorruptChunk(offset, str(exc)) from None
+            return Chunk(offset, _salvage(buf[start:]), complete=False)
+        body = buf[start:body_end]
         self._pos = body_end
+        if zlib.crc32(body) != body_crc:
+            return DamagedChunk(offset, size)
+        try:
+            records = unpack_records(body)
+        except MalformedMessage as exc:
+            self._pos = pos
+            raise CorruptChunk(offset, str(exc)) from None
         return Chunk(offset, tuple(records))
 
 
 def _salvage(body: bytes) -> tuple[LogRecord, ...]:
     """The complete records at the start of a cut body (headers first, then data)."""
-    if len(body) < CHUNK_LENGTH.size:
+    if len(body) < _U32.size:
         return ()
-    (count,) = CHUNK_LENGTH.unpack_from(body, 0)
-    heads_end = CHUNK_LENGTH.size + count * RECORD_HEADER.size
+    (count,) = _U32.unpack_from(body, 0)
+    heads_end = _U32.size + count * RECORD_HEADER.size
     if heads_end > len(body):
         return ()
     out: list[LogRecord] = []
     start = heads_end
     prev = 0
-    for seq, t, inc, code, flags, length in RECORD_HEADER.iter_unpack(
-        body[CHUNK_LENGTH.size : heads_end]
-    ):
+    for seq, t, inc, code, flags, length in RECORD_HEADER.iter_unpack(body[_U32.size : heads_end]):
         stop = start + length
         if stop > len(body) or code >= len(_BY_CODE) or seq <= prev:
             break

@@ -124,6 +124,7 @@ class _Pending:
     until: int | None
     link: int  # predecessor of the next batch of the answer
     sent: int = 0
+    received: int = 0  # the last seq of the answer's batches received so far (0: none)
 
 
 _SEQ = attrgetter("seq")
@@ -315,8 +316,15 @@ class LogSubscription:
         ):
             return events
         if isinstance(item, ReplayBatch):
-            self._add(_Segment(pend.link, item.records))
-            pend.link = max(pend.link, item.records[-1].seq)
+            link = pend.link
+            if item.prev_seq != pend.received and link != -1:
+                # A message of the answer was lost on the way: these records do not
+                # continue what we have, and the repair asks for what is missing. (At the
+                # start of a "last N" answer there is nothing to repair: fewer than N came.)
+                link = max(link, item.prev_seq)
+            self._add(_Segment(link, item.records))
+            pend.link = max(link, item.records[-1].seq)
+            pend.received = item.records[-1].seq
             pend.sent += len(item.records)
         elif isinstance(item, ReplayTruncated):
             gone = pend.since + item.lost - 1
@@ -330,17 +338,22 @@ class LogSubscription:
             del self._outstanding[rid]
             self._deliver(events)
             upto = item.last_seq if pend.until is None else min(pend.until, item.last_seq)
-            if item.complete and pend.link <= self._cursor:
+            # the answer's last batches were lost on the way: what they held is fetched again
+            complete = item.complete and item.prev_seq == pend.received
+            if complete and pend.link <= self._cursor:
                 self._cursor = max(self._cursor, upto)
                 if pend.until is not None and pend.until > self._cursor:
                     # the server's store ends before what it published: never ask again
                     self._gap(self._cursor + 1, pend.until, events)
                     self._cursor = pend.until
-            elif not item.complete and item.sent == 0 and upto > self._cursor:
+            elif not complete and item.sent == 0 and upto > self._cursor:
                 self._gap(self._cursor + 1, upto, events)  # no progress: never loop
                 self._cursor = upto
-            elif not item.complete:
-                self._target = max(self._target, upto)  # more to fetch: repair asks for it
+            elif not complete:  # more to fetch: the repair asks for it
+                if self._target_epoch != self._epoch:
+                    self._target, self._target_epoch = upto, self._epoch
+                else:
+                    self._target = max(self._target, upto)
             if pend.kind == "initial":
                 self._establish()
         elif item.code == "busy":  # all replay slots taken: the same request, a bit later

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 #: Version of the nanny protocol described in specs/protocol.md.
 PROTOCOL_VERSION = "1.1"
-#: Version of the log channel format described in specs/log-channel.md.
-LOG_FORMAT_VERSION = 1
+#: Version of the log channel format described in specs/log-channel.md (2: only holders
+#: of the key connect, replay answers link their messages with ``prev_seq``, spill chunks
+#: carry checksums).
+LOG_FORMAT_VERSION = 2
 #: Jupyter messaging protocol version the nanny's own messages declare.
 JUPYTER_PROTOCOL_VERSION = "5.4"
 

@@ -33,6 +33,7 @@ from helpers import NannyProcess, gone, history, last_seq, stored, stored_bytes,
 
 from nanny_io.capture import EchoWriter
 from nanny_io.discovery import load_connection_info
+from nanny_io.zap import secure_client
 from nanny_io_proto.logrecords import parse_nanny_event
 from nanny_io_proto.streams import FLAG_NO_EOL, Stream
 
@@ -500,6 +501,7 @@ def test_pitfall_5_subscribers_that_never_read_do_not_slow_the_kernel(
             sock = ctx.socket(zmq.SUB)
             sock.linger = 0
             sock.subscribe(b"")
+            secure_client(sock, info, channel)
             sock.connect(info.url(channel))
             stuck.append(sock)
         # wait until both subscriptions have reached the nanny: it greets each new one

@@ -40,6 +40,7 @@ from nanny_io.subscriber import (
     Records,
     Truncated,
 )
+from nanny_io.zap import secure_client
 from nanny_io_proto.connection_files import NannyConnectionInfo
 from nanny_io_proto.errors import RemoteProtocolError
 from nanny_io_proto.logrecords import (
@@ -128,6 +129,7 @@ class ReplaySocket:
         if rcvhwm is not None:
             self.sock.rcvhwm = rcvhwm
             self.sock.rcvbuf = 4096  # keep the kernel's socket buffer small too
+        secure_client(self.sock, info, "log_replay")
         self.sock.connect(info.url("log_replay"))
 
     def send(self, req: ReplayRequest) -> None:
@@ -323,6 +325,7 @@ def test_plain_sub_gets_signed_batches_and_ticks(nanny_factory: NannyFactory) ->
     sub = ctx.socket(zmq.SUB)
     sub.linger = 0
     sub.subscribe(b"")
+    secure_client(sub, info, "log")
     sub.connect(info.url("log"))
     try:
         # The nanny greets every new subscription with a tick: then live messages reach us.
@@ -644,9 +647,9 @@ def test_garbage_and_forged_requests_are_refused(
         sock.sock.send_multipart([*pre, *encode_replay_request(req, Signer(b"wrong key"))])
         refused = reply()
         assert isinstance(refused, ReplayError) and refused.code == "bad_signature"
-        # another version, correctly signed
-        v2 = json.dumps({**json.loads(body), "version": 2}).encode()
-        sock.sock.send_multipart([*pre, signer.sign((v2,)), v2])
+        # another version (the previous one), correctly signed
+        v1 = json.dumps({**json.loads(body), "version": 1}).encode()
+        sock.sock.send_multipart([*pre, signer.sign((v1,)), v1])
         refused = reply()
         assert isinstance(refused, ReplayError) and refused.code == "unsupported_version"
         # an invalid field, correctly signed

@@ -236,7 +236,7 @@ def test_batch_frames_and_header() -> None:
     assert topic == b"stdout"
     assert sig == KEY.sign([header, body])
     assert json.loads(header) == {
-        "version": 1,
+        "version": 2,
         "type": "records",
         "epoch": "ep1",
         "stream": "stdout",
@@ -346,7 +346,7 @@ def _signed_header(header: dict, body: bytes, topic: bytes = b"stdout") -> list[
 def test_header_must_describe_the_body_exactly() -> None:
     body = pack_records([rec(1), rec(2)])
     good = {
-        "version": 1,
+        "version": 2,
         "type": "records",
         "epoch": "e",
         "stream": "stdout",
@@ -373,7 +373,7 @@ def test_header_must_describe_the_body_exactly() -> None:
         other = pack_records([rec(1, stream=Stream.STDERR), rec(2, stream=Stream.STDERR)])
         decode_log_message(_signed_header(good, other), KEY)
     with pytest.raises(UnsupportedVersion):
-        decode_log_message(_signed_header(good | {"version": 2}, body), KEY)
+        decode_log_message(_signed_header(good | {"version": 1}, body), KEY)
 
 
 # -- nanny events -----------------------------------------------------------------------------

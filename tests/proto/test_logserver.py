@@ -190,28 +190,31 @@ def seqs_of(answer: list[ReplayResponse]) -> list[int]:
 def test_answer_last_n_with_stream_filter() -> None:
     answer = answer_all(store_of(100), ReplayRequest("r", "n", last=3, streams=(ERR,)))
     assert seqs_of(answer) == [89, 93, 97]
-    assert answer[-1] == ReplayEnd("r", "ep", 100, 3, True)
+    assert answer[-1] == ReplayEnd("r", "ep", 100, 3, True, prev_seq=97)
     answer = answer_all(store_of(10), ReplayRequest("r", "n", last=50, streams=(LOG,)))
     assert seqs_of(answer) == [3, 7]
-    assert answer[-1] == ReplayEnd("r", "ep", 10, 2, True)
+    assert answer[-1] == ReplayEnd("r", "ep", 10, 2, True, prev_seq=7)
     answer = answer_all(store_of(10), ReplayRequest("r", "n", last=5, limit=2))
-    assert seqs_of(answer) == [6, 7] and answer[-1] == ReplayEnd("r", "ep", 10, 2, False)
+    assert seqs_of(answer) == [6, 7]
+    assert answer[-1] == ReplayEnd("r", "ep", 10, 2, False, prev_seq=7)
 
 
 def test_answer_limit_cuts_and_says_incomplete() -> None:
     answer = answer_all(store_of(100), ReplayRequest("r", "n", since_seq=10, limit=5))
     assert seqs_of(answer) == [10, 11, 12, 13, 14]
-    assert answer[-1] == ReplayEnd("r", "ep", 100, 5, False)
+    assert answer[-1] == ReplayEnd("r", "ep", 100, 5, False, prev_seq=14)
     answer = answer_all(store_of(14), ReplayRequest("r", "n", since_seq=10, limit=5))
-    assert answer[-1] == ReplayEnd("r", "ep", 14, 5, True)
+    assert answer[-1] == ReplayEnd("r", "ep", 14, 5, True, prev_seq=14)
 
 
 def test_answer_truncated_first_then_batches_then_end() -> None:
     answer = answer_all(store_of(100, 60), ReplayRequest("r", "n", since_seq=50), max_records=16)
     assert answer[0] == ReplayTruncated("r", 60, 10)
     assert [len(m.records) for m in answer[1:-1]] == [16, 16, 9]  # type: ignore[union-attr]
+    # each batch links to the one before it, so a client sees one go missing
+    assert [m.prev_seq for m in answer[1:-1]] == [0, 75, 91]  # type: ignore[union-attr]
     assert seqs_of(answer) == list(range(60, 101))
-    assert answer[-1] == ReplayEnd("r", "ep", 100, 41, True)
+    assert answer[-1] == ReplayEnd("r", "ep", 100, 41, True, prev_seq=100)
 
 
 def test_answer_empty_store() -> None:
@@ -229,7 +232,7 @@ def test_answer_reads_one_chunk_per_call_and_ends_incomplete_after_an_eviction()
     store.add(OUT, 5)  # stored after the request was served: not part of this answer
     store.evict(15)
     rest = [decode_replay_response(m, KEY) for m in answer.next_messages(store)]
-    assert rest == [ReplayEnd("r", "ep", 40, 10, False)] and answer.finished
+    assert rest == [ReplayEnd("r", "ep", 40, 10, False, prev_seq=10)] and answer.finished
     assert answer.sent == 10 and not answer.complete
 
 
@@ -241,7 +244,7 @@ def test_answer_ends_with_its_last_chunk() -> None:
     )  # fmt: skip
     messages = [decode_replay_response(m, KEY) for m in answer.next_messages(store)]
     assert seqs_of(messages) == list(range(11, 21))
-    assert messages[-1] == ReplayEnd("r", "ep", 20, 10, True) and answer.finished
+    assert messages[-1] == ReplayEnd("r", "ep", 20, 10, True, prev_seq=20) and answer.finished
 
 
 @EXAMPLES

@@ -111,7 +111,7 @@ def test_request_json() -> None:
     sig, body = encode_replay_request(req, KEY)
     assert sig == KEY.sign([body])
     assert json.loads(body) == {
-        "version": 1,
+        "version": 2,
         "type": "replay_request",
         "request_id": "r1",
         "nonce": "n1",
@@ -223,14 +223,14 @@ def test_replayed_request_is_a_duplicate_but_a_fresh_nonce_is_fine() -> None:
 
 
 def test_unsupported_version_and_malformed_requests_map_to_error_codes() -> None:
-    body = json.dumps({"version": 2, "type": "replay_request", "request_id": "r9"}).encode()
+    body = json.dumps({"version": 1, "type": "replay_request", "request_id": "r9"}).encode()
     frames = [KEY.sign([body]), body]
     with pytest.raises(UnsupportedVersion) as exc:
         decode_replay_request(frames, KEY)
     assert error_response(exc.value, frames) == ReplayError(
         "r9", "unsupported_version", str(exc.value)
     )
-    body = b'{"version": 1, "type": "replay_request", "request_id": "r2", "nonce": "n", "last": -5}'
+    body = b'{"version": 2, "type": "replay_request", "request_id": "r2", "nonce": "n", "last": -5}'
     frames = [KEY.sign([body]), body]
     with pytest.raises(MalformedMessage) as mal:
         decode_replay_request(frames, KEY)
@@ -257,15 +257,28 @@ def test_batch_response_body_is_the_record_body() -> None:
     batch = ReplayBatch("r1", "ep", (rec(1), rec(3, Stream.STDERR)))
     _sig, header, body = encode_replay_response(batch, KEY)
     assert json.loads(header) == {
-        "version": 1,
+        "version": 2,
         "type": "records",
         "request_id": "r1",
         "epoch": "ep",
         "count": 2,
         "first_seq": 1,
         "last_seq": 3,
+        "prev_seq": 0,
     }
     assert unpack_records(body) == list(batch.records)
+
+
+def test_prev_seq_must_be_below_the_batch() -> None:
+    with pytest.raises(LocalProtocolError):
+        ReplayBatch("r1", "ep", (rec(5),), prev_seq=5)
+    _sig, header, body = encode_replay_response(ReplayBatch("r1", "ep", (rec(5),), 4), KEY)
+    forged = json.dumps(json.loads(header) | {"prev_seq": 5}).encode()
+    with pytest.raises(MalformedMessage):
+        decode_replay_response([KEY.sign([forged, body]), forged, body], KEY)
+    missing = json.dumps({k: v for k, v in json.loads(header).items() if k != "prev_seq"})
+    with pytest.raises(MalformedMessage):  # version 2 answers always carry it
+        decode_replay_response([KEY.sign([missing.encode(), body]), missing.encode(), body], KEY)
 
 
 @EXAMPLES

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from nanny_io_proto.errors import LocalProtocolError, RemoteProtocolError
 from nanny_io_proto.logrecords import LogRecord, pack_records
 from nanny_io_proto.spillformat import (
-    CHUNK_LENGTH,
+    CHUNK_HEAD,
     END,
     NEED_DATA,
     SEGMENT_HEADER,
@@ -17,6 +17,7 @@ from nanny_io_proto.spillformat import (
     BadEpoch,
     Chunk,
     CorruptChunk,
+    DamagedChunk,
     Event,
     MalformedSegment,
     NotASegment,
@@ -27,6 +28,7 @@ from nanny_io_proto.spillformat import (
     encode_segment_header,
 )
 from nanny_io_proto.streams import Stream
+from nanny_io_proto.version import LOG_FORMAT_VERSION
 
 EXAMPLES = settings(max_examples=200, deadline=None)
 
@@ -164,20 +166,40 @@ def test_header_faults_are_told_apart() -> None:
     _, error = decode(SEGMENT_HEADER.pack(SPILL_MAGIC, 99, 2) + b"ep")
     assert isinstance(error, NotASegment) and error.version == 99
     for epoch in (b"", b"bad epoch", b"\xff\xfe", b"x" * 65):
-        _, error = decode(SEGMENT_HEADER.pack(SPILL_MAGIC, 1, len(epoch)) + epoch)
+        _, error = decode(SEGMENT_HEADER.pack(SPILL_MAGIC, LOG_FORMAT_VERSION, len(epoch)) + epoch)
         assert isinstance(error, BadEpoch), epoch
-    _, error = decode(SEGMENT_HEADER.pack(SPILL_MAGIC, 1, 10) + b"abc")  # cut in the epoch
+    cut = SEGMENT_HEADER.pack(SPILL_MAGIC, LOG_FORMAT_VERSION, 10) + b"abc"  # cut in the epoch
+    _, error = decode(cut)
     assert isinstance(error, TruncatedHeader) and error.length == SEGMENT_HEADER.size + 3
     assert isinstance(error, RemoteProtocolError)
 
 
 def test_a_corrupt_chunk_reports_its_offset_after_the_good_ones() -> None:
     good = encode_chunk([pack_records([LogRecord(1, 0, 1, Stream.STDOUT, b"ok\n")])])
-    bad = CHUNK_LENGTH.pack(3) + b"xyz"
+    bad = encode_chunk([b"xyz"])  # checksums right, body not a record body
     start = encode_segment_header("ep")
     events, error = decode(start + good + bad + good)
     assert [type(e) for e in events] == [SegmentHeader, Chunk]
     assert isinstance(error, CorruptChunk) and error.offset == len(start) + len(good)
+
+
+def test_a_flipped_byte_is_damage_not_the_end_and_decoding_goes_on() -> None:
+    """Format 1 read a flipped data byte as wrong data and a damaged length as the end of
+    the file; the checksums tell both apart from a cut."""
+    recs = [LogRecord(s, 0, 1, Stream.STDOUT, b"line %d\n" % s) for s in (1, 2, 3)]
+    start = encode_segment_header("ep")
+    chunks = [encode_chunk([pack_records([r])]) for r in recs]
+    data = bytearray(start + b"".join(chunks))
+    data[len(start) + len(chunks[0]) + len(chunks[1]) - 2] ^= 0x20  # record 2's data
+    events, error = decode(bytes(data))
+    assert error is None
+    assert events[1] == Chunk(len(start), (recs[0],))
+    assert events[2] == DamagedChunk(len(start) + len(chunks[0]), len(chunks[1]) - CHUNK_HEAD.size)
+    assert events[3] == Chunk(len(start) + len(chunks[0]) + len(chunks[1]), (recs[2],))
+    data = bytearray(start + b"".join(chunks))
+    data[len(start) + len(chunks[0]) + 1] ^= 0x01  # record 2's length: a cut? no, damage
+    events, error = decode(bytes(data))
+    assert isinstance(error, CorruptChunk) and "checksum" in error.reason
 
 
 def test_the_decoder_stays_broken_and_refuses_data_after_the_end() -> None:

@@ -280,6 +280,23 @@ def test_lost_live_batch_is_repaired_with_since_and_until() -> None:
     assert client.seqs() == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.parametrize("lost", [0, 1, 2], ids=["first", "middle", "last"])
+def test_a_message_lost_inside_an_answer_is_fetched_again(lost: int) -> None:
+    """Each answer batch names the last seq of the one before it (``prev_seq``), and the
+    end names the last one: a batch lost on the way is noticed and repaired, never
+    skipped silently."""
+    nanny = Nanny()
+    nanny.produce(Stream.STDOUT, 12)
+    client = Client(nanny)
+    client.start()
+    assert len(client.replay) == 4  # [1..4] [5..8] [9..12] end
+    del client.replay[lost]
+    client.drain()
+    assert client.seqs() == list(range(1, 13))
+    assert client.sub.statistics().repairs == 1
+    assert client.of(Gap) == []
+
+
 def test_tick_reveals_a_lost_tail() -> None:
     nanny = Nanny()
     client = Client(nanny)

@@ -28,6 +28,8 @@ from reliability.support import (
 )
 
 from nanny_io.discovery import load_connection_info
+from nanny_io.zap import secure_client
+from nanny_io_proto.connection_files import NannyConnectionInfo
 from nanny_io_proto.logrecords import LogRecord
 from nanny_io_proto.replay import (
     ReplayBatch,
@@ -294,12 +296,15 @@ def _hb_flood(url: str, rnd: random.Random) -> int:
         ctx.term()
 
 
-def _replay_flood(url: str, signer: Signer, rnd: random.Random) -> dict[str, int]:
-    """FLOOD bad replay requests, at most 8 in flight; the error codes of the answers."""
+def _replay_flood(info: NannyConnectionInfo, rnd: random.Random) -> dict[str, int]:
+    """FLOOD bad replay requests from a peer the nanny admits, at most 8 in flight; the
+    error codes of the answers."""
+    signer = info.make_signer()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
-    sock.connect(url)
+    secure_client(sock, info, "log_replay")
+    sock.connect(info.url("log_replay"))
     forger = Signer(b"not-the-key")
     replayed = encode_replay_request(ReplayRequest("r-genuine", uuid.uuid4().hex, last=0), signer)
     sock.send_multipart(replayed)  # served once: an end (after nothing)
@@ -380,7 +385,7 @@ def test_garbage_and_forgeries_on_control_hb_and_replay_change_nothing(
     )
     echoed = _hb_flood(info.url("hb"), rnd)
     t_hb = time.monotonic() - t0 - t_control
-    codes = _replay_flood(info.url("log_replay"), info.make_signer(), rnd)
+    codes = _replay_flood(info, rnd)
     t_replay = time.monotonic() - t0 - t_control - t_hb
     ports = [info.control_port, info.hb_port, info.iopub_port, info.log_port]
     _tcp_junk([*ports, info.log_replay_port], rnd)
@@ -425,6 +430,7 @@ def test_garbage_and_forgeries_on_control_hb_and_replay_change_nothing(
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
+    secure_client(sock, info, "log_replay")
     sock.connect(info.url("log_replay"))
     signer = info.make_signer()
     try:
