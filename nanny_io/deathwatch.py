@@ -110,10 +110,13 @@ class CellWatch:
         return report, cell.first_seq
 
 
-def last_words(store: LogStore, incarnation: int, since_seq: int | None) -> LastWords:
+def last_words(
+    store: LogStore, incarnation: int, since_seq: int | None, ready_seq: int | None = None
+) -> LastWords:
     """The kernel's last words: everything written since the running cell started (all
-    streams, fd and iopub, in order, the newest kept within the bounds), or the newest
-    lines of the incarnation when no cell was running."""
+    streams, fd and iopub, in order, the newest kept within the bounds), or, when no cell
+    was running, the newest lines written since the kernel became ready (``ready_seq``; its
+    start-up banner is not news), or of the whole incarnation when it never became ready."""
     if since_seq is not None:
         lines = store.tail_text(
             streams=_KERNEL_STREAMS,
@@ -129,6 +132,7 @@ def last_words(store: LogStore, incarnation: int, since_seq: int | None) -> Last
             max_lines=IDLE_LAST_WORDS_LINES,
             max_chars=IDLE_LAST_WORDS_CHARS,
             incarnation=incarnation,
+            from_seq=ready_seq or 1,
             priorities=True,
         )
     return LastWords.from_tail(lines)

@@ -88,6 +88,7 @@ class Incarnation:
     maxrss: int | None = None  # its peak memory, from its wait status's resource usage
     tree_peak: int = 0  # the most its process tree used at once, as sampled
     nanny_killed: bool = False  # the nanny sent it SIGKILL (asked to, or ending its tree)
+    ready_seq: int | None = None  # the first log seq after it was proven ready
 
     @property
     def alive(self) -> bool:
@@ -254,6 +255,7 @@ class Supervisor:
             inc.oom = watch
         self.endpoints.heartbeat.resume()
         self.cells.quiet()  # its start-up output is nobody's last words
+        inc.ready_seq = self.journal.store.last_seq + 1
         self.journal.enter(KernelState.RUNNING)
         event: KernelStarted | KernelRestarted
         if number == 1:
@@ -427,7 +429,7 @@ class Supervisor:
         running = self.cells.running(msg_id)
         cell, since = running if running is not None else (None, None)
         reason = describe_death(cause, oom=oom, peak=peak, cell=cell)
-        words = last_words(self.journal.store, inc.number, since)
+        words = last_words(self.journal.store, inc.number, since, inc.ready_seq)
         return KernelDied(
             exit_code,
             signum,
