@@ -54,6 +54,10 @@ export interface IDeath {
   signal?: number | null;
   signal_name?: string | null;
   reason?: string;
+  /** How it ended, without memory figures or cell (nannies since protocol 1.1). */
+  cause?: string | null;
+  /** The request that was running, from its execute_input. */
+  cell?: { execution_count?: number | null; code?: string } | null;
   last_words?: { stream: string; text: string; priority?: number }[];
   seq: number;
 }
@@ -106,6 +110,19 @@ export function deathReason(death: Partial<IDeath>): string {
     return `exited with code ${death.exit_code}`;
   }
   return 'died';
+}
+
+/**
+ * A death in a few words, for a notification (which has room for about 140 characters):
+ * how it ended and the cell's number; `deathReason` has the whole line.
+ */
+export function deathHeadline(death: Partial<IDeath>): string {
+  const cause = death.cause || deathReason(death);
+  if (!death.cell) {
+    return cause;
+  }
+  const count = death.cell.execution_count;
+  return typeof count === 'number' ? `${cause} while running cell [${count}]` : `${cause} while running a cell`;
 }
 
 /** At most `max` characters of `text`, with an ellipsis when cut. */

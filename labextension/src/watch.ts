@@ -15,7 +15,7 @@ import { ILoggerRegistry, LogLevel } from '@jupyterlab/logconsole';
 import { IDisposable } from '@lumino/disposable';
 
 import { LogFollow } from './follow';
-import { deathReason, IDeath, IFrame, priorityOf } from './logmodel';
+import { deathHeadline, deathReason, IDeath, IFrame, priorityOf } from './logmodel';
 
 /** How often stderr and log lines are passed to the Log Console. */
 const FLUSH_MS = 500;
@@ -138,7 +138,10 @@ class KernelWatch {
     const cell = hosts.map(h => h.runningCell()).find(c => c);
     const where = hosts.map(h => h.path.split('/').pop()).join(', ') || `kernel ${this.kernelId}`;
     const reason = deathReason(death);
-    const message = `The kernel of ${where} died: ${reason}` + (cell ? `, running ${cell}` : '');
+    // The nanny names the cell when it knows it; otherwise what this page scheduled.
+    const message =
+      `The kernel of ${where} died: ${deathHeadline(death)}` +
+      (!death.cell && cell ? `, running ${cell}` : '');
     Notification.error(message, {
       autoClose: false,
       actions: [

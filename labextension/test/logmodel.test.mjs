@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { deathReason, LogModel, matches } from '../lib/logmodel.js';
+import { deathHeadline, deathReason, LogModel, matches } from '../lib/logmodel.js';
 
 const rec = (seq, stream, text, extra = {}) => ({
   seq, time: '2026-12-01T01:19:21.683+00:00', stream, text, incarnation: 1, ...extra
@@ -56,6 +56,14 @@ test('filters keep markers, and search ignores case', () => {
 test('a death without a reason is described from its numbers', () => {
   assert.equal(deathReason({ signal: 11, signal_name: 'SIGSEGV' }), 'killed by SIGSEGV');
   assert.equal(deathReason({ exit_code: 3 }), 'exited with code 3');
+  const oom = {
+    reason: 'killed by the out-of-memory killer (cgroup limit 2.00 GiB, kernel peak 1.97 GiB) while running cell [12] `df = load()` (started 41 s earlier)',
+    cause: 'killed by the out-of-memory killer',
+    cell: { execution_count: 12, code: 'df = load()' }
+  };
+  assert.equal(deathHeadline(oom), 'killed by the out-of-memory killer while running cell [12]');
+  assert.equal(deathHeadline({ cause: 'exited with code 3', cell: null }), 'exited with code 3');
+  assert.equal(deathHeadline({ signal_name: 'SIGKILL' }), 'killed by SIGKILL');
 });
 
 test('lines carry their priority, or their stream default from servers before priorities', () => {

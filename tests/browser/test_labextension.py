@@ -191,10 +191,11 @@ def test_level_filter_and_log_console_levels(
 
     level.select_option(label="warning+")
     expect(shown.filter(has_text="connected to the database")).to_have_count(0)
-    assert [t for t in texts() if t in lines] == [
+    # the log FIFO and stderr are separate pipes: their relative order is approximate
+    assert sorted(t for t in texts() if t in lines) == [
+        "a warning on stderr",
         "database connection lost",
         "slow query: 12 s",
-        "a warning on stderr",
     ], texts()
     expect(_rows(ui).filter(has_text="Kernel started")).to_be_visible()  # markers stay
     ui.shot("levels-warning")
@@ -234,7 +235,7 @@ def test_death_notification_marker_and_restart(
     toast = ui.page.locator(".Toastify__toast", has_text="SIGKILL")
     expect(toast).to_be_visible(timeout=15_000)
     expect(toast).to_contain_text("death.ipynb")
-    expect(toast).to_contain_text("running cell 1")
+    expect(toast).to_contain_text("while running cell [1]")
     ui.page.wait_for_timeout(800)  # the toast's entrance animation, for the screenshot
     ui.shot("death-notification")
     # the server restarts the kernel (its restarter polls every 3 s) and Lab says so
