@@ -25,6 +25,8 @@ _LOOPBACK_IPS = {"127.0.0.1", "localhost", "::1"}
 #: How long a nanny that exits with its kernel lets its last iopub and log messages (the
 #: death report) leave before it closes the frontend-facing sockets.
 FINAL_LINGER_MS = 500
+#: How soon a kernel-facing socket retries a refused connection (the kernel is booting).
+KERNEL_RECONNECT_MS = 5
 
 
 class Endpoints:
@@ -99,6 +101,11 @@ class Endpoints:
         """A socket connected to the kernel; a CurveZMQ client when the kernel is a server."""
         sock = (self._plain_ctx if plain else self.ctx).socket(socket_type)
         sock.linger = 0
+        # The kernel binds these ports while it boots, after the nanny connected: libzmq
+        # retries a refused connection after RECONNECT_IVL (100 ms by default), which would
+        # add up to that much to every start and restart. A refused loopback connect costs
+        # microseconds, so retry often.
+        sock.reconnect_ivl = KERNEL_RECONNECT_MS
         if self.frontend.curve_secretkey and self.frontend.curve_publickey:
             sock.curve_secretkey = self.frontend.curve_secretkey.encode()
             sock.curve_publickey = self.frontend.curve_publickey.encode()
