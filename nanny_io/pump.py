@@ -49,7 +49,11 @@ class Pump:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         return
-                    pending = handle(frames)
+                    try:
+                        pending = handle(frames)
+                    except BaseException as exc:  # to the owning task, as an awaited receive would
+                        later.set_exception(exc)
+                        return
                     if pending is not None:
                         later.set_result(pending)
 
@@ -58,6 +62,9 @@ class Pump:
             try:
                 readable()  # what queued while nobody was reading
                 pending = await later
+            except asyncio.CancelledError:
+                _close_unawaited(later)
+                raise
             finally:
                 self._readable = None
                 loop.remove_reader(fd)
@@ -70,3 +77,12 @@ class Pump:
             return
         if cast(int, self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             self._loop.call_soon(readable)
+
+
+def _close_unawaited(later: asyncio.Future[Awaitable[Any]]) -> None:
+    """A handler's coroutine that the cancelled pump will never await: close it (else Python
+    warns that it was never awaited)."""
+    if later.done() and not later.cancelled() and later.exception() is None:
+        pending = later.result()
+        if asyncio.iscoroutine(pending):
+            pending.close()

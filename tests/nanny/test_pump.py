@@ -121,3 +121,23 @@ def test_replies_sent_from_the_handler_keep_flowing() -> None:
             ctx.destroy(linger=0)
 
     assert asyncio.run(main()) == 500
+
+
+def test_a_failing_handler_ends_the_pump_with_its_error() -> None:
+    """As an awaited receive loop would: the owning task fails (and the nanny stops)."""
+
+    async def main() -> None:
+        ctx: zmq.Context[Any] = zmq.Context()
+        inside, outside = _pair(ctx)
+
+        def handle(frames: list[bytes]) -> None:
+            raise ValueError(f"cannot handle {frames[0]!r}")
+
+        try:
+            outside.send(b"bad")
+            with pytest.raises(ValueError, match="cannot handle b'bad'"):
+                await asyncio.wait_for(Pump(inside, handle).run(), 10)
+        finally:
+            ctx.destroy(linger=0)
+
+    asyncio.run(main())
