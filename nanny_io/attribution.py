@@ -167,10 +167,7 @@ class Attribution:
         Bytes written before the kernel sent idle are already in the pipes. A kernel that
         writes delimiters gets until its END delimiters arrive (bounded by ``end_wait``).
         """
-        self._drain()
-        for stream in (Stream.STDOUT, Stream.STDERR):
-            if stream not in self.open_markers:  # a trailing ESC is output, not a delimiter
-                self._release_held(stream)
+        self._drain_for_idle()
         msg_id = parent.get("msg_id")
         deadline = time.monotonic() + self.end_wait
         while msg_id in self.open_markers.values() and time.monotonic() < deadline:
@@ -184,6 +181,24 @@ class Attribution:
             if open_id == msg_id:  # END never came: stop attributing to a finished request
                 del self.open_markers[stream]
                 self._on_delimiter_timeout(stream, open_id)
+        self._finish_idle(parent)
+
+    def drain_before_idle_now(self, parent: Parent) -> bool:
+        """:meth:`drain_before_idle` without waiting, when no delimited output of the
+        request is still open (the usual case); False (nothing finished) when it is."""
+        self._drain_for_idle()
+        if parent.get("msg_id") in self.open_markers.values():
+            return False
+        self._finish_idle(parent)
+        return True
+
+    def _drain_for_idle(self) -> None:
+        self._drain()
+        for stream in (Stream.STDOUT, Stream.STDERR):
+            if stream not in self.open_markers:  # a trailing ESC is output, not a delimiter
+                self._release_held(stream)
+
+    def _finish_idle(self, parent: Parent) -> None:
         self.resolve_limbo(None)
         if self.forwarder is not None:
             self.forwarder.flush(parent)

@@ -22,8 +22,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from nanny_io_proto.connection_files import NannyConnectionInfo, decode_connection_file
 from nanny_io_proto.errors import ConnectionFileError
 
@@ -268,6 +266,8 @@ class NannyState:
 
     def nanny_alive(self) -> bool:
         """Whether the nanny that wrote this file still runs (same pid, same start time)."""
+        import psutil  # here: ``nanny-io start`` spawns the kernel before importing it
+
         try:
             proc = psutil.Process(self.nanny_pid)
             return abs(proc.create_time() - self.nanny_started) < 1.0 and proc.status() != "zombie"
@@ -359,6 +359,8 @@ def resolve_kernel(ref: str) -> KernelRef:
 
 def state_summary(state: NannyState, alive: bool, now: float) -> dict[str, Any]:
     """One row of ``nanny-io list``: the state plus live figures from psutil."""
+    import psutil
+
     memory = None
     runs = alive and kernel_process_runs(state.status)  # else kernel_pid is the last one's
     if runs and state.kernel_pid:

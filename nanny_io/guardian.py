@@ -30,9 +30,10 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 PR_SET_CHILD_SUBREAPER = 36
 #: ru_maxrss is in KiB on Linux, in bytes on macOS.
@@ -99,6 +100,9 @@ def _send(sock: socket.socket, obj: Mapping[str, object], fds: Sequence[int] = (
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
+    # psutil is imported when first needed, not before the kernel's spawn (it is ~15 ms).
+    import psutil
+
     try:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
@@ -106,6 +110,8 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 
 def _signal_all(procs: Iterable[psutil.Process], signum: int) -> None:
+    import psutil
+
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.send_signal(signum)

@@ -330,7 +330,7 @@ class Nanny:
         if self.config.spec.interrupt_mode == "message":
             assert self.endpoints is not None  # its reply comes back without identities
             frames = self.session.frames("interrupt_request", {})
-            await self.endpoints.kernel_control.send_multipart(frames)
+            await self.endpoints.to_kernel_control(frames)
             return True
         return self.supervisor.signal_group(signal.SIGINT)
 

@@ -10,11 +10,10 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from nanny_io_proto.control import (
     KernelRestarted,
@@ -63,32 +62,39 @@ class Proxy:
         self.stats: dict[str, int] = {"control_rejected": 0, "control_forwarded": 0}
         self._last_rejection_note = -1.0
         self._shutdown_replied: deque[str] = deque(maxlen=64)  # requests the kernel answered
+        self._front_iopub: zmq.Socket[Any] = zmq.Socket.shadow(endpoints.iopub.underlying)
 
     def serve(self) -> None:
         """Start serving the frontends (once the first incarnation is ready)."""
-        self.journal.spawn(self._serve_control(), "control")
+        endpoints = self.endpoints
+        self.journal.spawn(endpoints.pump(endpoints.control, self._on_control).run(), "control")
         self.journal.spawn(self._serve_iopub_subscriptions(), "iopub-subscriptions")
 
     def serve_kernel(self) -> None:
         """Start forwarding what the kernel sends (before the first launch: readiness is
         proven by the kernel's iopub)."""
-        self.journal.spawn(self._serve_kernel_control(), "kernel-control")
-        self.journal.spawn(self._serve_kernel_iopub(), "kernel-iopub")
+        endpoints = self.endpoints
+        self.journal.spawn(
+            endpoints.pump(endpoints.kernel_control, self._on_kernel_control).run(),
+            "kernel-control",
+        )
+        self.journal.spawn(
+            endpoints.pump(endpoints.kernel_iopub, self._on_kernel_iopub).run(), "kernel-iopub"
+        )
 
     # ------------------------------------------------------------------ control
 
-    async def _serve_control(self) -> None:
+    def _on_control(self, frames: list[bytes]) -> None:
         """Frontend control ROUTER: verify everything, act on nanny messages, forward the rest."""
-        async for frames in _arrivals(self.endpoints.control):
-            try:
-                msg = self.session.decode(frames)
-            except RemoteProtocolError as exc:
-                self._count_rejection(exc)
-                continue
-            try:
-                await self._handle_control(msg, frames)
-            except RemoteProtocolError as exc:
-                await self.endpoints.reply_error(msg, "ValueError", str(exc))
+        try:
+            msg = self.session.decode(frames)
+        except RemoteProtocolError as exc:
+            self._count_rejection(exc)
+            return
+        try:
+            self._handle_control(msg, frames)
+        except RemoteProtocolError as exc:
+            self.endpoints.reply_error(msg, "ValueError", str(exc))
 
     def _count_rejection(self, exc: RemoteProtocolError) -> None:
         """Count a dropped control message; say so at most once a second (a flood of garbage
@@ -109,7 +115,7 @@ class Proxy:
         self.journal.state.rejected_messages = total
         self.journal.save_soon()
 
-    async def _handle_control(self, msg: Message, frames: list[bytes]) -> None:
+    def _handle_control(self, msg: Message, frames: list[bytes]) -> None:
         kind = msg.msg_type
         supervisor = self.supervisor
         if kind == "shutdown_request":
@@ -117,9 +123,7 @@ class Proxy:
 
             async def reply_if_the_kernel_did_not() -> None:
                 if msg.msg_id not in self._shutdown_replied:
-                    await self.endpoints.reply(
-                        msg, "shutdown_reply", shutdown_reply_content(restart)
-                    )
+                    self.endpoints.reply(msg, "shutdown_reply", shutdown_reply_content(restart))
 
             self.journal.spawn(
                 supervisor.shutdown(restart, frames, reply_if_the_kernel_did_not), "shutdown"
@@ -127,83 +131,97 @@ class Proxy:
             return
         if kind == "launch_request":
             if supervisor.busy or supervisor.kernel_alive:
-                await self.endpoints.reply_error(
-                    msg, "KernelRunning", "the kernel is already running"
-                )
+                self.endpoints.reply_error(msg, "KernelRunning", "the kernel is already running")
                 return
 
             async def reply(outcome: KernelStarted | KernelRestarted | str) -> None:
                 if isinstance(outcome, str):
-                    await self.endpoints.reply_error(msg, "KernelStartError", outcome)
+                    self.endpoints.reply_error(msg, "KernelStartError", outcome)
                 else:
-                    await self.endpoints.reply(msg, "launch_reply", launch_reply_content(outcome))
+                    self.endpoints.reply(msg, "launch_reply", launch_reply_content(outcome))
 
             self.journal.spawn(supervisor.relaunch(reply), "launch")
             return
         if not supervisor.kernel_alive:
-            await self.endpoints.reply_error(
-                msg, "KernelDead", "the kernel is not running; restart it"
-            )
+            self.endpoints.reply_error(msg, "KernelDead", "the kernel is not running; restart it")
             return
         if kind == "interrupt_request" and self.spec.interrupt_mode != "message":
             supervisor.signal_group(signal.SIGINT)
-            await self.endpoints.reply(msg, "interrupt_reply", interrupt_reply_content())
+            self.endpoints.reply(msg, "interrupt_reply", interrupt_reply_content())
             return
         if kind == "signal_request":
             signum = parse_signal_request(msg.content, SIGNALS)
             if not supervisor.signal_group(signum):
-                await self.endpoints.reply_error(msg, "ProcessLookupError", "the kernel is gone")
+                self.endpoints.reply_error(msg, "ProcessLookupError", "the kernel is gone")
                 return
             content = signal_reply_content(signum, signal_name(signum, SIGNALS))
-            await self.endpoints.reply(msg, "signal_reply", content)
+            self.endpoints.reply(msg, "signal_reply", content)
             return
         self.stats["control_forwarded"] += 1
-        await self.endpoints.kernel_control.send_multipart(frames)
+        endpoints = self.endpoints
+        try:
+            endpoints.kernel_control.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:  # a thousand messages queued for a kernel that does not read
+            self.journal.spawn(endpoints.to_kernel_control(frames), "control-backlog")
+            return
+        endpoints.kick(endpoints.kernel_control)
 
-    async def _serve_kernel_control(self) -> None:
+    def _on_kernel_control(self, frames: list[bytes]) -> None:
         """Kernel control replies back to the frontend that asked (its identity leads)."""
-        front: zmq.Socket[Any] = zmq.Socket.shadow(self.endpoints.control.underlying)
-        async for frames in _arrivals(self.endpoints.kernel_control):
-            idents, rest = _safe_split(frames)
-            if not idents:
-                continue  # a reply to the nanny's own request
-            if len(rest) > 2 and b"shutdown_reply" in rest[1]:
-                with contextlib.suppress(RemoteProtocolError, ValueError, AttributeError):
-                    if peek_header(frames).get("msg_type") == "shutdown_reply":
-                        self._shutdown_replied.append(json.loads(rest[2]).get("msg_id", ""))
-            front.send_multipart(frames, zmq.NOBLOCK)  # ROUTER: routes or drops, never waits
+        idents, rest = _safe_split(frames)
+        if not idents:
+            return  # a reply to the nanny's own request
+        if len(rest) > 2 and b"shutdown_reply" in rest[1]:
+            with contextlib.suppress(RemoteProtocolError, ValueError, AttributeError):
+                if peek_header(frames).get("msg_type") == "shutdown_reply":
+                    self._shutdown_replied.append(json.loads(rest[2]).get("msg_id", ""))
+        control = self.endpoints.control
+        control.send_multipart(frames, zmq.NOBLOCK)  # ROUTER: routes or drops, never waits
+        self.endpoints.kick(control)
 
     # ------------------------------------------------------------------ iopub
 
-    async def _serve_kernel_iopub(self) -> None:
-        """Forward the kernel's iopub to every frontend, watching busy/idle for attribution."""
-        front: zmq.Socket[Any] = zmq.Socket.shadow(self.endpoints.iopub.underlying)
+    def _on_kernel_iopub(self, frames: list[bytes]) -> Awaitable[None] | None:
+        """Forward one kernel iopub message to every frontend, watching busy/idle for
+        attribution; a ``status: idle`` waits (and the messages after it) while the request
+        may still write delimited output (specs/output-sync.md)."""
         attribution = self.attribution
+        _, rest = _safe_split(frames)
+        # Most messages only pass through: parse a header only when it can matter.
+        if len(rest) >= 5 and (b"status" in rest[1] or b"iopub_welcome" in rest[1]):
+            try:
+                kind = json.loads(rest[1]).get("msg_type")
+            except (ValueError, AttributeError):
+                kind = None
+            if kind == "iopub_welcome":
+                # Sent when our subscription reached the kernel: iopub is connected.
+                self.supervisor.probe_seen.set()
+                return None  # the nanny greets its own subscribers
+            if kind == "status" and self._track_status(rest) == "idle":
+                parent = attribution.idle_parent
+                if not attribution.drain_before_idle_now(parent):
+                    return self._forward_after_idle_drain(parent, frames, rest)
+        elif attribution.before_forwarding() and len(rest) >= 5:
+            # Output the request wrote to its pipes before this message (say, before its
+            # execute_result) goes out first.
+            self.supervisor.output.drain()
+            assert attribution.forwarder is not None
+            attribution.forwarder.flush()
+        self._forward_iopub(frames, rest)
+        return None
+
+    async def _forward_after_idle_drain(
+        self, parent: dict[str, Any], frames: list[bytes], rest: list[bytes]
+    ) -> None:
+        await self.attribution.drain_before_idle(parent)
+        self._forward_iopub(frames, rest)
+
+    def _forward_iopub(self, frames: list[bytes], rest: list[bytes]) -> None:
+        # After the drain: the fd output written before this message is stored first.
         iopub_log = self.iopub_log
-        async for frames in _arrivals(self.endpoints.kernel_iopub):
-            _, rest = _safe_split(frames)
-            # Most messages only pass through: parse a header only when it can matter.
-            if len(rest) >= 5 and (b"status" in rest[1] or b"iopub_welcome" in rest[1]):
-                try:
-                    kind = json.loads(rest[1]).get("msg_type")
-                except (ValueError, AttributeError):
-                    kind = None
-                if kind == "iopub_welcome":
-                    # Sent when our subscription reached the kernel: iopub is connected.
-                    self.supervisor.probe_seen.set()
-                    continue  # the nanny greets its own subscribers
-                if kind == "status" and self._track_status(rest) == "idle":
-                    await attribution.drain_before_idle(attribution.idle_parent)
-            elif attribution.before_forwarding() and len(rest) >= 5:
-                # Output the request wrote to its pipes before this message (say, before its
-                # execute_result) goes out first.
-                self.supervisor.output.drain()
-                assert attribution.forwarder is not None
-                attribution.forwarder.flush()
-            # After the drain above: the fd output written before this message is stored first.
-            if iopub_log is not None and len(rest) >= 5 and iopub_log.wants(rest[1]):
-                iopub_log.on_message(rest)
-            front.send_multipart(frames, zmq.NOBLOCK)  # PUB: never waits, drops at HWM
+        if iopub_log is not None and len(rest) >= 5 and iopub_log.wants(rest[1]):
+            iopub_log.on_message(rest)
+        self._front_iopub.send_multipart(frames, zmq.NOBLOCK)  # PUB: never waits, drops at HWM
 
     def _track_status(self, rest: list[bytes]) -> Any:
         """A status message's execution state, after noting what it says."""
@@ -242,24 +260,8 @@ class Proxy:
                 )
             )
             if topic:
-                await self.endpoints.kernel_iopub.send(event)
-
-
-async def _arrivals(sock: zmq.asyncio.Socket) -> AsyncIterator[list[bytes]]:
-    """Every message arriving on ``sock``: one wake-up, then all that is queued.
-
-    Receiving through a plain (shadow) socket once the poll fired avoids a future per
-    message; on a busy channel that is most of the cost of a hop through the nanny.
-    """
-    raw: zmq.Socket[Any] = zmq.Socket.shadow(sock.underlying)
-    while True:
-        await sock.poll()  # POLLIN
-        while True:
-            try:
-                frames = raw.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            yield frames
+                self.endpoints.kernel_iopub.send(event, zmq.NOBLOCK)  # XSUB: never waits
+                self.endpoints.kick(self.endpoints.kernel_iopub)
 
 
 def _safe_split(frames: list[bytes]) -> tuple[tuple[bytes, ...], list[bytes]]:

@@ -454,7 +454,9 @@ class Supervisor:
         deadline = time.monotonic() + limit
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
-            if cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            waiting = cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
+            self.endpoints.kick(sock)  # reading EVENTS may have taken the pump's wake-up
+            if waiting:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= 0.02:
                 return
@@ -539,7 +541,7 @@ class Supervisor:
                 self.journal.enter(KernelState.SHUTTING_DOWN)
                 session = self.endpoints.session
                 frames = forward or session.frames("shutdown_request", {"restart": restart})
-                await self.endpoints.kernel_control.send_multipart(frames)
+                await self.endpoints.to_kernel_control(frames)
                 try:
                     await asyncio.wait_for(asyncio.shield(inc.exited), self.config.shutdown_grace)
                 except asyncio.TimeoutError:

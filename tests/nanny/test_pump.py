@@ -1,0 +1,143 @@
+"""Pump: a plain zmq socket drained into a function from the loop's reader callback."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import zmq
+
+from nanny_io.pump import Pump
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _pair(ctx: zmq.Context[Any]) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+    a = ctx.socket(zmq.PAIR)
+    a.linger = 0
+    port = a.bind_to_random_port("tcp://127.0.0.1")
+    b = ctx.socket(zmq.PAIR)
+    b.linger = 0
+    b.connect(f"tcp://127.0.0.1:{port}")
+    return a, b
+
+
+def test_order_is_kept_while_a_handler_finishes_asynchronously() -> None:
+    """A message whose handling must await holds back every later one, none is lost."""
+
+    async def main() -> list[str]:
+        ctx: zmq.Context[Any] = zmq.Context()
+        inside, outside = _pair(ctx)
+        seen: list[str] = []
+        done = asyncio.Event()
+        gate = asyncio.Event()
+
+        async def finish(text: str) -> None:
+            await gate.wait()
+            seen.append(text)
+
+        def handle(frames: list[bytes]) -> Any:
+            text = frames[0].decode()
+            if text == "slow":
+                return finish(text)
+            seen.append(text)
+            if text == "last":
+                done.set()
+            return None
+
+        pump = Pump(inside, handle)
+        task = asyncio.create_task(pump.run())
+        try:
+            for text in ("one", "slow", "two", "three", "last"):
+                outside.send(text.encode())
+            await asyncio.sleep(0.2)  # the slow one is still waiting for its gate
+            assert seen == ["one"]
+            gate.set()
+            await asyncio.wait_for(done.wait(), 10)
+            return seen
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            ctx.destroy(linger=0)
+
+    assert asyncio.run(main()) == ["one", "slow", "two", "three", "last"]
+
+
+def test_replies_sent_from_the_handler_keep_flowing() -> None:
+    """Request/reply through two pumps that send on each other's sockets (and kick the
+    other pump, as the nanny's control hop does): every round trip completes."""
+
+    async def main() -> int:
+        ctx: zmq.Context[Any] = zmq.Context()
+        front, client = _pair(ctx)
+        back, echo = _pair(ctx)
+        pumps: dict[str, Pump] = {}
+
+        def to_back(frames: list[bytes]) -> None:
+            back.send_multipart(frames, zmq.NOBLOCK)
+            pumps["back"].kick()
+
+        def to_front(frames: list[bytes]) -> None:
+            front.send_multipart(frames, zmq.NOBLOCK)
+            pumps["front"].kick()
+
+        pumps["front"] = Pump(front, to_back)
+        pumps["back"] = Pump(back, to_front)
+        tasks = [asyncio.create_task(p.run()) for p in pumps.values()]
+        loop = asyncio.get_running_loop()
+
+        def echo_loop() -> int:
+            count = 0
+            poller = zmq.Poller()
+            poller.register(echo, zmq.POLLIN)
+            while count < 500 and poller.poll(5000):
+                echo.send_multipart(echo.recv_multipart())
+                count += 1
+            return count
+
+        def client_loop() -> int:
+            answered = 0
+            poller = zmq.Poller()
+            poller.register(client, zmq.POLLIN)
+            for i in range(500):
+                client.send(b"%d" % i)
+                if not poller.poll(5000):
+                    break
+                assert client.recv() == b"%d" % i
+                answered += 1
+            return answered
+
+        try:
+            echoed = loop.run_in_executor(None, echo_loop)
+            answered = await loop.run_in_executor(None, client_loop)
+            assert await echoed == 500
+            return answered
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            ctx.destroy(linger=0)
+
+    assert asyncio.run(main()) == 500
+
+
+def test_a_failing_handler_ends_the_pump_with_its_error() -> None:
+    """As an awaited receive loop would: the owning task fails (and the nanny stops)."""
+
+    async def main() -> None:
+        ctx: zmq.Context[Any] = zmq.Context()
+        inside, outside = _pair(ctx)
+
+        def handle(frames: list[bytes]) -> None:
+            raise ValueError(f"cannot handle {frames[0]!r}")
+
+        try:
+            outside.send(b"bad")
+            with pytest.raises(ValueError, match="cannot handle b'bad'"):
+                await asyncio.wait_for(Pump(inside, handle).run(), 10)
+        finally:
+            ctx.destroy(linger=0)
+
+    asyncio.run(main())
