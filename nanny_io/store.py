@@ -1,12 +1,16 @@
 """The log store: a byte-bounded ring of captured records, optionally spilled to disk.
 
-The capture path appends thousands of lines per call, so entries are kept as plain tuples
-``(seq, time_ns, incarnation, stream_code, flags, data)`` (``logrecords.Entry``) and
-:class:`LogRecord` objects are built only when someone reads. The stream is kept as its wire
-code (``STREAM_CODES``), not the enum member: a tuple of ints and bytes is untracked by the
-garbage collector, so a ring of a million entries adds nothing to the cost of a full
-collection. Seqs are assigned here, start at 1 and are consecutive, so a seq maps to a ring
-index by arithmetic. The store is not thread-safe: the nanny owns it from one event loop.
+The capture path appends thousands of lines per call, so the ring holds one *chunk* per
+append: ``(first_seq, time_ns, incarnation, stream_code, pieces, size, last_seq)``,
+``pieces`` being the appender's list of ``(data, flags)`` pairs, kept as it is (a single
+record, a nanny event, is kept as its entry tuple, which is smaller). Storing a chunk costs the same
+whatever its number of lines; the per-record tuples ``(seq, time_ns, incarnation,
+stream_code, flags, data)`` (``logrecords.Entry``) and :class:`LogRecord` objects are built
+only when someone reads, and give exactly the records a ring of one entry per line would
+(a test compares the two). Seqs are assigned here, start at 1 and are consecutive; a seq is
+found by bisecting the chunks' first seqs. The stream is kept as its wire code
+(``STREAM_CODES``), not the enum member. The store is not thread-safe: the nanny owns it
+from one event loop.
 
 Every append is also written to the :class:`~nanny_io.spill.Spill` (the on-disk history,
 see ``spill.py``) when there is one, and then announced to the store's listeners.
@@ -16,9 +20,10 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Callable, Collection, Iterable, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice, repeat
+from itertools import accumulate, repeat
 from operator import itemgetter
 from typing import Any, Final
 
@@ -54,9 +59,10 @@ __all__ = [
     "read_spill",
 ]
 
-#: Bytes charged per record on top of its data: the 6-tuple (88), seq and time ints (2 x 32),
-#: the bytes object header (33, rounded up) and the ring slot. Measured with tracemalloc; it
-#: keeps real memory under ``max_bytes`` even when every record is a single byte.
+#: Bytes charged per record on top of its data. It was measured with tracemalloc for a ring
+#: of one 6-tuple per record (the tuple, two ints, the bytes header, the slot); a chunk holds
+#: a (data, flags) pair per record, which is less, so real memory stays under ``max_bytes``
+#: even when every record is a single byte.
 RECORD_OVERHEAD: Final = 200
 
 _U32 = struct.Struct("<I")
@@ -66,14 +72,42 @@ _BY_CODE: tuple[Stream, ...] = tuple(sorted(STREAM_CODES, key=STREAM_CODES.__get
 #: Called after every append with ``(stream, first_seq, last_seq)`` of the records added.
 StoreListener = Callable[[Stream, int, int], None]
 
-#: What an evicted ring slot holds until the list is compacted (one shared object).
+#: Several records of one append in the ring:
+#: (first_seq, time_ns, incarnation, stream_code, pieces, bytes charged, last_seq).
+Chunk = tuple[int, int, int, int, list[tuple[bytes, int]], int, int]
+#: A ring slot: a chunk, or the entry of a one-record append (len 6, not 7).
+Slot = Chunk | Entry
+#: What an evicted slot holds until the list is compacted (one shared object).
 _GONE: Entry = (0, 0, 0, 0, 0, b"")
 
 _data = itemgetter(0)
-_entry_data = itemgetter(5)
-#: Records evicted at a time while the store is far over its bound, then closer.
-_EVICT_BLOCKS = (256, 16, 1)
 _flags = itemgetter(1)
+_charge = RECORD_OVERHEAD.__add__  # the bytes a record of n data bytes is charged
+
+
+def _last(slot: Slot) -> int:
+    """The last seq a ring slot holds."""
+    return slot[0] if len(slot) == 6 else slot[6]
+
+
+def _expand(slot: Slot, lo: int, hi: int) -> list[Entry]:
+    """The entries of ``slot``'s records ``lo .. hi - 1`` (indexes within the slot)."""
+    if len(slot) == 6:
+        return [slot] if lo < hi else []
+    first, time_ns, incarnation, code, pieces, _, _ = slot
+    part = pieces[lo:hi] if lo or hi < len(pieces) else pieces
+    n = len(part)
+    return list(
+        zip(
+            range(first + lo, first + lo + n),
+            repeat(time_ns, n),
+            repeat(incarnation, n),
+            repeat(code, n),
+            map(_flags, part),
+            map(_data, part),
+            strict=True,
+        )
+    )
 
 
 # -- packing -----------------------------------------------------------------------------------
@@ -168,10 +202,14 @@ class LogStore:
             raise ValueError(f"spill epoch {spill.epoch!r} is not the store's {epoch!r}")
         self.max_bytes = max_bytes
         self.spill = spill
+        # One chunk per append, with its first seq (for bisect) and bytes charged alongside.
         # Evicted slots are overwritten with _GONE at once (so memory follows bytes_used)
-        # and cut off the list once they are half of it (amortised O(1) per record).
-        self._ring: list[Entry] = []
+        # and cut off the lists once they are half of them (amortised O(1) per chunk); the
+        # oldest chunk is cut down to its held records when only some of them are evicted.
+        self._chunks: list[Slot] = []
+        self._firsts: list[int] = []
         self._start = 0
+        self._oldest = 1
         self._last_seq = 0
         self._bytes_used = 0
         self._evicted = 0
@@ -190,19 +228,19 @@ class LogStore:
 
     @property
     def count(self) -> int:
-        return len(self._ring) - self._start
+        return self._last_seq - self._oldest + 1
 
     @property
     def oldest_seq(self) -> int:
         """The oldest seq still held; ``last_seq + 1`` when the store is empty."""
-        return self._last_seq - (len(self._ring) - self._start) + 1
+        return self._oldest
 
     @property
     def bytes_used(self) -> int:
         return self._bytes_used
 
     def __len__(self) -> int:
-        return len(self._ring) - self._start
+        return self._last_seq - self._oldest + 1
 
     def statistics(self) -> StoreStats:
         spill = self.spill
@@ -260,6 +298,10 @@ class LogStore:
         _check_scalars(stream, incarnation, time_ns)
         if not checked:
             _check_pieces(pieces)
+        # The appender's list is kept (LineAssembler's is fresh and never touched again);
+        # anything else is copied, so that a caller's later change cannot reach the ring.
+        if not checked or type(pieces) is not list:
+            pieces = list(pieces)
         last = first + n - 1
         # One packed body for the spill and the log channel's live batch (see packed()).
         self._last_append = (first, last, time_ns, incarnation, stream, pieces)
@@ -267,19 +309,12 @@ class LogStore:
         if self.spill is not None and self.spill.active:
             self._last_body = b"".join(_body_parts(first, time_ns, incarnation, stream, pieces))
             self.spill.write_parts(first, [self._last_body])
-        self._ring.extend(
-            zip(
-                range(first, last + 1),
-                repeat(time_ns, n),
-                repeat(incarnation, n),
-                repeat(STREAM_CODES[stream], n),
-                map(_flags, pieces),
-                map(_data, pieces),
-                strict=True,
-            )
-        )
+        size = sum(map(len, map(_data, pieces))) + n * RECORD_OVERHEAD
+        code = STREAM_CODES[stream]
+        self._chunks.append((first, time_ns, incarnation, code, pieces, size, last))
+        self._firsts.append(first)
         self._last_seq = last
-        self._bytes_used += sum(map(len, map(_data, pieces))) + n * RECORD_OVERHEAD
+        self._bytes_used += size
         if self._bytes_used > self.max_bytes:
             self._evict()
         for listener in self._listeners:
@@ -301,7 +336,8 @@ class LogStore:
         if self.spill is not None and self.spill.active:
             head = RECORD_HEADER.pack(seq, time_ns, incarnation, code, flags, len(data))
             self.spill.write_parts(seq, [_ONE, head, data])
-        self._ring.append((seq, time_ns, incarnation, code, flags, data))
+        self._chunks.append((seq, time_ns, incarnation, code, flags, data))
+        self._firsts.append(seq)
         self._last_seq = seq
         self._bytes_used += len(data) + RECORD_OVERHEAD
         if self._bytes_used > self.max_bytes:
@@ -311,26 +347,43 @@ class LogStore:
         return seq
 
     def _evict(self) -> None:
-        ring = self._ring
+        """Evict the fewest oldest records that bring ``bytes_used`` within ``max_bytes``:
+        whole slots while that is not too many, then the head of the oldest chunk."""
+        chunks = self._chunks
         i = self._start
         used = self._bytes_used
         limit = self.max_bytes
-        start = i
-        # Whole blocks (sums in C) while even the block leaves the store over its bound,
-        # with ever smaller blocks, the last of one record.
-        for size in _EVICT_BLOCKS:
-            while used > limit:
-                block = ring[i : i + size]
-                freed = sum(map(len, map(_entry_data, block))) + len(block) * RECORD_OVERHEAD
-                if used - freed < limit and size > 1:
-                    break
-                ring[i : i + len(block)] = repeat(_GONE, len(block))
-                used -= freed
-                i += len(block)
-        self._evicted += i - start
+        evicted = 0
+        while used > limit:
+            slot = chunks[i]
+            if len(slot) == 6:  # one record
+                chunks[i] = _GONE
+                used -= len(slot[5]) + RECORD_OVERHEAD
+                evicted += 1
+                i += 1
+                continue
+            first, time_ns, incarnation, code, pieces, size, last = slot
+            if used - size >= limit:  # the whole chunk goes (no fewer records would do)
+                chunks[i] = _GONE
+                used -= size
+                evicted += len(pieces)
+                i += 1
+                continue
+            # Keep the newest pieces: drop the shortest head whose bytes bring us to limit.
+            # (running sums in C; k >= 1 since used > limit, k < len(pieces) since the
+            # whole chunk frees more than needed)
+            freed = list(accumulate(map(_charge, map(len, map(_data, pieces)))))
+            k = bisect_left(freed, used - limit) + 1
+            head = freed[k - 1]
+            chunks[i] = (first + k, time_ns, incarnation, code, pieces[k:], size - head, last)
+            self._firsts[i] = first + k
+            used -= head
+            evicted += k
+        self._evicted += evicted
+        self._oldest += evicted
         self._bytes_used = used
-        if i > 64 and 2 * i >= len(ring):
-            del ring[:i]
+        if i > 64 and 2 * i >= len(chunks):
+            del chunks[:i], self._firsts[:i]
             i = 0
         self._start = i
 
@@ -347,15 +400,15 @@ class LogStore:
             self._last_body = b"".join(_body_parts(first, time_ns, incarnation, stream, pieces))
         return self._last_body
 
-    def _span(self, from_seq: int, to_seq: int | None) -> tuple[int, int]:
-        """Ring indexes [lo, hi) of the held seqs within from_seq..to_seq (inclusive)."""
-        oldest = self.oldest_seq
-        lo_seq = max(from_seq, oldest)
-        hi_seq = self._last_seq if to_seq is None else min(to_seq, self._last_seq)
-        if lo_seq > hi_seq:
-            return 0, 0
-        base = self._start - oldest
-        return base + lo_seq, base + hi_seq + 1
+    def _bounds(self, from_seq: int, to_seq: int | None) -> tuple[int, int]:
+        """The held seqs within from_seq..to_seq (inclusive), as (lo, hi) seqs; lo > hi
+        when there are none."""
+        hi = self._last_seq if to_seq is None else min(to_seq, self._last_seq)
+        return max(from_seq, self._oldest), hi
+
+    def _chunk_of(self, seq: int) -> int:
+        """The index of the chunk holding ``seq`` (a held seq)."""
+        return bisect_right(self._firsts, seq, self._start) - 1
 
     def entries(
         self,
@@ -368,17 +421,28 @@ class LogStore:
 
         ``streams`` keeps only those streams; ``limit`` keeps the first ``limit`` matches.
         """
-        lo, hi = self._span(from_seq, to_seq)
-        ring = self._ring
-        if streams is None:
-            if limit is not None:
-                hi = min(hi, lo + max(limit, 0))
-            return ring[lo:hi]
-        wanted = _codes(streams)
-        matches = (e for e in islice(ring, lo, hi) if e[3] in wanted)
-        if limit is not None:
-            return list(islice(matches, max(limit, 0)))
-        return list(matches)
+        lo, hi = self._bounds(from_seq, to_seq)
+        want = -1 if limit is None else max(limit, 0)
+        if lo > hi or want == 0:
+            return []
+        wanted = None if streams is None else _codes(streams)
+        chunks = self._chunks
+        out: list[Entry] = []
+        for i in range(self._chunk_of(lo), len(chunks)):
+            slot = chunks[i]
+            first = slot[0]
+            if first > hi:
+                break
+            if wanted is not None and slot[3] not in wanted:
+                continue
+            a = max(lo - first, 0)
+            b = min(hi, _last(slot)) - first + 1
+            if want >= 0:
+                b = min(b, a + want - len(out))
+            out += _expand(slot, a, b)
+            if len(out) == want:
+                break
+        return out
 
     def records(
         self,
@@ -399,22 +463,37 @@ class LogStore:
         to_seq: int | None = None,
     ) -> list[Entry]:
         """The newest ``n`` matching entries within ``from_seq .. to_seq``, oldest first."""
-        lo, hi = self._span(from_seq, to_seq)
-        if n <= 0 or lo >= hi:
+        lo, hi = self._bounds(from_seq, to_seq)
+        if n <= 0 or lo > hi:
             return []
-        ring = self._ring
-        if streams is None:
-            return ring[max(lo, hi - n) : hi]
-        wanted = _codes(streams)
-        out: list[Entry] = []
-        for i in range(hi - 1, lo - 1, -1):
-            entry = ring[i]
-            if entry[3] in wanted:
-                out.append(entry)
-                if len(out) == n:
-                    break
-        out.reverse()
-        return out
+        wanted = None if streams is None else _codes(streams)
+        chunks = self._chunks
+        parts: list[list[Entry]] = []
+        got = 0
+        for i in range(self._chunk_of(hi), self._start - 1, -1):
+            slot = chunks[i]
+            first = slot[0]
+            if _last(slot) < lo:
+                break
+            if wanted is not None and slot[3] not in wanted:
+                continue
+            b = min(hi, _last(slot)) - first + 1
+            a = max(lo - first, 0, b - (n - got))
+            parts.append(_expand(slot, a, b))
+            got += b - a
+            if got == n:
+                break
+        return [entry for part in reversed(parts) for entry in part]
+
+    def _newest_first(self, lowest_seq: int) -> Iterator[Entry]:
+        """Held entries from the newest down to ``lowest_seq``, one chunk expanded at a time."""
+        chunks = self._chunks
+        for i in range(len(chunks) - 1, self._start - 1, -1):
+            slot = chunks[i]
+            last = _last(slot)
+            if last < lowest_seq:
+                return
+            yield from reversed(_expand(slot, max(lowest_seq - slot[0], 0), last - slot[0] + 1))
 
     def last(
         self,
@@ -460,10 +539,7 @@ class LogStore:
         lines: list[tuple[int, int, list[bytes]]] = []  # a min-heap of the newest max_lines
         flags_of: dict[int, int] = {}  # seq of a line's last piece -> its flags
         scanned = 0
-        ring = self._ring
-        lowest = self._start + max(0, from_seq - self.oldest_seq)
-        for i in range(len(ring) - 1, lowest - 1, -1):
-            seq, _, inc, code, flags, data = ring[i]
+        for seq, _, inc, code, flags, data in self._newest_first(from_seq):
             if code not in wanted or (incarnation is not None and inc != incarnation):
                 continue
             stream = code | (256 if flags & FLAG_IOPUB else 0)
