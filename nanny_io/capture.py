@@ -225,14 +225,14 @@ class StreamPipeline:
             self._on_output(self.stream, data)
 
     def _store(self, data: bytes) -> None:
-        self._append(self._lines.feed(data))
+        self._append(self._lines.feed(data), self._lines.plain)
         if self._lines.pending:
             self._arm()
 
-    def _append(self, pieces: list[tuple[bytes, int]]) -> None:
+    def _append(self, pieces: list[tuple[bytes, int]], plain: bytes | None = None) -> None:
         if pieces:
             self.store.append(
-                self.stream, self._incarnation(), time.time_ns(), pieces, checked=True
+                self.stream, self._incarnation(), time.time_ns(), pieces, checked=True, plain=plain
             )
 
     def _arm(self) -> None:

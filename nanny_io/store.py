@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import heapq
 import struct
+import sys
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -82,7 +84,11 @@ _GONE: Entry = (0, 0, 0, 0, 0, b"")
 
 _data = itemgetter(0)
 _flags = itemgetter(1)
-_charge = RECORD_OVERHEAD.__add__  # the bytes a record of n data bytes is charged
+
+
+def _freed(ends: list[int]) -> Callable[[int], int]:
+    """The bytes freed by evicting the first k pieces, given their data's running sums."""
+    return lambda k: ends[k - 1] + k * RECORD_OVERHEAD
 
 
 def _last(slot: Slot) -> int:
@@ -113,27 +119,75 @@ def _expand(slot: Slot, lo: int, hi: int) -> list[Entry]:
 # -- packing -----------------------------------------------------------------------------------
 
 
-def _body_parts(
+#: Seqs are written into the headers two low bytes at a time from these tables (byte 0 and
+#: byte 1 of 0, 1, 2, ... over two spans), so that consecutive seqs cost no int each.
+_SPAN: Final = 1 << 16
+_LOW0: Final = bytes(range(256)) * (2 * _SPAN // 256)
+_LOW1: Final = b"".join(bytes([v]) * 256 for v in range(256)) * 2
+_HEAD: Final = RECORD_HEADER.size  # 26: seq u64, time u64, incarnation u32, code, flags, len
+_LITTLE: Final = sys.byteorder == "little"
+
+
+def _headers(
+    first_seq: int,
+    time_ns: int,
+    incarnation: int,
+    code: int,
+    pieces: Sequence[tuple[bytes, int]],
+    plain: bool,
+) -> bytearray:
+    """The record headers of one append, byte for byte those of ``RECORD_HEADER.pack``.
+
+    Built by columns rather than one ``pack`` per record: the shared fields are a repeated
+    template, and each varying byte (seq, flags, length) is one strided slice assignment.
+    ``plain``: every flag is 0, as the template has it.
+    """
+    n = len(pieces)
+    size = _HEAD
+    heads = bytearray(RECORD_HEADER.pack(first_seq & ~0xFFFF, time_ns, incarnation, code, 0, 0) * n)
+    if n <= _SPAN:
+        low = first_seq & 0xFFFF
+        heads[0::size] = _LOW0[low : low + n]
+        heads[1::size] = _LOW1[low : low + n]
+        wrap = _SPAN - low  # the first record whose seq has the next high bytes
+        if wrap < n:
+            high = ((first_seq >> 16) + 1).to_bytes(6, "little")
+            for b in range(6):
+                heads[wrap * size + 2 + b :: size] = high[b : b + 1] * (n - wrap)
+    else:
+        seqs = array("Q", range(first_seq, first_seq + n))
+        if not _LITTLE:
+            seqs.byteswap()
+        column = seqs.tobytes()
+        for b in range(8):
+            heads[b::size] = column[b::8]
+    if not plain:
+        heads[21::size] = bytes(map(_flags, pieces))
+    lens = array("I", map(len, map(_data, pieces)))
+    if not _LITTLE:
+        lens.byteswap()
+    column = lens.tobytes()
+    for b in range(4):
+        heads[22 + b :: size] = column[b::4]
+    return heads
+
+
+def _body(
     first_seq: int,
     time_ns: int,
     incarnation: int,
     stream: Stream,
     pieces: Sequence[tuple[bytes, int]],
-) -> list[bytes]:
-    """Body parts (count, headers, data...) for consecutive records of one append."""
-    n = len(pieces)
-    heads = b"".join(
-        map(
-            RECORD_HEADER.pack,
-            range(first_seq, first_seq + n),
-            repeat(time_ns, n),
-            repeat(incarnation, n),
-            repeat(STREAM_CODES[stream], n),
-            map(_flags, pieces),
-            map(len, map(_data, pieces)),
-        )
+    plain: bytes | None,
+) -> bytes:
+    """The packed body (``pack_entries``) of consecutive records of one append; ``plain``
+    is the concatenation of their data when they are whole lines with flags 0."""
+    heads = _headers(
+        first_seq, time_ns, incarnation, STREAM_CODES[stream], pieces, plain is not None
     )
-    return [_U32.pack(n), heads, *map(_data, pieces)]
+    if plain is not None:
+        return b"".join((_U32.pack(len(pieces)), heads, plain))
+    return b"".join([_U32.pack(len(pieces)), heads, *map(_data, pieces)])
 
 
 def _materialise(entries: Iterable[Entry]) -> list[LogRecord]:
@@ -215,8 +269,9 @@ class LogStore:
         self._evicted = 0
         self._listeners: list[StoreListener] = []
         # The last append (first, last, time_ns, incarnation, stream, pieces) and its body.
-        self._last_append: tuple[int, int, int, int, Stream, Sequence[tuple[bytes, int]]] | None
-        self._last_append = None
+        self._last_append: (
+            tuple[int, int, int, int, Stream, Sequence[tuple[bytes, int]], bytes | None] | None
+        ) = None
         self._last_body: bytes | None = None
 
     # -- state --------------------------------------------------------------------------------
@@ -281,6 +336,7 @@ class LogStore:
         pieces: Sequence[tuple[bytes, int]],
         *,
         checked: bool = False,
+        plain: bytes | None = None,
     ) -> tuple[int, int]:
         """Store ``pieces`` ((data, flags) from LineAssembler) as consecutive records.
 
@@ -288,8 +344,11 @@ class LogStore:
         records reach the spill file with os.write before this returns; spill errors are
         logged once and never raised. Listeners are told unless there were no pieces.
         ``checked``: the caller vouches that every piece is a (bytes, u8 int) pair, as
-        LineAssembler's are; checking each one again costs the capture path more than
-        storing it.
+        LineAssembler's are, and hands over a list the store may keep and shorten;
+        checking each piece again costs the capture path more than storing it.
+        ``plain`` (with ``checked`` only): the caller also vouches that every piece is a
+        whole line with flags 0 and that their data concatenate to ``plain``
+        (``LineAssembler.plain``), which then serves as the data of the packed body.
         """
         first = self._last_seq + 1
         n = len(pieces)
@@ -302,14 +361,16 @@ class LogStore:
         # anything else is copied, so that a caller's later change cannot reach the ring.
         if not checked or type(pieces) is not list:
             pieces = list(pieces)
+            plain = None
         last = first + n - 1
         # One packed body for the spill and the log channel's live batch (see packed()).
-        self._last_append = (first, last, time_ns, incarnation, stream, pieces)
+        self._last_append = (first, last, time_ns, incarnation, stream, pieces, plain)
         self._last_body = None
         if self.spill is not None and self.spill.active:
-            self._last_body = b"".join(_body_parts(first, time_ns, incarnation, stream, pieces))
+            self._last_body = _body(first, time_ns, incarnation, stream, pieces, plain)
             self.spill.write_parts(first, [self._last_body])
-        size = sum(map(len, map(_data, pieces))) + n * RECORD_OVERHEAD
+        data_bytes = sum(map(len, map(_data, pieces))) if plain is None else len(plain)
+        size = data_bytes + n * RECORD_OVERHEAD
         code = STREAM_CODES[stream]
         self._chunks.append((first, time_ns, incarnation, code, pieces, size, last))
         self._firsts.append(first)
@@ -370,12 +431,18 @@ class LogStore:
                 i += 1
                 continue
             # Keep the newest pieces: drop the shortest head whose bytes bring us to limit.
-            # (running sums in C; k >= 1 since used > limit, k < len(pieces) since the
-            # whole chunk frees more than needed)
-            freed = list(accumulate(map(_charge, map(len, map(_data, pieces)))))
-            k = bisect_left(freed, used - limit) + 1
-            head = freed[k - 1]
-            chunks[i] = (first + k, time_ns, incarnation, code, pieces[k:], size - head, last)
+            # Running sums (in C) over a head a little longer than the records' mean size
+            # says is needed, or over the whole chunk if that head falls short; k >= 1
+            # since used > limit, k < len(pieces) since the whole chunk frees more.
+            need = used - limit
+            m = min(len(pieces), need * len(pieces) // size * 5 // 4 + 64)
+            ends = list(accumulate(map(len, map(_data, pieces[:m]))))  # data of pieces[:k + 1]
+            if ends[-1] + m * RECORD_OVERHEAD < need:
+                ends = list(accumulate(map(len, map(_data, pieces))))
+            k = bisect_left(range(1, len(ends) + 1), need, key=_freed(ends)) + 1
+            head = ends[k - 1] + k * RECORD_OVERHEAD
+            del pieces[:k]  # in place: a memmove, where a slice would copy what stays
+            chunks[i] = (first + k, time_ns, incarnation, code, pieces, size - head, last)
             self._firsts[i] = first + k
             used -= head
             evicted += k
@@ -396,8 +463,10 @@ class LogStore:
         if last is None or last[0] != first_seq or last[1] != last_seq:
             return None
         if self._last_body is None:
-            first, _, time_ns, incarnation, stream, pieces = last
-            self._last_body = b"".join(_body_parts(first, time_ns, incarnation, stream, pieces))
+            if first_seq < self._oldest:  # evicted at once: its pieces were cut down
+                return None
+            first, _, time_ns, incarnation, stream, pieces, plain = last
+            self._last_body = _body(first, time_ns, incarnation, stream, pieces, plain)
         return self._last_body
 
     def _bounds(self, from_seq: int, to_seq: int | None) -> tuple[int, int]:
