@@ -410,7 +410,7 @@ class LogStore:
     def _evict(self) -> None:
         """Evict the fewest oldest records that bring ``bytes_used`` within ``max_bytes``:
         whole slots while that is not too many, then the head of the oldest chunk."""
-        chunks = self._chunks
+        chunks, firsts = self._chunks, self._firsts
         i = self._start
         used = self._bytes_used
         limit = self.max_bytes
@@ -419,6 +419,7 @@ class LogStore:
             slot = chunks[i]
             if len(slot) == 6:  # one record
                 chunks[i] = _GONE
+                firsts[i] = 0  # (only seqs from self._start on are bisected)
                 used -= len(slot[5]) + RECORD_OVERHEAD
                 evicted += 1
                 i += 1
@@ -426,6 +427,7 @@ class LogStore:
             first, time_ns, incarnation, code, pieces, size, last = slot
             if used - size >= limit:  # the whole chunk goes (no fewer records would do)
                 chunks[i] = _GONE
+                firsts[i] = 0
                 used -= size
                 evicted += len(pieces)
                 i += 1
@@ -443,14 +445,14 @@ class LogStore:
             head = ends[k - 1] + k * RECORD_OVERHEAD
             del pieces[:k]  # in place: a memmove, where a slice would copy what stays
             chunks[i] = (first + k, time_ns, incarnation, code, pieces, size - head, last)
-            self._firsts[i] = first + k
+            firsts[i] = first + k
             used -= head
             evicted += k
         self._evicted += evicted
         self._oldest += evicted
         self._bytes_used = used
         if i > 64 and 2 * i >= len(chunks):
-            del chunks[:i], self._firsts[:i]
+            del chunks[:i], firsts[:i]
             i = 0
         self._start = i
 
