@@ -58,6 +58,8 @@ from nanny_io.testing import NannyProcess
 MiB = 1 << 20
 MB = 1e6
 CEILING_MESSAGE = 256 << 10
+#: The checkout this script belongs to: the "this" side of the comparison.
+THIS_CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def start(path: str | None, workdir: Path, tracker: ProcessTracker,
@@ -66,11 +68,14 @@ def start(path: str | None, workdir: Path, tracker: ProcessTracker,
     from jupyter_client.blocking.client import BlockingKernelClient
 
     env = dict(os.environ)
-    if path is not None:
-        env["PYTHONPATH"] = os.pathsep.join([path, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    checkout = path if path is not None else str(THIS_CHECKOUT)
+    env["PYTHONPATH"] = os.pathsep.join([checkout, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     connection_file = workdir / f"nanny-{uuid.uuid4().hex[:8]}.json"
+    # -P: "python -m" would put the current directory first on sys.path, ahead of
+    # PYTHONPATH, and run that checkout's nanny on both sides when started from one.
     nanny = NannyProcess(CAPTURE_SPEC, "--connection-file", str(connection_file),
-                         env=env, new_session=True)
+                         env=env, new_session=True,
+                         command=[sys.executable, "-P", "-m", "nanny_io"])
     stack.callback(benchkit.stop_nanny, nanny, tracker)
     nanny.wait_announced(60)
     tracker.add_tree(nanny.pid)

@@ -27,6 +27,14 @@ from .store import LogStore
 READ_SIZE = 1 << 20
 #: The most one drain() reads before it lets the event loop run again.
 DRAIN_LIMIT = 16 * PIPE_SIZE
+#: A read at least this large (but short of READ_SIZE) means a busy writer that the nanny
+#: outpaces: the next read waits BUSY_PAUSE, so that its output is taken in fewer, larger
+#: reads. Each read costs the same whatever its size (an append, a spill write, a signed
+#: batch), so reads of one 64 KiB write each cost more CPU per MB. Smaller reads (a line, a
+#: prompt) are handled at once; the pipe (PIPE_SIZE) holds a pause's worth of output at
+#: about 1 GB/s, so the writer does not wait.
+BUSY_READ = 48 * 1024
+BUSY_PAUSE = 0.001
 #: A partial line is stored after this long without its newline (prompts, progress bars).
 PARTIAL_LINE_DELAY = 0.05
 #: Longer lines are stored as several records flagged FLAG_NO_EOL.
@@ -54,6 +62,7 @@ class PipeReader:
         self._on_data = on_data
         self._on_eof = on_eof
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pause: asyncio.TimerHandle | None = None
         self.bytes_read = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -61,7 +70,20 @@ class PipeReader:
         loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
-        self._read_once()
+        before = self.bytes_read
+        if not self._read_once() or self._loop is None:
+            return
+        if BUSY_READ <= self.bytes_read - before < READ_SIZE:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(self.fd)
+            self._pause = self._loop.call_later(BUSY_PAUSE, self._resume)
+
+    def _resume(self) -> None:
+        """The end of a pause after a busy read: watch the pipe again and read it now."""
+        self._pause = None
+        if self._loop is not None and self.fd >= 0:
+            self._loop.add_reader(self.fd, self._readable)
+            self._readable()
 
     def _read_once(self) -> bool:
         """One read; True when something was read."""
@@ -93,6 +115,9 @@ class PipeReader:
             pass
 
     def _stop_watching(self) -> None:
+        if self._pause is not None:
+            self._pause.cancel()
+            self._pause = None
         if self._loop is not None and self.fd >= 0:
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(self.fd)
@@ -225,14 +250,14 @@ class StreamPipeline:
             self._on_output(self.stream, data)
 
     def _store(self, data: bytes) -> None:
-        self._append(self._lines.feed(data))
+        self._append(self._lines.feed(data), self._lines.plain)
         if self._lines.pending:
             self._arm()
 
-    def _append(self, pieces: list[tuple[bytes, int]]) -> None:
+    def _append(self, pieces: list[tuple[bytes, int]], plain: bytes | None = None) -> None:
         if pieces:
             self.store.append(
-                self.stream, self._incarnation(), time.time_ns(), pieces, checked=True
+                self.stream, self._incarnation(), time.time_ns(), pieces, checked=True, plain=plain
             )
 
     def _arm(self) -> None:

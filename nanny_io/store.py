@@ -1,12 +1,16 @@
 """The log store: a byte-bounded ring of captured records, optionally spilled to disk.
 
-The capture path appends thousands of lines per call, so entries are kept as plain tuples
-``(seq, time_ns, incarnation, stream_code, flags, data)`` (``logrecords.Entry``) and
-:class:`LogRecord` objects are built only when someone reads. The stream is kept as its wire
-code (``STREAM_CODES``), not the enum member: a tuple of ints and bytes is untracked by the
-garbage collector, so a ring of a million entries adds nothing to the cost of a full
-collection. Seqs are assigned here, start at 1 and are consecutive, so a seq maps to a ring
-index by arithmetic. The store is not thread-safe: the nanny owns it from one event loop.
+The capture path appends thousands of lines per call, so the ring holds one *chunk* per
+append: ``(first_seq, time_ns, incarnation, stream_code, pieces, size, last_seq)``,
+``pieces`` being the appender's list of ``(data, flags)`` pairs, kept as it is (a single
+record, a nanny event, is kept as its entry tuple, which is smaller). Storing a chunk costs the same
+whatever its number of lines; the per-record tuples ``(seq, time_ns, incarnation,
+stream_code, flags, data)`` (``logrecords.Entry``) and :class:`LogRecord` objects are built
+only when someone reads, and give exactly the records a ring of one entry per line would
+(a test compares the two). Seqs are assigned here, start at 1 and are consecutive; a seq is
+found by bisecting the chunks' first seqs. The stream is kept as its wire code
+(``STREAM_CODES``), not the enum member. The store is not thread-safe: the nanny owns it
+from one event loop.
 
 Every append is also written to the :class:`~nanny_io.spill.Spill` (the on-disk history,
 see ``spill.py``) when there is one, and then announced to the store's listeners.
@@ -16,9 +20,12 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Callable, Collection, Iterable, Sequence
+import sys
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice, repeat
+from itertools import accumulate, repeat
 from operator import itemgetter
 from typing import Any, Final
 
@@ -54,9 +61,10 @@ __all__ = [
     "read_spill",
 ]
 
-#: Bytes charged per record on top of its data: the 6-tuple (88), seq and time ints (2 x 32),
-#: the bytes object header (33, rounded up) and the ring slot. Measured with tracemalloc; it
-#: keeps real memory under ``max_bytes`` even when every record is a single byte.
+#: Bytes charged per record on top of its data. It was measured with tracemalloc for a ring
+#: of one 6-tuple per record (the tuple, two ints, the bytes header, the slot); a chunk holds
+#: a (data, flags) pair per record, which is less, so real memory stays under ``max_bytes``
+#: even when every record is a single byte.
 RECORD_OVERHEAD: Final = 200
 
 _U32 = struct.Struct("<I")
@@ -66,40 +74,120 @@ _BY_CODE: tuple[Stream, ...] = tuple(sorted(STREAM_CODES, key=STREAM_CODES.__get
 #: Called after every append with ``(stream, first_seq, last_seq)`` of the records added.
 StoreListener = Callable[[Stream, int, int], None]
 
-#: What an evicted ring slot holds until the list is compacted (one shared object).
+#: Several records of one append in the ring:
+#: (first_seq, time_ns, incarnation, stream_code, pieces, bytes charged, last_seq).
+Chunk = tuple[int, int, int, int, list[tuple[bytes, int]], int, int]
+#: A ring slot: a chunk, or the entry of a one-record append (len 6, not 7).
+Slot = Chunk | Entry
+#: What an evicted slot holds until the list is compacted (one shared object).
 _GONE: Entry = (0, 0, 0, 0, 0, b"")
 
 _data = itemgetter(0)
-_entry_data = itemgetter(5)
-#: Records evicted at a time while the store is far over its bound, then closer.
-_EVICT_BLOCKS = (256, 16, 1)
 _flags = itemgetter(1)
+
+
+def _freed(ends: list[int]) -> Callable[[int], int]:
+    """The bytes freed by evicting the first k pieces, given their data's running sums."""
+    return lambda k: ends[k - 1] + k * RECORD_OVERHEAD
+
+
+def _last(slot: Slot) -> int:
+    """The last seq a ring slot holds."""
+    return slot[0] if len(slot) == 6 else slot[6]
+
+
+def _expand(slot: Slot, lo: int, hi: int) -> list[Entry]:
+    """The entries of ``slot``'s records ``lo .. hi - 1`` (indexes within the slot)."""
+    if len(slot) == 6:
+        return [slot] if lo < hi else []
+    first, time_ns, incarnation, code, pieces, _, _ = slot
+    part = pieces[lo:hi] if lo or hi < len(pieces) else pieces
+    n = len(part)
+    return list(
+        zip(
+            range(first + lo, first + lo + n),
+            repeat(time_ns, n),
+            repeat(incarnation, n),
+            repeat(code, n),
+            map(_flags, part),
+            map(_data, part),
+            strict=True,
+        )
+    )
 
 
 # -- packing -----------------------------------------------------------------------------------
 
 
-def _body_parts(
+#: Seqs are written into the headers two low bytes at a time from these tables (byte 0 and
+#: byte 1 of 0, 1, 2, ... over two spans), so that consecutive seqs cost no int each.
+_SPAN: Final = 1 << 16
+_LOW0: Final = bytes(range(256)) * (2 * _SPAN // 256)
+_LOW1: Final = b"".join(bytes([v]) * 256 for v in range(256)) * 2
+_HEAD: Final = RECORD_HEADER.size  # 26: seq u64, time u64, incarnation u32, code, flags, len
+_LITTLE: Final = sys.byteorder == "little"
+
+
+def _headers(
+    first_seq: int,
+    time_ns: int,
+    incarnation: int,
+    code: int,
+    pieces: Sequence[tuple[bytes, int]],
+    plain: bool,
+) -> bytearray:
+    """The record headers of one append, byte for byte those of ``RECORD_HEADER.pack``.
+
+    Built by columns rather than one ``pack`` per record: the shared fields are a repeated
+    template, and each varying byte (seq, flags, length) is one strided slice assignment.
+    ``plain``: every flag is 0, as the template has it.
+    """
+    n = len(pieces)
+    size = _HEAD
+    heads = bytearray(RECORD_HEADER.pack(first_seq & ~0xFFFF, time_ns, incarnation, code, 0, 0) * n)
+    if n <= _SPAN:
+        low = first_seq & 0xFFFF
+        heads[0::size] = _LOW0[low : low + n]
+        heads[1::size] = _LOW1[low : low + n]
+        wrap = _SPAN - low  # the first record whose seq has the next high bytes
+        if wrap < n:
+            high = ((first_seq >> 16) + 1).to_bytes(6, "little")
+            for b in range(6):
+                heads[wrap * size + 2 + b :: size] = high[b : b + 1] * (n - wrap)
+    else:
+        seqs = array("Q", range(first_seq, first_seq + n))
+        if not _LITTLE:
+            seqs.byteswap()
+        column = seqs.tobytes()
+        for b in range(8):
+            heads[b::size] = column[b::8]
+    if not plain:
+        heads[21::size] = bytes(map(_flags, pieces))
+    lens = array("I", map(len, map(_data, pieces)))
+    if not _LITTLE:
+        lens.byteswap()
+    column = lens.tobytes()
+    for b in range(4):
+        heads[22 + b :: size] = column[b::4]
+    return heads
+
+
+def _body(
     first_seq: int,
     time_ns: int,
     incarnation: int,
     stream: Stream,
     pieces: Sequence[tuple[bytes, int]],
-) -> list[bytes]:
-    """Body parts (count, headers, data...) for consecutive records of one append."""
-    n = len(pieces)
-    heads = b"".join(
-        map(
-            RECORD_HEADER.pack,
-            range(first_seq, first_seq + n),
-            repeat(time_ns, n),
-            repeat(incarnation, n),
-            repeat(STREAM_CODES[stream], n),
-            map(_flags, pieces),
-            map(len, map(_data, pieces)),
-        )
+    plain: bytes | None,
+) -> bytes:
+    """The packed body (``pack_entries``) of consecutive records of one append; ``plain``
+    is the concatenation of their data when they are whole lines with flags 0."""
+    heads = _headers(
+        first_seq, time_ns, incarnation, STREAM_CODES[stream], pieces, plain is not None
     )
-    return [_U32.pack(n), heads, *map(_data, pieces)]
+    if plain is not None:
+        return b"".join((_U32.pack(len(pieces)), heads, plain))
+    return b"".join([_U32.pack(len(pieces)), heads, *map(_data, pieces)])
 
 
 def _materialise(entries: Iterable[Entry]) -> list[LogRecord]:
@@ -168,17 +256,22 @@ class LogStore:
             raise ValueError(f"spill epoch {spill.epoch!r} is not the store's {epoch!r}")
         self.max_bytes = max_bytes
         self.spill = spill
+        # One chunk per append, with its first seq (for bisect) and bytes charged alongside.
         # Evicted slots are overwritten with _GONE at once (so memory follows bytes_used)
-        # and cut off the list once they are half of it (amortised O(1) per record).
-        self._ring: list[Entry] = []
+        # and cut off the lists once they are half of them (amortised O(1) per chunk); the
+        # oldest chunk is cut down to its held records when only some of them are evicted.
+        self._chunks: list[Slot] = []
+        self._firsts: list[int] = []
         self._start = 0
+        self._oldest = 1
         self._last_seq = 0
         self._bytes_used = 0
         self._evicted = 0
         self._listeners: list[StoreListener] = []
         # The last append (first, last, time_ns, incarnation, stream, pieces) and its body.
-        self._last_append: tuple[int, int, int, int, Stream, Sequence[tuple[bytes, int]]] | None
-        self._last_append = None
+        self._last_append: (
+            tuple[int, int, int, int, Stream, Sequence[tuple[bytes, int]], bytes | None] | None
+        ) = None
         self._last_body: bytes | None = None
 
     # -- state --------------------------------------------------------------------------------
@@ -190,19 +283,19 @@ class LogStore:
 
     @property
     def count(self) -> int:
-        return len(self._ring) - self._start
+        return self._last_seq - self._oldest + 1
 
     @property
     def oldest_seq(self) -> int:
         """The oldest seq still held; ``last_seq + 1`` when the store is empty."""
-        return self._last_seq - (len(self._ring) - self._start) + 1
+        return self._oldest
 
     @property
     def bytes_used(self) -> int:
         return self._bytes_used
 
     def __len__(self) -> int:
-        return len(self._ring) - self._start
+        return self._last_seq - self._oldest + 1
 
     def statistics(self) -> StoreStats:
         spill = self.spill
@@ -243,6 +336,7 @@ class LogStore:
         pieces: Sequence[tuple[bytes, int]],
         *,
         checked: bool = False,
+        plain: bytes | None = None,
     ) -> tuple[int, int]:
         """Store ``pieces`` ((data, flags) from LineAssembler) as consecutive records.
 
@@ -250,8 +344,11 @@ class LogStore:
         records reach the spill file with os.write before this returns; spill errors are
         logged once and never raised. Listeners are told unless there were no pieces.
         ``checked``: the caller vouches that every piece is a (bytes, u8 int) pair, as
-        LineAssembler's are; checking each one again costs the capture path more than
-        storing it.
+        LineAssembler's are, and hands over a list the store may keep and shorten;
+        checking each piece again costs the capture path more than storing it.
+        ``plain`` (with ``checked`` only): the caller also vouches that every piece is a
+        whole line with flags 0 and that their data concatenate to ``plain``
+        (``LineAssembler.plain``), which then serves as the data of the packed body.
         """
         first = self._last_seq + 1
         n = len(pieces)
@@ -260,26 +357,25 @@ class LogStore:
         _check_scalars(stream, incarnation, time_ns)
         if not checked:
             _check_pieces(pieces)
+        # The appender's list is kept (LineAssembler's is fresh and never touched again);
+        # anything else is copied, so that a caller's later change cannot reach the ring.
+        if not checked or type(pieces) is not list:
+            pieces = list(pieces)
+            plain = None
         last = first + n - 1
         # One packed body for the spill and the log channel's live batch (see packed()).
-        self._last_append = (first, last, time_ns, incarnation, stream, pieces)
+        self._last_append = (first, last, time_ns, incarnation, stream, pieces, plain)
         self._last_body = None
         if self.spill is not None and self.spill.active:
-            self._last_body = b"".join(_body_parts(first, time_ns, incarnation, stream, pieces))
+            self._last_body = _body(first, time_ns, incarnation, stream, pieces, plain)
             self.spill.write_parts(first, [self._last_body])
-        self._ring.extend(
-            zip(
-                range(first, last + 1),
-                repeat(time_ns, n),
-                repeat(incarnation, n),
-                repeat(STREAM_CODES[stream], n),
-                map(_flags, pieces),
-                map(_data, pieces),
-                strict=True,
-            )
-        )
+        data_bytes = sum(map(len, map(_data, pieces))) if plain is None else len(plain)
+        size = data_bytes + n * RECORD_OVERHEAD
+        code = STREAM_CODES[stream]
+        self._chunks.append((first, time_ns, incarnation, code, pieces, size, last))
+        self._firsts.append(first)
         self._last_seq = last
-        self._bytes_used += sum(map(len, map(_data, pieces))) + n * RECORD_OVERHEAD
+        self._bytes_used += size
         if self._bytes_used > self.max_bytes:
             self._evict()
         for listener in self._listeners:
@@ -301,7 +397,8 @@ class LogStore:
         if self.spill is not None and self.spill.active:
             head = RECORD_HEADER.pack(seq, time_ns, incarnation, code, flags, len(data))
             self.spill.write_parts(seq, [_ONE, head, data])
-        self._ring.append((seq, time_ns, incarnation, code, flags, data))
+        self._chunks.append((seq, time_ns, incarnation, code, flags, data))
+        self._firsts.append(seq)
         self._last_seq = seq
         self._bytes_used += len(data) + RECORD_OVERHEAD
         if self._bytes_used > self.max_bytes:
@@ -311,26 +408,51 @@ class LogStore:
         return seq
 
     def _evict(self) -> None:
-        ring = self._ring
+        """Evict the fewest oldest records that bring ``bytes_used`` within ``max_bytes``:
+        whole slots while that is not too many, then the head of the oldest chunk."""
+        chunks, firsts = self._chunks, self._firsts
         i = self._start
         used = self._bytes_used
         limit = self.max_bytes
-        start = i
-        # Whole blocks (sums in C) while even the block leaves the store over its bound,
-        # with ever smaller blocks, the last of one record.
-        for size in _EVICT_BLOCKS:
-            while used > limit:
-                block = ring[i : i + size]
-                freed = sum(map(len, map(_entry_data, block))) + len(block) * RECORD_OVERHEAD
-                if used - freed < limit and size > 1:
-                    break
-                ring[i : i + len(block)] = repeat(_GONE, len(block))
-                used -= freed
-                i += len(block)
-        self._evicted += i - start
+        evicted = 0
+        while used > limit:
+            slot = chunks[i]
+            if len(slot) == 6:  # one record
+                chunks[i] = _GONE
+                firsts[i] = 0  # (only seqs from self._start on are bisected)
+                used -= len(slot[5]) + RECORD_OVERHEAD
+                evicted += 1
+                i += 1
+                continue
+            first, time_ns, incarnation, code, pieces, size, last = slot
+            if used - size >= limit:  # the whole chunk goes (no fewer records would do)
+                chunks[i] = _GONE
+                firsts[i] = 0
+                used -= size
+                evicted += len(pieces)
+                i += 1
+                continue
+            # Keep the newest pieces: drop the shortest head whose bytes bring us to limit.
+            # Running sums (in C) over a head a little longer than the records' mean size
+            # says is needed, or over the whole chunk if that head falls short; k >= 1
+            # since used > limit, k < len(pieces) since the whole chunk frees more.
+            need = used - limit
+            m = min(len(pieces), need * len(pieces) // size * 5 // 4 + 64)
+            ends = list(accumulate(map(len, map(_data, pieces[:m]))))  # data of pieces[:k + 1]
+            if ends[-1] + m * RECORD_OVERHEAD < need:
+                ends = list(accumulate(map(len, map(_data, pieces))))
+            k = bisect_left(range(1, len(ends) + 1), need, key=_freed(ends)) + 1
+            head = ends[k - 1] + k * RECORD_OVERHEAD
+            del pieces[:k]  # in place: a memmove, where a slice would copy what stays
+            chunks[i] = (first + k, time_ns, incarnation, code, pieces, size - head, last)
+            firsts[i] = first + k
+            used -= head
+            evicted += k
+        self._evicted += evicted
+        self._oldest += evicted
         self._bytes_used = used
-        if i > 64 and 2 * i >= len(ring):
-            del ring[:i]
+        if i > 64 and 2 * i >= len(chunks):
+            del chunks[:i], firsts[:i]
             i = 0
         self._start = i
 
@@ -343,19 +465,21 @@ class LogStore:
         if last is None or last[0] != first_seq or last[1] != last_seq:
             return None
         if self._last_body is None:
-            first, _, time_ns, incarnation, stream, pieces = last
-            self._last_body = b"".join(_body_parts(first, time_ns, incarnation, stream, pieces))
+            if first_seq < self._oldest:  # evicted at once: its pieces were cut down
+                return None
+            first, _, time_ns, incarnation, stream, pieces, plain = last
+            self._last_body = _body(first, time_ns, incarnation, stream, pieces, plain)
         return self._last_body
 
-    def _span(self, from_seq: int, to_seq: int | None) -> tuple[int, int]:
-        """Ring indexes [lo, hi) of the held seqs within from_seq..to_seq (inclusive)."""
-        oldest = self.oldest_seq
-        lo_seq = max(from_seq, oldest)
-        hi_seq = self._last_seq if to_seq is None else min(to_seq, self._last_seq)
-        if lo_seq > hi_seq:
-            return 0, 0
-        base = self._start - oldest
-        return base + lo_seq, base + hi_seq + 1
+    def _bounds(self, from_seq: int, to_seq: int | None) -> tuple[int, int]:
+        """The held seqs within from_seq..to_seq (inclusive), as (lo, hi) seqs; lo > hi
+        when there are none."""
+        hi = self._last_seq if to_seq is None else min(to_seq, self._last_seq)
+        return max(from_seq, self._oldest), hi
+
+    def _chunk_of(self, seq: int) -> int:
+        """The index of the chunk holding ``seq`` (a held seq)."""
+        return bisect_right(self._firsts, seq, self._start) - 1
 
     def entries(
         self,
@@ -368,17 +492,28 @@ class LogStore:
 
         ``streams`` keeps only those streams; ``limit`` keeps the first ``limit`` matches.
         """
-        lo, hi = self._span(from_seq, to_seq)
-        ring = self._ring
-        if streams is None:
-            if limit is not None:
-                hi = min(hi, lo + max(limit, 0))
-            return ring[lo:hi]
-        wanted = _codes(streams)
-        matches = (e for e in islice(ring, lo, hi) if e[3] in wanted)
-        if limit is not None:
-            return list(islice(matches, max(limit, 0)))
-        return list(matches)
+        lo, hi = self._bounds(from_seq, to_seq)
+        want = -1 if limit is None else max(limit, 0)
+        if lo > hi or want == 0:
+            return []
+        wanted = None if streams is None else _codes(streams)
+        chunks = self._chunks
+        out: list[Entry] = []
+        for i in range(self._chunk_of(lo), len(chunks)):
+            slot = chunks[i]
+            first = slot[0]
+            if first > hi:
+                break
+            if wanted is not None and slot[3] not in wanted:
+                continue
+            a = max(lo - first, 0)
+            b = min(hi, _last(slot)) - first + 1
+            if want >= 0:
+                b = min(b, a + want - len(out))
+            out += _expand(slot, a, b)
+            if len(out) == want:
+                break
+        return out
 
     def records(
         self,
@@ -399,22 +534,37 @@ class LogStore:
         to_seq: int | None = None,
     ) -> list[Entry]:
         """The newest ``n`` matching entries within ``from_seq .. to_seq``, oldest first."""
-        lo, hi = self._span(from_seq, to_seq)
-        if n <= 0 or lo >= hi:
+        lo, hi = self._bounds(from_seq, to_seq)
+        if n <= 0 or lo > hi:
             return []
-        ring = self._ring
-        if streams is None:
-            return ring[max(lo, hi - n) : hi]
-        wanted = _codes(streams)
-        out: list[Entry] = []
-        for i in range(hi - 1, lo - 1, -1):
-            entry = ring[i]
-            if entry[3] in wanted:
-                out.append(entry)
-                if len(out) == n:
-                    break
-        out.reverse()
-        return out
+        wanted = None if streams is None else _codes(streams)
+        chunks = self._chunks
+        parts: list[list[Entry]] = []
+        got = 0
+        for i in range(self._chunk_of(hi), self._start - 1, -1):
+            slot = chunks[i]
+            first = slot[0]
+            if _last(slot) < lo:
+                break
+            if wanted is not None and slot[3] not in wanted:
+                continue
+            b = min(hi, _last(slot)) - first + 1
+            a = max(lo - first, 0, b - (n - got))
+            parts.append(_expand(slot, a, b))
+            got += b - a
+            if got == n:
+                break
+        return [entry for part in reversed(parts) for entry in part]
+
+    def _newest_first(self, lowest_seq: int) -> Iterator[Entry]:
+        """Held entries from the newest down to ``lowest_seq``, one chunk expanded at a time."""
+        chunks = self._chunks
+        for i in range(len(chunks) - 1, self._start - 1, -1):
+            slot = chunks[i]
+            last = _last(slot)
+            if last < lowest_seq:
+                return
+            yield from reversed(_expand(slot, max(lowest_seq - slot[0], 0), last - slot[0] + 1))
 
     def last(
         self,
@@ -460,10 +610,7 @@ class LogStore:
         lines: list[tuple[int, int, list[bytes]]] = []  # a min-heap of the newest max_lines
         flags_of: dict[int, int] = {}  # seq of a line's last piece -> its flags
         scanned = 0
-        ring = self._ring
-        lowest = self._start + max(0, from_seq - self.oldest_seq)
-        for i in range(len(ring) - 1, lowest - 1, -1):
-            seq, _, inc, code, flags, data = ring[i]
+        for seq, _, inc, code, flags, data in self._newest_first(from_seq):
             if code not in wanted or (incarnation is not None and inc != incarnation):
                 continue
             stream = code | (256 if flags & FLAG_IOPUB else 0)

@@ -43,7 +43,7 @@ class LineAssembler:
     (including :meth:`flush`'s) gives back the input bytes exactly.
     """
 
-    __slots__ = ("_max", "_parts", "_pending")
+    __slots__ = ("_max", "_parts", "_pending", "plain")
 
     def __init__(self, max_line: int = 65536) -> None:
         if not isinstance(max_line, int) or max_line < _MIN_MAX_LINE:
@@ -54,6 +54,10 @@ class LineAssembler:
         # The partial line, kept as a list so many small writes cost O(n), not O(n**2).
         self._parts: list[bytes] = []
         self._pending = 0
+        #: After :meth:`feed`: the concatenation of the records it returned when they are
+        #: all whole lines with flags 0 and it had that concatenation at no cost (the usual
+        #: case), else None. The store packs them from it without joining them again.
+        self.plain: bytes | None = None
 
     @property
     def max_line(self) -> int:
@@ -67,6 +71,7 @@ class LineAssembler:
 
     def feed(self, data: bytes) -> list[tuple[bytes, int]]:
         """Add a chunk; return the records it completes."""
+        self.plain = None
         if not data:
             return []
         nl = data.rfind(_NL)
@@ -94,7 +99,10 @@ class LineAssembler:
             # b"\n" in one C call, instead of a split and a concatenation per line.
             lines = head.splitlines(keepends=True)
             if max(map(len, lines)) <= self._max:  # the fast path: every line fits
-                return self._held(list(zip(lines, repeat(0))), tail)
+                out = self._held(list(zip(lines, repeat(0))), tail)
+                if len(out) == len(lines):  # no piece of an overlong tail was added
+                    self.plain = head
+                return out
             lines = [line[:-1] for line in lines]
         else:
             lines = head.split(_NL)
@@ -120,6 +128,7 @@ class LineAssembler:
 
     def flush(self) -> list[tuple[bytes, int]]:
         """Return the partial line, flagged :data:`FLAG_NO_EOL` (on a timer or at EOF)."""
+        self.plain = None
         if not self._parts:
             return []
         data = b"".join(self._parts)

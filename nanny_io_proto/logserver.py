@@ -24,6 +24,7 @@ from .errors import LocalProtocolError
 from .logrecords import (
     MAX_BATCH_BYTES,
     MAX_BATCH_RECORDS,
+    RECORD_HEADER,
     TICK_TOPIC,
     Entry,
     StreamSeqs,
@@ -193,6 +194,22 @@ class LogPublisher:
         messages: list[list[bytes]] = []
         if self.wants(stream):
             prev = self.last_seqs
+            body = self._whole_body(first_seq, last_seq, source)
+            if body is not None:  # the usual append: one message, no entry built
+                messages.append(
+                    encode_packed_batch(
+                        self.epoch,
+                        stream,
+                        last_seq - first_seq + 1,
+                        first_seq,
+                        last_seq,
+                        prev,
+                        body,
+                        self.signer,
+                    )
+                )
+                self._last[stream] = last_seq
+                return messages
             entries = source.entries(first_seq, last_seq)
             runs = cut_entries(entries, self.max_records, self.max_bytes)
             packed = getattr(source, "packed", None)  # a body the source already packed
@@ -216,6 +233,19 @@ class LogPublisher:
                 prev = prev.advanced(stream, last)
         self._last[stream] = last_seq
         return messages
+
+    def _whole_body(self, first_seq: int, last_seq: int, source: EntrySource) -> bytes | None:
+        """The source's packed body of the whole append when it is still held and fits one
+        message (what ``cut_entries`` would leave whole), else None. (The body is a u32
+        count, a header per record, then the data.)"""
+        packed = getattr(source, "packed", None)
+        count = last_seq - first_seq + 1
+        if packed is None or count > self.max_records or first_seq < source.oldest_seq:
+            return None
+        body: bytes | None = packed(first_seq, last_seq)
+        if body is None or len(body) - 4 - count * RECORD_HEADER.size > self.max_bytes:
+            return None
+        return body
 
     def tick(self, *, time_ns: int, incarnation: int, kernel_state: str) -> list[bytes]:
         """The heartbeat message; publish it about every ``TICK_INTERVAL`` seconds."""

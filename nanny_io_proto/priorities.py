@@ -91,7 +91,7 @@ class PriorityLines:
     gives no record for it (the prefix alone carries no text), only the priority of the rest.
     """
 
-    __slots__ = ("_held_lt", "_lines", "_open")
+    __slots__ = ("_held_lt", "_lines", "_open", "plain")
 
     def __init__(self, lines: LineAssembler) -> None:
         self._lines = lines
@@ -100,6 +100,8 @@ class PriorityLines:
         self._open: int | None = None
         # Whether the partial line the assembler holds starts with "<".
         self._held_lt = False
+        #: As :attr:`LineAssembler.plain`, for the records the last call returned.
+        self.plain: bytes | None = None
 
     @property
     def max_line(self) -> int:
@@ -125,11 +127,16 @@ class PriorityLines:
             self._held_lt = data[nl + 1 : nl + 2] == b"<"
         elif not held:
             self._held_lt = data[:1] == b"<"
-        return self._mark(out) if maybe else self._plain(out)
+        if maybe:
+            self.plain = None
+            return self._mark(out)
+        self.plain = self._lines.plain
+        return self._plain(out)
 
     def flush(self) -> list[tuple[bytes, int]]:
         """Return the partial line, flagged FLAG_NO_EOL (on a timer or at EOF)."""
         self._held_lt = False
+        self.plain = None
         return self._mark(self._lines.flush())
 
     def _plain(self, out: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:

@@ -1,0 +1,214 @@
+"""The chunked store gives exactly the records of a store of one entry per line.
+
+``perline_store.LogStore`` is the store as it was before it kept one chunk per append; both
+get the same appends (of any pieces, streams, flags and sizes, with eviction), and every way
+of reading must agree: entries, records, last N, tail text, packed bodies, statistics.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import astuple
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from perline_store import LogStore as PerLineStore
+
+from nanny_io.store import RECORD_OVERHEAD, LogStore, Spill, _headers, read_spill
+from nanny_io_proto.lines import LineAssembler
+from nanny_io_proto.logrecords import RECORD_HEADER, STREAM_CODES, pack_entries
+from nanny_io_proto.logserver import LogPublisher
+from nanny_io_proto.priorities import PriorityLines
+from nanny_io_proto.signing import Signer
+from nanny_io_proto.streams import FLAG_IOPUB, FLAG_NO_EOL, FLAG_PRIORITY, Stream
+
+T0 = 1_700_000_000_000_000_000
+STREAMS = list(STREAM_CODES)
+
+_flags = st.sampled_from(
+    [0, FLAG_NO_EOL, FLAG_IOPUB, FLAG_NO_EOL | FLAG_IOPUB, FLAG_PRIORITY | 0x30]
+)
+_piece = st.tuples(st.binary(max_size=40), _flags)
+_append = st.one_of(
+    st.tuples(st.just("many"), st.sampled_from(STREAMS), st.lists(_piece, max_size=30)),
+    st.tuples(st.just("one"), st.sampled_from(STREAMS), _piece),
+)
+
+
+def _both(ops: list[Any], max_bytes: int) -> tuple[LogStore, PerLineStore]:
+    chunked = LogStore(epoch="e", max_bytes=max_bytes)
+    perline = PerLineStore(epoch="e", max_bytes=max_bytes)
+    for i, (kind, stream, arg) in enumerate(ops):
+        for store in (chunked, perline):
+            if kind == "many":
+                got = store.append(stream, 1 + i % 3, T0 + i, list(arg), checked=i % 2 == 0)
+            else:
+                got = store.append_one(stream, 1 + i % 3, T0 + i, arg[0], arg[1])
+        assert astuple(chunked.statistics()) == astuple(perline.statistics())
+        if kind == "many" and arg and chunked.oldest_seq <= got[0]:
+            body = chunked.packed(*got)
+            assert body is not None
+            assert body == perline.packed(*got) == pack_entries(chunked.entries(*got))
+    return chunked, perline
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ops=st.lists(_append, max_size=25),
+    max_bytes=st.sampled_from([1, RECORD_OVERHEAD * 3, RECORD_OVERHEAD * 12 + 50, 1 << 20]),
+    bounds=st.tuples(st.integers(-2, 200), st.one_of(st.none(), st.integers(-2, 200))),
+    limit=st.one_of(st.none(), st.integers(-1, 50)),
+    n=st.integers(-1, 60),
+    streams=st.one_of(st.none(), st.sets(st.sampled_from(STREAMS))),
+)
+def test_chunks_read_back_as_one_entry_per_line(
+    ops: list[Any],
+    max_bytes: int,
+    bounds: tuple[int, int | None],
+    limit: int | None,
+    n: int,
+    streams: set[Stream] | None,
+) -> None:
+    chunked, perline = _both(ops, max_bytes)
+    lo, hi = bounds
+    assert chunked.entries() == perline.entries()
+    assert chunked.entries(lo, hi, streams, limit) == perline.entries(lo, hi, streams, limit)
+    assert chunked.records(lo, hi, streams, limit) == perline.records(lo, hi, streams, limit)
+    assert chunked.last_entries(n, streams, from_seq=lo, to_seq=hi) == perline.last_entries(
+        n, streams, from_seq=lo, to_seq=hi
+    )
+    assert chunked.last(n, streams) == perline.last(n, streams)
+    for start in (1, lo):
+        for kinds in ((Stream.STDERR, Stream.LOG), tuple(STREAMS)):
+            for incarnation in (None, 2):
+                args: dict[str, Any] = {
+                    "streams": kinds,
+                    "max_lines": 5,
+                    "max_chars": 60,
+                    "incarnation": incarnation,
+                    "from_seq": start,
+                    "priorities": True,
+                }
+                assert chunked.tail_text(**args) == perline.tail_text(**args)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 300), min_size=1, max_size=400),
+    batches=st.lists(st.integers(1, 120), min_size=1),
+    cut=st.integers(1, 50),
+)
+def test_eviction_inside_a_chunk_keeps_the_minimum(
+    sizes: list[int], batches: list[int], cut: int
+) -> None:
+    """Appends of many records into a ring that holds about ``cut`` of them: the head of
+    the oldest chunk is evicted record by record, exactly as the per-line ring did, also
+    when small appends follow a large one."""
+    pieces = [(b"x" * size, 0) for size in sizes]
+    max_bytes = cut * (RECORD_OVERHEAD + 150)
+    chunked = LogStore(epoch="e", max_bytes=max_bytes)
+    perline = PerLineStore(epoch="e", max_bytes=max_bytes)
+    i = 0
+    for batch in batches * (len(pieces) // sum(batches) + 1):
+        if i >= len(pieces):
+            break
+        for store in (chunked, perline):
+            store.append(Stream.LOG, 1, T0 + i, pieces[i : i + batch], checked=True)
+        assert astuple(chunked.statistics()) == astuple(perline.statistics())
+        i += batch
+    assert chunked.entries() == perline.entries()
+
+
+_text = st.lists(
+    st.sampled_from([b"a", b"bc", b"\n", b"\r", b"<3>", b"<9>", b"<", b"\xc3\xa9", b"x" * 30]),
+    max_size=40,
+).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    chunks=st.lists(st.tuples(_text, st.booleans()), max_size=12),
+    max_line=st.sampled_from([4, 7, 64, 1 << 16]),
+    max_bytes=st.sampled_from([RECORD_OVERHEAD * 4, 1 << 20]),
+    spill=st.booleans(),
+)
+def test_capture_path_appends_give_the_same_records(
+    chunks: list[tuple[bytes, bool]], max_line: int, max_bytes: int, spill: bool
+) -> None:
+    """What the capture path does (PriorityLines over LineAssembler, appended with
+    ``checked`` and ``plain``) stores, packs and spills the records the per-line store
+    did."""
+    with tempfile.TemporaryDirectory() as directory:
+        chunked = LogStore(
+            epoch="e", max_bytes=max_bytes, spill=Spill(directory, epoch="e") if spill else None
+        )
+        perline = PerLineStore(epoch="e", max_bytes=max_bytes)
+        everything = PerLineStore(epoch="e", max_bytes=1 << 30)
+        lines = PriorityLines(LineAssembler(max_line))
+        for i, (data, flush) in enumerate(chunks):
+            pieces = lines.flush() if flush else lines.feed(data)
+            if lines.plain is not None:
+                assert lines.plain == b"".join(p for p, _ in pieces)
+                assert not any(flags for _, flags in pieces)
+            got = chunked.append(
+                Stream.LOG, 1, T0 + i, list(pieces), checked=True, plain=lines.plain
+            )
+            perline.append(Stream.LOG, 1, T0 + i, pieces)
+            everything.append(Stream.LOG, 1, T0 + i, pieces)
+            if pieces and chunked.oldest_seq <= got[0]:
+                assert chunked.packed(*got) == pack_entries(perline.entries(*got))
+        assert astuple(chunked.statistics())[:7] == astuple(perline.statistics())[:7]
+        assert chunked.entries() == perline.entries()
+        if spill:
+            assert chunked.spill is not None
+            chunked.spill.close()
+            assert [r for _, r in read_spill(directory)] == everything.records()
+
+
+@pytest.mark.parametrize("first", [1, 2, 0xFFFF - 3, 0xFFFF, 0x10000, 3 << 16 | 5, (1 << 40) - 2])
+@pytest.mark.parametrize("n", [1, 5, 0x10000 - 1, 0x10000, 0x10000 + 3])
+def test_headers_by_columns_are_struct_packed_headers(first: int, n: int) -> None:
+    """The column-wise headers, across the carry of a seq's low two bytes and longer than
+    the seq tables, are those of one RECORD_HEADER.pack per record."""
+    pieces = [(b"y" * (k % 300), k % 3 * FLAG_NO_EOL) for k in range(n)]
+    code = STREAM_CODES[Stream.STDERR]
+    expected = b"".join(
+        RECORD_HEADER.pack(first + k, T0, 7, code, flags, len(data))
+        for k, (data, flags) in enumerate(pieces)
+    )
+    assert _headers(first, T0, 7, code, pieces, plain=False) == expected
+    zeroed = [(data, 0) for data, _ in pieces]
+    expected_plain = b"".join(
+        RECORD_HEADER.pack(first + k, T0, 7, code, 0, len(data))
+        for k, (data, _) in enumerate(zeroed)
+    )
+    assert _headers(first, T0, 7, code, zeroed, plain=True) == expected_plain
+
+
+def test_live_batches_are_the_same_with_and_without_the_stores_packed_body() -> None:
+    """The publisher sends the store's packed body of an append as it is; the frames are
+    those it builds from the entries when the source offers no packed body."""
+
+    class EntriesOnly:
+        def __init__(self, store: LogStore) -> None:
+            self.store = store
+            self.oldest_seq = property(lambda _: store.oldest_seq)
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "packed":
+                raise AttributeError(name)
+            return getattr(self.store, name)
+
+    store = LogStore(epoch="e", max_bytes=1 << 20)
+    fast = LogPublisher("e", Signer(b"key"), max_records=50, max_bytes=3000)
+    slow = LogPublisher("e", Signer(b"key"), max_records=50, max_bytes=3000)
+    for publisher in (fast, slow):
+        publisher.subscription(b"\x01")
+    for i, n in enumerate([1, 3, 50, 51, 10, 200]):
+        pieces = [(b"%d line\n" % k * (k % 7), 0) for k in range(n)]
+        first, last = store.append(Stream.STDOUT, 1, T0 + i, pieces)
+        sent = fast.stored(Stream.STDOUT, first, last, store)
+        assert sent == slow.stored(Stream.STDOUT, first, last, EntriesOnly(store))
+        assert len(sent) >= 1
