@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,16 @@ from typing import Any
 import psutil
 
 from nanny_io.testing import NannyProcess, spawn_nanny
+
+#: ipykernel with its own fd capture off: os.write(1, ...) goes straight into the nanny's pipe.
+IPYKERNEL = [
+    sys.executable,
+    "-m",
+    "ipykernel_launcher",
+    "-f",
+    "{connection_file}",
+    "--IPKernelApp.capture_fd_output=False",
+]
 
 __all__ = [
     "NannyProcess",

@@ -29,7 +29,17 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-from helpers import NannyProcess, gone, history, last_seq, stored, stored_bytes, wait_for, wait_gone
+from helpers import (
+    IPYKERNEL,
+    NannyProcess,
+    gone,
+    history,
+    last_seq,
+    stored,
+    stored_bytes,
+    wait_for,
+    wait_gone,
+)
 
 from nanny_io.capture import EchoWriter
 from nanny_io.discovery import load_connection_info
@@ -39,14 +49,6 @@ from nanny_io_proto.streams import FLAG_NO_EOL, Stream
 
 pytestmark = pytest.mark.timeout(60)
 
-IPYKERNEL = [
-    sys.executable,
-    "-m",
-    "ipykernel_launcher",
-    "-f",
-    "{connection_file}",
-    "--IPKernelApp.capture_fd_output=False",
-]
 DELIMITERS = "--IPKernelApp.extensions=nanny_io.kernelside"
 DELIMITER_PREFIX = b"\x1b]5379;nanny-io;"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import NannyProcess, history, iopub_until, wait_for
+from helpers import IPYKERNEL, NannyProcess, history, iopub_until, wait_for
 
 from nanny_io.cgroups import memory_cgroups
 from nanny_io_proto.streams import FLAG_IOPUB, Stream
@@ -323,14 +323,7 @@ def test_storing_iopub_output_can_be_turned_off(jupyter_env, nanny_factory) -> N
 def test_captured_output_the_nanny_forwards_is_stored_once(jupyter_env, nanny_factory) -> None:
     jupyter_env.add_kernelspec(
         "cap",
-        [
-            sys.executable,
-            "-m",
-            "ipykernel_launcher",
-            "-f",
-            "{connection_file}",
-            "--IPKernelApp.capture_fd_output=False",
-        ],
+        IPYKERNEL,
         metadata={"capture_stdstreams": True},
     )
     nanny = nanny_factory("cap")

@@ -12,19 +12,10 @@ from typing import Any
 
 import psutil
 import zmq
+from helpers import IPYKERNEL
 
 from nanny_io_proto.logrecords import LogRecord, parse_nanny_event
 from nanny_io_proto.streams import Stream
-
-#: ipykernel with its own fd capture off: os.write(1, ...) goes straight into the nanny's pipe.
-IPYKERNEL = [
-    sys.executable,
-    "-m",
-    "ipykernel_launcher",
-    "-f",
-    "{connection_file}",
-    "--IPKernelApp.capture_fd_output=False",
-]
 
 
 def add_kernel(jupyter_env: Any, name: str = "rel", *, capture: bool = False) -> str:
