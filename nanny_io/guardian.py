@@ -340,6 +340,8 @@ class GuardianHandle:
         """Every live process of the kernel trees, orphans included."""
         if not self.lost:
             return _descendants(self.pid)
+        import psutil  # not before the kernel's spawn, as in _descendants
+
         live = []
         for proc in _descendants(os.getpid()):
             with contextlib.suppress(psutil.Error):
