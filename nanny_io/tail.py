@@ -372,67 +372,55 @@ def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> tuple[bool, 
     else:
         kwargs["last"] = opts.lines
     silence = _Silence()
-    with _Reconnecting(ref, kwargs, silence) as client:
-        for event in client.events(follow=opts.follow):
-            if isinstance(event, Records):
-                for rec in event.records:
-                    if opts.wanted(rec):
-                        printer.record(rec)
-            elif isinstance(event, NannySilent):
-                why = _nanny_gone(ref, silence)
-                if why is not None:
-                    printer.notice("gone", why)
-                    return True, silence.stopped
-                if not opts.follow:
-                    printer.notice("silent", "the nanny is not answering (stopped?)")
-                    return True, silence.stopped
-                if silence.started is None:  # once per silence; the client keeps listening
-                    silence.started = time.monotonic() - event.seconds
-                    printer.notice(
-                        "silent",
-                        f"the nanny has not answered for {event.seconds:.0f} s "
-                        f"({_nanny_condition(ref, silence)}); waiting for it",
-                        seconds=round(event.seconds, 1),
-                    )
-            else:
+    for event in _events_reconnecting(ref, kwargs, silence, follow=opts.follow):
+        if isinstance(event, NannySilent):
+            why = _nanny_gone(ref, silence)
+            if why is not None:
+                printer.notice("gone", why)
+                return True, silence.stopped
+            if not opts.follow:
                 _notice(event, printer)
-            if not isinstance(event, NannySilent) and silence.started is not None:
-                quiet = time.monotonic() - silence.started
-                silence.started = None
+                return True, silence.stopped
+            if silence.started is None:  # once per silence; the client keeps listening
+                silence.started = time.monotonic() - event.seconds
                 printer.notice(
-                    "resumed",
-                    f"the nanny answers again after {quiet:.0f} s of silence",
-                    seconds=round(quiet, 1),
+                    "silent",
+                    f"the nanny has not answered for {event.seconds:.0f} s "
+                    f"({_nanny_condition(ref, silence)}); waiting for it",
+                    seconds=round(event.seconds, 1),
                 )
-            if isinstance(event, Records):
-                silence.stopped |= any(_is_stop(rec) for rec in event.records)
+            continue
+        if silence.started is not None:
+            quiet = time.monotonic() - silence.started
+            silence.started = None
+            printer.notice(
+                "resumed",
+                f"the nanny answers again after {quiet:.0f} s of silence",
+                seconds=round(quiet, 1),
+            )
+        if isinstance(event, Records):
+            for rec in event.records:
+                silence.stopped |= _is_stop(rec)
+                if opts.wanted(rec):
+                    printer.record(rec)
+        else:
+            _notice(event, printer)
     return False, silence.stopped
 
 
-class _Reconnecting:
-    """A log client that connects again to a nanny that was silent from the start (stopped
-    before we connected, so no first tick came), as long as the nanny's process runs."""
-
-    def __init__(self, ref: KernelRef, kwargs: dict[str, Any], silence: _Silence) -> None:
-        self.ref = ref
-        self.kwargs = kwargs
-        self.silence = silence
-
-    def __enter__(self) -> _Reconnecting:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def events(self, *, follow: bool) -> Iterator[ClientEvent]:
-        while True:
-            heard = False
-            with BlockingLogClient(self.ref.info, **self.kwargs) as client:
-                for event in client.events(follow=follow):
-                    heard |= not isinstance(event, NannySilent)
-                    yield event
-            if heard or not follow or _nanny_gone(self.ref, self.silence) is not None:
-                return
+def _events_reconnecting(
+    ref: KernelRef, kwargs: dict[str, Any], silence: _Silence, *, follow: bool
+) -> Iterator[ClientEvent]:
+    """A log client's events; it connects again to a nanny that was silent from the start
+    (stopped before we connected, so no first tick came), as long as the nanny's process runs."""
+    while True:
+        heard = False
+        with BlockingLogClient(ref.info, **kwargs) as client:
+            for event in client.events(follow=follow):
+                heard |= not isinstance(event, NannySilent)
+                yield event
+        if heard or not follow or _nanny_gone(ref, silence) is not None:
+            return
 
 
 @dataclass
