@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nanny_io_proto.streams import FLAG_IOPUB, FLAG_NO_EOL, FLAG_PRIORITY, PRIORITY_SHIFT, Stream
+from nanny_io_proto.priorities import priority_flags
+from nanny_io_proto.streams import FLAG_IOPUB, FLAG_NO_EOL, Stream
 
 from .capture import MAX_LINE
 from .deathwatch import CellWatch
@@ -55,7 +56,7 @@ def line_pieces(text: str, flags: int = FLAG_IOPUB) -> list[tuple[bytes, int]]:
 
 
 #: A traceback is stored at priority err (3); a ``stream`` message has its stream's default.
-_TRACEBACK_FLAGS = FLAG_IOPUB | FLAG_PRIORITY | (3 << PRIORITY_SHIFT)
+_TRACEBACK_FLAGS = FLAG_IOPUB | priority_flags(3)
 
 
 class IopubLog:

@@ -21,7 +21,6 @@ __all__ = [
     "parse_priority",
     "priority_flags",
     "priority_of",
-    "split_prefix",
 ]
 
 #: syslog names, as journalctl -p accepts them (index = priority).
@@ -71,14 +70,6 @@ def parse_priority(text: str) -> int:
         return int(word)
     names = ", ".join(PRIORITY_NAMES)
     raise LocalProtocolError(f"unknown priority {text!r}; use 0-7 or one of {names}")
-
-
-def split_prefix(line: bytes) -> tuple[int, bytes]:
-    """``(flags, rest)`` for the start of a line: ``<N>`` (N 0-7) becomes flags and is removed;
-    anything else is text and gives ``(0, line)``."""
-    if len(line) >= 3 and line[0] == _LT and line[2] == _GT and _ZERO <= line[1] <= _ZERO + 7:
-        return FLAG_PRIORITY | (line[1] - _ZERO) << PRIORITY_SHIFT, line[3:]
-    return 0, line
 
 
 class PriorityLines:
@@ -150,7 +141,7 @@ class PriorityLines:
         append = marked.append
         line = self._open
         for data, flags in out:
-            if line is None:  # split_prefix(), inlined: this loop runs once per record
+            if line is None:  # a line starts: "<N>" (N 0-7) is its priority, else text
                 if data[2:3] == b">" and data[:1] == b"<" and _ZERO <= data[1] <= _ZERO + 7:
                     line = FLAG_PRIORITY | (data[1] - _ZERO) << PRIORITY_SHIFT
                     data = data[3:]

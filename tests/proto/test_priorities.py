@@ -22,7 +22,6 @@ from nanny_io_proto.priorities import (
     parse_priority,
     priority_flags,
     priority_of,
-    split_prefix,
 )
 from nanny_io_proto.streams import FLAG_NO_EOL, FLAG_PRIORITY, PRIORITY_MASK, Stream
 
@@ -221,16 +220,6 @@ def test_defaults_per_stream() -> None:
     assert priority_of(Stream.LOG, FLAG_NO_EOL) == 6
     assert priority_of(Stream.STDERR, 0) == 4
     assert priority_of(Stream.STDERR, priority_flags(0)) == 0
-
-
-def test_split_prefix() -> None:
-    assert split_prefix(b"<0>") == (priority_flags(0), b"")
-    assert split_prefix(b"<0") == (0, b"<0")
-    with pytest.raises(LocalProtocolError):
-        priority_flags(8)
-
-
-# --- old and new clients -------------------------------------------------------------------
 
 
 def test_an_old_client_reads_prioritised_records_unchanged() -> None:
