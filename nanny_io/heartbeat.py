@@ -8,14 +8,19 @@ watch the heartbeat still notice; it resumes when a new incarnation runs.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 
+from .sockthread import SocketThread
 
-class _EchoThread:
-    """One binding of the heartbeat port, echoing until terminated."""
+
+class _EchoThread(SocketThread):
+    """One binding of the heartbeat port, echoing until stopped."""
+
+    socket_type = zmq.ROUTER
+    name = "nanny-io-heartbeat"
 
     def __init__(
         self,
@@ -23,52 +28,17 @@ class _EchoThread:
         url: str,
         configure: Callable[[zmq.Socket[bytes]], None] | None,
     ) -> None:
-        self._context = context
         self._url = url
         self._configure = configure
-        self._ctl_url = f"inproc://nanny-io-hb-{id(self)}"
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._ctl = context.socket(zmq.PAIR)
-        self._ctl.linger = 0
-        self._ctl.bind(self._ctl_url)
-        self._thread = threading.Thread(target=self._run, name="nanny-io-heartbeat", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            self._ctl.close()
-            raise self._error
+        super().__init__(context)
 
-    def _run(self) -> None:
-        sock = self._context.socket(zmq.ROUTER)
-        sock.linger = 0
-        ctl = self._context.socket(zmq.PAIR)
-        ctl.linger = 0
-        try:
-            if self._configure:
-                self._configure(sock)
-            sock.bind(self._url)
-            ctl.connect(self._ctl_url)
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            sock.close()
-            ctl.close()
-            return
-        self._ready.set()
-        try:
-            zmq.proxy_steerable(sock, sock, None, ctl)
-        except zmq.ZMQError:
-            pass
-        finally:
-            sock.close()
-            ctl.close()
+    def bind(self, sock: zmq.Socket[Any]) -> None:
+        if self._configure:
+            self._configure(sock)
+        sock.bind(self._url)
 
-    def terminate(self) -> None:
-        if self._thread.is_alive():
-            self._ctl.send(b"TERMINATE")
-        self._thread.join(timeout=5)
-        self._ctl.close()
+    def serve(self, sock: zmq.Socket[Any], ctl: zmq.Socket[Any]) -> None:
+        zmq.proxy_steerable(sock, sock, None, ctl)
 
 
 class Heartbeat:
@@ -95,7 +65,7 @@ class Heartbeat:
     def pause(self) -> None:
         """Stop echoing and unbind, so pings go unanswered until :meth:`resume`."""
         if self._echo is not None:
-            self._echo.terminate()
+            self._echo.stop()
             self._echo = None
 
     stop = pause

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from typing import Any
 
@@ -28,6 +27,8 @@ from nanny_io_proto.auth import (
 )
 from nanny_io_proto.connection_files import ConnectionInfo
 
+from .sockthread import SocketThread
+
 log = logging.getLogger("nanny_io")
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
@@ -35,64 +36,38 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _REPORT_EVERY = 1.0
 
 
-class ZapHandler:
+class ZapHandler(SocketThread):
     """Answer ZAP requests on ``context`` with ``policy`` until :meth:`stop`."""
+
+    socket_type = zmq.REP
+    name = "nanny-io-zap"
 
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], policy: ZapPolicy) -> None:
         self.policy = policy
         self.accepted = 0
         self.refused = 0
-        self._context = context
-        self._ctl_url = f"inproc://nanny-io-zap-{id(self)}"
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._ctl = context.socket(zmq.PAIR)
-        self._ctl.linger = 0
-        self._ctl.bind(self._ctl_url)
         self._reported = 0.0
-        self._thread = threading.Thread(target=self._run, name="nanny-io-zap", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            self._ctl.close()
-            raise self._error
+        super().__init__(context)
 
-    def _run(self) -> None:
-        rep = self._context.socket(zmq.REP)
-        rep.linger = 0
-        ctl = self._context.socket(zmq.PAIR)
-        ctl.linger = 0
-        try:
-            rep.bind(ZAP_ENDPOINT)
-            ctl.connect(self._ctl_url)
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            rep.close()
-            ctl.close()
-            return
-        self._ready.set()
+    def bind(self, sock: zmq.Socket[Any]) -> None:
+        sock.bind(ZAP_ENDPOINT)
+
+    def serve(self, sock: zmq.Socket[Any], ctl: zmq.Socket[Any]) -> None:
         poller = zmq.Poller()
-        poller.register(rep, zmq.POLLIN)
+        poller.register(sock, zmq.POLLIN)
         poller.register(ctl, zmq.POLLIN)
-        try:
-            while True:
-                ready = dict(poller.poll())
-                if ctl in ready:
-                    return
-                if rep in ready:
-                    decision = self.policy.answer(rep.recv_multipart())
-                    rep.send_multipart(decision.frames)
-                    if decision.accepted:
-                        self.accepted += 1
-                    else:
-                        self.refused += 1
-                        self._report(decision.domain, decision.reason)
-        except zmq.ZMQError as exc:  # the context is being destroyed
-            log.debug("ZAP handler stopped: %s", exc)
-        finally:
-            rep.close()
-            ctl.close()
+        while True:
+            ready = dict(poller.poll())
+            if ctl in ready:
+                return
+            if sock in ready:
+                decision = self.policy.answer(sock.recv_multipart())
+                sock.send_multipart(decision.frames)
+                if decision.accepted:
+                    self.accepted += 1
+                else:
+                    self.refused += 1
+                    self._report(decision.domain, decision.reason)
 
     def _report(self, domain: str, reason: str) -> None:
         now = time.monotonic()
@@ -101,12 +76,6 @@ class ZapHandler:
             log.info(
                 "refused a connection to %s (%s); %d refused so far", domain, reason, self.refused
             )
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._ctl.send(b"STOP")
-        self._thread.join(timeout=5)
-        self._ctl.close()
 
 
 # ---------------------------------------------------------------------- credentials
