@@ -94,13 +94,9 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def _format_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+    from nanny_io_proto.deaths import format_bytes  # only ``list`` needs it
+
+    return "-" if n is None else format_bytes(n)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
