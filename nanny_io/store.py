@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import accumulate, repeat
 from operator import itemgetter
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from nanny_io_proto.logrecords import (
     RECORD_HEADER,
@@ -232,18 +232,19 @@ def _body(
     stream: Stream,
     pieces: Sequence[tuple[bytes, int]] | bytes,
     lengths: array[int] | None,
-) -> bytes:
-    """The packed body (``pack_entries``) of consecutive records of one append: its
-    ``(data, flags)`` pieces, or a block's bytes and ``lengths`` (whole lines, flags 0)."""
+) -> list[bytes]:
+    """The packed body (``pack_entries``) of consecutive records of one append, as parts to
+    join: of its ``(data, flags)`` pieces, or of a block's bytes and ``lengths``."""
     code = STREAM_CODES[stream]
     if lengths is not None:
         assert isinstance(pieces, bytes)
         heads = _headers(first_seq, time_ns, incarnation, code, lengths, None)
-        return b"".join((_U32.pack(len(lengths)), heads, pieces))
+        # (a bytearray: joined and checksummed as it is, no copy to bytes)
+        return [_U32.pack(len(lengths)), cast(bytes, heads), pieces]
     assert not isinstance(pieces, bytes)
     lens = array("I", map(len, map(_data, pieces)))
     heads = _headers(first_seq, time_ns, incarnation, code, lens, bytes(map(_flags, pieces)))
-    return b"".join([_U32.pack(len(pieces)), heads, *map(_data, pieces)])
+    return [_U32.pack(len(pieces)), heads, *map(_data, pieces)]
 
 
 def _materialise(entries: Iterable[Entry]) -> list[LogRecord]:
@@ -333,6 +334,9 @@ class LogStore:
             | None
         ) = None
         self._last_body: bytes | None = None
+        # The parts of that body as the spill got them, joined only if someone asks for the
+        # body (a live subscriber): without one, the spill's is the only copy of the data.
+        self._last_parts: list[bytes] | None = None
 
     # -- state --------------------------------------------------------------------------------
 
@@ -420,10 +424,10 @@ class LogStore:
         last = first + n - 1
         # One packed body for the spill and the log channel's live batch (see packed()).
         self._last_append = (first, last, time_ns, incarnation, stream, pieces, None)
-        self._last_body = None
+        self._last_body = self._last_parts = None
         if self.spill is not None and self.spill.active:
-            self._last_body = _body(first, time_ns, incarnation, stream, pieces, None)
-            self.spill.write_parts(first, [self._last_body])
+            self._last_parts = _body(first, time_ns, incarnation, stream, pieces, None)
+            self.spill.write_parts(first, self._last_parts)
         size = sum(map(len, map(_data, pieces))) + n * RECORD_OVERHEAD
         code = STREAM_CODES[stream]
         self._chunks.append((first, time_ns, incarnation, code, pieces, size, last))
@@ -453,10 +457,10 @@ class LogStore:
         _check_scalars(stream, incarnation, time_ns)
         last = first + n - 1
         self._last_append = (first, last, time_ns, incarnation, stream, data, lengths)
-        self._last_body = None
+        self._last_body = self._last_parts = None
         if self.spill is not None and self.spill.active:
-            self._last_body = _body(first, time_ns, incarnation, stream, data, lengths)
-            self.spill.write_parts(first, [self._last_body])
+            self._last_parts = _body(first, time_ns, incarnation, stream, data, lengths)
+            self.spill.write_parts(first, self._last_parts)
         size = len(data) + n * RECORD_OVERHEAD
         code = STREAM_CODES[stream]
         self._chunks.append((first, time_ns, incarnation, code, data, size, last, lengths))
@@ -480,7 +484,7 @@ class LogStore:
             raise ValueError(f"flags must be a u8, got {flags!r}")
         seq = self._last_seq + 1
         code = STREAM_CODES[stream]
-        self._last_append = self._last_body = None
+        self._last_append = self._last_body = self._last_parts = None
         if self.spill is not None and self.spill.active:
             head = RECORD_HEADER.pack(seq, time_ns, incarnation, code, flags, len(data))
             self.spill.write_parts(seq, [_ONE, head, data])
@@ -566,7 +570,9 @@ class LogStore:
             if first_seq < self._oldest:  # evicted at once: its pieces were cut down
                 return None
             first, _, time_ns, incarnation, stream, pieces, lengths = last
-            self._last_body = _body(first, time_ns, incarnation, stream, pieces, lengths)
+            parts = self._last_parts or _body(first, time_ns, incarnation, stream, pieces, lengths)
+            self._last_body = b"".join(parts)
+            self._last_parts = None
         return self._last_body
 
     def _bounds(self, from_seq: int, to_seq: int | None) -> tuple[int, int]:
