@@ -136,17 +136,18 @@ class LineAssembler:
             out: list[tuple[bytes, int]] = []
             self._hold(self._cut(b"".join(self._parts), out))
             return out
+        end = nl + 1
+        whole: bytes | memoryview = data  # the read up to its last newline
+        tail = b""
+        if end < len(data):
+            whole = memoryview(data)[:end]  # no copy: the one below is the only one
+            tail = data[end:]
         if self._parts:
-            self._parts.append(data)
-            data = b"".join(self._parts)
-            nl += self._pending
+            head = b"".join([*self._parts, whole])
             self._parts = []
             self._pending = 0
-        end = nl + 1
-        if end == len(data):
-            head, tail = data, b""
         else:
-            head, tail = data[:end], data[end:]
+            head = bytes(whole)  # the read itself when it ends with a line (bytes(b) is b)
         if _CR not in head:
             if block and len(tail) <= self._max:
                 lengths = self._fitting(head)
