@@ -247,3 +247,34 @@ def test_live_batches_are_the_same_with_and_without_the_stores_packed_body() -> 
         sent = fast.stored(Stream.STDOUT, first, last, store)
         assert sent == slow.stored(Stream.STDOUT, first, last, EntriesOnly(store))
         assert len(sent) >= 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    counts=st.lists(st.integers(1, 1200), min_size=1, max_size=6),
+    max_bytes=st.sampled_from([40_000, 200_000, 1 << 24]),
+    probes=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 600)), max_size=4),
+)
+def test_large_blocks_read_in_parts(
+    counts: list[int], max_bytes: int, probes: list[tuple[int, int]]
+) -> None:
+    """Blocks of more lines than a read expands at a time (last words go back 256 records
+    at a time): ranges inside them, the newest N and the last words are the per-line
+    store's, before and after eviction cut them."""
+    chunked = LogStore(epoch="e", max_bytes=max_bytes)
+    perline = PerLineStore(epoch="e", max_bytes=max_bytes)
+    for i, count in enumerate(counts):
+        lines = [b"%d.%d %s\n" % (i, k, b"z" * (k * 7 % 90)) for k in range(count)]
+        block = _block(lines)
+        stream = Stream.STDERR if i % 2 else Stream.LOG
+        got = chunked.append_block(stream, 1, T0 + i, block.data, block.lengths)
+        assert perline.append(stream, 1, T0 + i, [(d, 0) for d in lines]) == got
+        assert astuple(chunked.statistics()) == astuple(perline.statistics())
+    for start, n in [(1, 700), *probes]:
+        assert chunked.entries(start, start + n) == perline.entries(start, start + n)
+        assert chunked.last_entries(n, from_seq=start) == perline.last_entries(n, from_seq=start)
+        for streams in ((Stream.LOG,), (Stream.STDERR, Stream.LOG)):
+            args: dict[str, Any] = {"streams": streams, "max_lines": n, "max_chars": 20 * n + 1}
+            assert chunked.tail_text(**args, from_seq=start) == perline.tail_text(
+                **args, from_seq=start
+            )
