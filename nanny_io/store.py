@@ -113,8 +113,9 @@ def _head(lengths: Callable[[int], Iterable[int]], n: int, size: int, need: int)
     charged) whose eviction frees ``need`` bytes; ``lengths(m)`` gives the first m lengths.
 
     Running sums (in C) over a head a little longer than the records' mean size says is
-    needed, or over the whole chunk if that head falls short; k >= 1 since need > 0, and
-    k < n when the whole chunk frees more than ``need``.
+    needed, or over the whole chunk if that head falls short; k >= 1 since need > 0. (k is
+    n only when the chunk's last record alone is larger than the ring: the slot then stays,
+    empty, until it is evicted whole.)
     """
     m = min(n, need * n // size * 5 // 4 + 64)
     ends = list(accumulate(lengths(m)))  # the data of records [:k + 1]
