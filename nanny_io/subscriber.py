@@ -247,13 +247,19 @@ class LogClient:
             heard = time.monotonic()
             events: list[Event] = []
             if dealer in ready:
+                # One answer message at a time, its events delivered before the next one is
+                # decoded: a backlog of messages is not all held as records at once.
                 for frames in _recv_all(dealer):
                     try:
                         with _gc_paused():  # thousands of records per answer message
                             answer = decode_replay_response(frames, self.signer)
-                        events += state.receive_replay(answer)
+                        replayed = state.receive_replay(answer)
                     except RemoteProtocolError:
                         self.rejected += 1
+                        continue
+                    await self._send(state.requests_to_send())
+                    for event in replayed:
+                        yield event
             if sub in ready:
                 for frames in _recv_all(sub):
                     try:
@@ -292,17 +298,25 @@ class LogClient:
 
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
-    """No collection while one message's records are built.
+    """No collection while one message's records are built, and none walks them after.
 
-    A replay answer holds up to 16 384 records; building them would otherwise trigger
-    repeated collections that walk every record the caller already keeps, which made a
-    million-record replay GC-bound.
+    A replay answer holds up to 16 384 records, each an object the collector tracks.
+    Building them with collections on would trigger many that walk every record built so
+    far; and once collections are back on, the first young collection would still walk the
+    whole message. So they are moved, untouched, to the oldest generation (``gc.freeze``
+    then ``gc.unfreeze``), which is where they would end after surviving two young
+    collections anyway: they are freed as usual when the caller drops them, and only a full
+    collection looks at them while they live. Not done when the program froze objects of
+    its own (``gc.unfreeze`` would release them too).
     """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if not gc.get_freeze_count():
+            gc.freeze()
+            gc.unfreeze()
         if was_enabled:
             gc.enable()
 
