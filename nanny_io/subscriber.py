@@ -296,6 +296,12 @@ class LogClient:
                 return
 
 
+#: Set once this program is seen to keep objects frozen (``gc.freeze``, as pre-forking
+#: servers do): ``_gc_paused`` must not unfreeze them, and need not count them again (a
+#: count walks every frozen object).
+_program_freezes = False
+
+
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
     """No collection while one message's records are built, and none walks them after.
@@ -306,17 +312,21 @@ def _gc_paused() -> Iterator[None]:
     whole message. So they are moved, untouched, to the oldest generation (``gc.freeze``
     then ``gc.unfreeze``), which is where they would end after surviving two young
     collections anyway: they are freed as usual when the caller drops them, and only a full
-    collection looks at them while they live. Not done when the program froze objects of
-    its own (``gc.unfreeze`` would release them too).
+    collection looks at them while they live. Not done in a program that freezes objects
+    of its own (``gc.unfreeze`` would release them too).
     """
+    global _program_freezes
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        if not gc.get_freeze_count():
-            gc.freeze()
-            gc.unfreeze()
+        if not _program_freezes:
+            if gc.get_freeze_count():  # nothing is frozen after our own unfreeze: cheap
+                _program_freezes = True
+            else:
+                gc.freeze()
+                gc.unfreeze()
         if was_enabled:
             gc.enable()
 
