@@ -5,8 +5,9 @@
 checkout (``python -P``, the checkout first on PYTHONPATH) and its log FIFO filled with
 100-byte lines; then, round after round in alternating order, a fresh client process of the
 same checkout fetches the newest N records with ``BlockingLogClient(since_seq=...)`` and
-counts them. Per run: the client's wall time (what the replay target is about), the client's
-CPU time and the nanny's CPU time meanwhile. Without ``--baseline`` only this checkout runs.
+counts them (``--records`` takes several sizes). Per run: the client's wall time (what the
+replay target is about), the client's CPU time and the nanny's CPU time meanwhile. Without
+``--baseline`` only this checkout runs.
 
 Prints a table and one JSON line ``{"benchmark": "replay", ...}``.
 """
@@ -132,7 +133,9 @@ def measure(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker) ->
     paths = {"this": str(THIS_CHECKOUT)}
     if args.baseline:
         paths = {"baseline": args.baseline, **paths}
-    rows: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
+    rows: dict[tuple[str, int], list[dict[str, float]]] = {
+        (name, n): [] for n in args.records for name in paths
+    }
     with contextlib.ExitStack() as stack:
         ctx: zmq.Context[Any] = zmq.Context()
         stack.callback(ctx.destroy, 0)
@@ -142,29 +145,29 @@ def measure(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker) ->
             info = load_connection_info(nanny.connection_file)
             watcher, probe = SeqWatcher(ctx, info), ReplayProbe(ctx, info)
             stack.callback(probe.close)
-            ingest_published(kc, watcher, probe, args.records + 1000)
+            ingest_published(kc, watcher, probe, max(args.records) + 1000)
             watcher.close()
-            last = probe.request(last=0)[1]
-            nannies[name] = (nanny, last - args.records + 1)
+            nannies[name] = (nanny, probe.request(last=0)[1])
         names = list(paths)
         for i in range(args.reps):
-            for name in names if i % 2 == 0 else names[::-1]:
-                nanny, since = nannies[name]
-                profile = None
-                if args.profile_dir and i == 0:
-                    profile = str(Path(args.profile_dir) / f"client-{name}.prof")
-                cpu0 = nanny.cpu_seconds()
-                run = run_client(paths[name], nanny.connection_file, since, profile)
-                run["nanny_cpu"] = nanny.cpu_seconds() - cpu0
-                if run["records"] != args.records:
-                    raise BenchmarkError(f"{name}: {run['records']} of {args.records} records")
-                rows[name].append(run)
-                print(
-                    f"... round {i + 1} {name}: {run['seconds']:.3f} s, client CPU "
-                    f"{run['cpu']:.3f} s, nanny CPU {run['nanny_cpu']:.3f} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            for count in args.records:
+                for name in names if i % 2 == 0 else names[::-1]:
+                    nanny, last = nannies[name]
+                    profile = None
+                    if args.profile_dir and i == 0:
+                        profile = str(Path(args.profile_dir) / f"client-{name}-{count}.prof")
+                    cpu0 = nanny.cpu_seconds()
+                    run = run_client(paths[name], nanny.connection_file, last - count + 1, profile)
+                    run["nanny_cpu"] = nanny.cpu_seconds() - cpu0
+                    if run["records"] != count:
+                        raise BenchmarkError(f"{name}: {run['records']} of {count} records")
+                    rows[(name, count)].append(run)
+                    print(
+                        f"... round {i + 1} {name}, {count:,} records: {run['seconds']:.3f} s, "
+                        f"client CPU {run['cpu']:.3f} s, nanny CPU {run['nanny_cpu']:.3f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     s: dict[str, Any] = {
         "benchmark": "replay",
         "baseline": args.baseline,
@@ -172,27 +175,33 @@ def measure(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker) ->
         "reps": args.reps,
         "load_avg": list(os.getloadavg()),
     }
-    for name, runs in rows.items():
+    for (name, count), runs in rows.items():
         for key in ("seconds", "cpu", "nanny_cpu"):
-            s[f"{name}_{key}"] = statistics.median(r[key] for r in runs)
-            s[f"{name}_{key}_range"] = [min(r[key] for r in runs), max(r[key] for r in runs)]
+            values = [r[key] for r in runs]
+            s[f"{name}_{count}_{key}"] = statistics.median(values)
+            s[f"{name}_{count}_{key}_range"] = [min(values), max(values)]
     return s
 
 
 def print_table(s: dict[str, Any], names: list[str]) -> None:
-    print(f"replay of {s['records']:,} records, median of {s['reps']} interleaved rounds")
-    print(f"{'':12} {'wall s':>8} {'client CPU s':>13} {'nanny CPU s':>12}")
-    for name in names:
-        print(
-            f"{name:12} {s[f'{name}_seconds']:8.3f} {s[f'{name}_cpu']:13.3f} "
-            f"{s[f'{name}_nanny_cpu']:12.3f}"
-        )
+    print(f"replay to a late joiner, median of {s['reps']} interleaved rounds")
+    print(f"{'records':>10} {'':10} {'wall s':>8} {'client CPU s':>13} {'nanny CPU s':>12}")
+    for count in s["records"]:
+        for name in names:
+            key = f"{name}_{count}"
+            print(
+                f"{count:>10,} {name:10} {s[f'{key}_seconds']:8.3f} {s[f'{key}_cpu']:13.3f} "
+                f"{s[f'{key}_nanny_cpu']:12.3f}"
+            )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", help="another checkout of nanny-io")
-    parser.add_argument("--records", type=int, default=1_000_000, help="records replayed (1M)")
+    parser.add_argument(
+        "--records", default="1000000", help="records replayed, sizes separated by commas (1M)"
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument("--reps", type=int, default=5, help="interleaved rounds (5)")
     parser.add_argument("--ring", default="512M", help="ring size of the nannies (512M)")
     parser.add_argument("--profile-dir", help="cProfile each side's first client into this dir")
@@ -205,7 +214,13 @@ def main() -> int:
         return client_main(args.client, args.since_seq, args.profile)
     if args.baseline and not (Path(args.baseline) / "nanny_io" / "__init__.py").is_file():
         parser.error(f"{args.baseline!r} is not a nanny-io checkout")
-    if args.records < 1 or args.reps < 1:
+    if args.quick:
+        args.records, args.reps, args.ring = "1000,20000", 2, "64M"
+    try:
+        args.records = [int(n) for n in args.records.split(",") if n.strip()]
+    except ValueError:
+        parser.error("--records takes counts separated by commas, e.g. 10000,1000000")
+    if not args.records or min(args.records) < 1 or args.reps < 1:
         parser.error("--records and --reps must be >= 1")
     tracker = ProcessTracker()
     workdir = Path(tempfile.mkdtemp(prefix="bench-replay-"))
