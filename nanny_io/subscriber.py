@@ -312,8 +312,10 @@ def _gc_paused() -> Iterator[None]:
     whole message. So they are moved, untouched, to the oldest generation (``gc.freeze``
     then ``gc.unfreeze``), which is where they would end after surviving two young
     collections anyway: they are freed as usual when the caller drops them, and only a full
-    collection looks at them while they live. Not done in a program that freezes objects
-    of its own (``gc.unfreeze`` would release them too).
+    collection looks at them while they live. The move takes the program's other young
+    objects along: a reference cycle among them is then collected by the next full
+    collection instead of a young one. Not done in a program that freezes objects of its
+    own (``gc.unfreeze`` would release them too).
     """
     global _program_freezes
     was_enabled = gc.isenabled()
