@@ -81,7 +81,7 @@ TARGET_FD_OF_CEILING = 0.8  # nanny fd output / the frontend's ceiling
 TARGET_CPU_MS_PER_MB_STDOUT = 2.0
 TARGET_CPU_MS_PER_MB_LOG = 3.0
 TARGET_INGEST_LINES_S = 2_000_000
-TARGET_REPLAY_S = 2.0
+TARGET_REPLAY_S = 1.0
 TARGET_UNWATCHED_MB_S = 500.0  # a kernel's stdout rate with nobody watching
 RSS_SLACK = 64 * MiB  # target: nanny RSS <= ring size + this
 CAPTURE_SPEC = "bench-capture-nanny"  # ipykernel with capture_fd_output off, capture opt-in

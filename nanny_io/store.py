@@ -248,6 +248,15 @@ def _body(
     return [_U32.pack(len(pieces)), heads, *map(_data, pieces)]
 
 
+def _part_body(slot: Slot, lo: int, hi: int) -> bytes:
+    """The packed body of ``slot``'s records ``lo .. hi - 1`` (indexes within the slot)."""
+    if len(slot) == 7:
+        first, time_ns, incarnation, code, pieces, _, _ = slot
+        part = pieces[lo:hi] if lo or hi < len(pieces) else pieces
+        return _body(first + lo, time_ns, incarnation, _BY_CODE[code], part, None)
+    return pack_entries(_expand(slot, lo, hi))
+
+
 def _materialise(entries: Iterable[Entry]) -> list[LogRecord]:
     """LogRecords from entries without re-running ``__post_init__`` (append validated them)."""
     slots: Any = LogRecord.__dict__
@@ -617,6 +626,44 @@ class LogStore:
                 b = min(b, a + want - len(out))
             out += _expand(slot, a, b)
             if len(out) == want:
+                break
+        return out
+
+    def packed_parts(
+        self,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        streams: Collection[Stream] | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[int, int, bytes]]:
+        """What :meth:`entries` returns, as the packed bodies (``pack_entries``) of its runs
+        of consecutive records of one append: ``[(first_seq, last_seq, body), ...]``.
+
+        For a replay answer (``logserver.cut_packed``): a chunk's headers are built by
+        columns, so reading a million records builds no tuple per record.
+        """
+        lo, hi = self._bounds(from_seq, to_seq)
+        want = -1 if limit is None else max(limit, 0)
+        if lo > hi or want == 0:
+            return []
+        wanted = None if streams is None else _codes(streams)
+        chunks = self._chunks
+        out: list[tuple[int, int, bytes]] = []
+        got = 0
+        for i in range(self._chunk_of(lo), len(chunks)):
+            slot = chunks[i]
+            first = slot[0]
+            if first > hi:
+                break
+            if wanted is not None and slot[3] not in wanted:
+                continue
+            a = max(lo - first, 0)
+            b = min(hi, _last(slot)) - first + 1
+            if want >= 0:
+                b = min(b, a + want - got)
+            out.append((first + a, first + b - 1, _part_body(slot, a, b)))
+            got += b - a
+            if got == want:
                 break
         return out
 

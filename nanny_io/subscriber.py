@@ -247,13 +247,19 @@ class LogClient:
             heard = time.monotonic()
             events: list[Event] = []
             if dealer in ready:
+                # One answer message at a time, its events delivered before the next one is
+                # decoded: a backlog of messages is not all held as records at once.
                 for frames in _recv_all(dealer):
                     try:
                         with _gc_paused():  # thousands of records per answer message
                             answer = decode_replay_response(frames, self.signer)
-                        events += state.receive_replay(answer)
+                        replayed = state.receive_replay(answer)
                     except RemoteProtocolError:
                         self.rejected += 1
+                        continue
+                    await self._send(state.requests_to_send())
+                    for event in replayed:
+                        yield event
             if sub in ready:
                 for frames in _recv_all(sub):
                     try:
@@ -290,19 +296,39 @@ class LogClient:
                 return
 
 
+#: Set once this program is seen to keep objects frozen (``gc.freeze``, as pre-forking
+#: servers do): ``_gc_paused`` must not unfreeze them, and need not count them again (a
+#: count walks every frozen object).
+_program_freezes = False
+
+
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
-    """No collection while one message's records are built.
+    """No collection while one message's records are built, and none walks them after.
 
-    A replay answer holds up to 16 384 records; building them would otherwise trigger
-    repeated collections that walk every record the caller already keeps, which made a
-    million-record replay GC-bound.
+    A replay answer holds up to 16 384 records, each an object the collector tracks.
+    Building them with collections on would trigger many that walk every record built so
+    far; and once collections are back on, the first young collection would still walk the
+    whole message. So they are moved, untouched, to the oldest generation (``gc.freeze``
+    then ``gc.unfreeze``), which is where they would end after surviving two young
+    collections anyway: they are freed as usual when the caller drops them, and only a full
+    collection looks at them while they live. The move takes the program's other young
+    objects along: a reference cycle among them is then collected by the next full
+    collection instead of a young one. Not done in a program that freezes objects of its
+    own (``gc.unfreeze`` would release them too).
     """
+    global _program_freezes
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if not _program_freezes:
+            if gc.get_freeze_count():  # nothing is frozen after our own unfreeze: cheap
+                _program_freezes = True
+            else:
+                gc.freeze()
+                gc.unfreeze()
         if was_enabled:
             gc.enable()
 

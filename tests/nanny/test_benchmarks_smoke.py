@@ -210,3 +210,14 @@ def test_bench_report_quick_json(tmp_path: Path) -> None:
     assert report["leaked_processes"] == 0
     assert set(report["targets_met"]) == TARGETS
     assert all(isinstance(v, bool) for v in report["targets_met"].values())
+
+
+@pytest.mark.timeout(240)
+def test_bench_replay_quick_json(tmp_path: Path) -> None:
+    report = _run("bench_replay.py", tmp_path, 230)
+    assert report["benchmark"] == "replay"
+    assert report["records"] == [1000, 20000] and report["reps"] == 2
+    for count in report["records"]:
+        for key in ("seconds", "cpu", "nanny_cpu"):
+            _positive(report[f"this_{count}_{key}"], f"this_{count}_{key}")
+    assert report["leaked_processes"] == 0

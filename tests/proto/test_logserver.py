@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from itertools import pairwise
+from collections.abc import Collection, Sequence
+from itertools import accumulate, pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -22,7 +22,7 @@ from nanny_io_proto.logrecords import (
     pack_entries,
     pack_records,
 )
-from nanny_io_proto.logserver import LogPublisher, ReplayAnswer, cut_entries
+from nanny_io_proto.logserver import LogPublisher, ReplayAnswer, cut_entries, cut_packed
 from nanny_io_proto.replay import (
     ReplayBatch,
     ReplayEnd,
@@ -296,3 +296,127 @@ def test_answer_matches_a_reference_selection(
     if truncated:  # the notice comes first, the end last
         assert answer[0] == truncated[0]
     assert [m for m in answer if isinstance(m, ReplayEnd)] == [end]
+
+
+# -- replay from packed parts ------------------------------------------------------------------
+
+
+def _packed_runs(entries: Sequence[Entry], max_records: int, max_bytes: int) -> list[object]:
+    """What cut_packed must give: cut_entries' runs, packed."""
+    return [
+        (len(run), run[0][0], run[-1][0], pack_entries(run))
+        for run in cut_entries(entries, max_records, max_bytes)
+    ]
+
+
+def _parts(entries: Sequence[Entry], sizes: Sequence[int]) -> list[tuple[int, int, bytes]]:
+    """Entries as packed parts of about ``sizes`` records, cut where seqs are not consecutive
+    (a part is consecutive records, as one append of the store)."""
+    parts, start, i = [], 0, 0
+    for k in range(1, len(entries) + 1):
+        size = sizes[i % len(sizes)] if sizes else 1
+        if k == len(entries) or entries[k][0] != entries[k - 1][0] + 1 or k - start >= size:
+            run = entries[start:k]
+            parts.append((run[0][0], run[-1][0], pack_entries(run)))
+            start, i = k, i + 1
+    return parts
+
+
+def test_cut_packed_cuts_like_cut_entries() -> None:
+    sizes = [10, 10, 10, 200, 10, 10]
+    entries = [entry(rec(i + 1, data=b"x" * n)) for i, n in enumerate(sizes)]
+    parts = _parts(entries, [4, 2])
+    assert [(p[0], p[1]) for p in parts] == [(1, 4), (5, 6)]
+    for max_records, max_bytes in [(2, 10_000), (10, 30), (10, 29), (10, 250), (1, 1)]:
+        got = cut_packed(parts, max_records, max_bytes)
+        assert got == _packed_runs(entries, max_records, max_bytes)
+    assert cut_packed([], 10, 10) == []
+    with pytest.raises(LocalProtocolError):
+        cut_packed(parts, 10, 0)
+
+
+@EXAMPLES
+@given(
+    st.lists(st.tuples(st.integers(0, 100), st.integers(1, 3)), max_size=60),
+    st.lists(st.integers(1, 12), max_size=5),
+    st.integers(1, 8),
+    st.integers(1, 400),
+)
+def test_cut_packed_gives_the_bodies_of_cut_entries(
+    records: list[tuple[int, int]], sizes: list[int], max_records: int, max_bytes: int
+) -> None:
+    """Parts of any size, with holes between them (a stream filter), any limits: the same
+    messages, byte for byte."""
+    seqs = list(accumulate(step for _, step in records))
+    kinds = [OUT, ERR, LOG]
+    entries = [
+        entry(LogRecord(seq, seq * 3, 1 + seq % 2, kinds[seq % 3], b"z" * n, seq % 2))
+        for seq, (n, _) in zip(seqs, records, strict=True)
+    ]
+    parts = _parts(entries, sizes)
+    assert cut_packed(parts, max_records, max_bytes) == _packed_runs(
+        entries, max_records, max_bytes
+    )
+
+
+class PackedStore(MemoryStore):
+    """A MemoryStore that also hands out packed parts (of at most 3 records), as the nanny's
+    store does."""
+
+    def packed_parts(
+        self,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        streams: Collection[Stream] | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[int, int, bytes]]:
+        return _parts(self.entries(from_seq, to_seq, streams, limit), [3])
+
+
+@EXAMPLES
+@given(
+    st.integers(0, 60),
+    st.integers(1, 70),
+    st.one_of(st.none(), st.integers(1, 80)),
+    st.one_of(st.none(), st.integers(1, 30)),
+    st.one_of(st.none(), st.sets(st.sampled_from(list(Stream)), min_size=1).map(tuple)),
+    st.integers(1, 6),
+    st.integers(1, 40),
+)
+def test_answers_from_packed_parts_are_the_same_messages(
+    n: int,
+    oldest: int,
+    since: int | None,
+    limit: int | None,
+    streams: tuple[Stream, ...] | None,
+    max_records: int,
+    max_bytes: int,
+) -> None:
+    oldest = min(oldest, n + 1)
+    req = ReplayRequest("r", "n", since_seq=since, limit=limit, streams=streams)
+    plain, packed = store_of(n, oldest), PackedStore(store_of(n).records, oldest)
+
+    def frames(store: MemoryStore) -> list[list[bytes]]:
+        answer = ReplayAnswer(
+            req, epoch="ep", signer=KEY, oldest_seq=oldest, last_seq=n,
+            max_records=max_records, max_bytes=max_bytes,
+        )  # fmt: skip
+        out = []
+        while not answer.finished:
+            out += answer.next_messages(store)
+        return out
+
+    assert frames(packed) == frames(plain)
+
+
+def test_an_answer_from_packed_parts_ends_incomplete_after_an_eviction() -> None:
+    store = PackedStore(store_of(20).records)
+    answer = ReplayAnswer(
+        ReplayRequest("r", "n", since_seq=1), epoch="ep", signer=KEY, oldest_seq=1,
+        last_seq=20, max_records=10,
+    )  # fmt: skip
+    first = [decode_replay_response(m, KEY) for m in answer.next_messages(store)]
+    assert seqs_of(first) == list(range(1, 11))
+    store.evict(15)
+    rest = [decode_replay_response(m, KEY) for m in answer.next_messages(store)]
+    assert rest == [ReplayEnd("r", "ep", 20, 10, False, prev_seq=10)] and answer.finished
