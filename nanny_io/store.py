@@ -250,10 +250,17 @@ def _body(
 
 def _part_body(slot: Slot, lo: int, hi: int) -> bytes:
     """The packed body of ``slot``'s records ``lo .. hi - 1`` (indexes within the slot)."""
+    if len(slot) == 8:  # a block: a slice of its bytes and of its line lengths
+        first, time_ns, incarnation, code, data, _, last, lengths = slot
+        if lo or hi <= last - first:
+            start = sum(lengths[:lo])
+            lengths = lengths[lo:hi]
+            data = data[start : start + sum(lengths)]
+        return b"".join(_body(first + lo, time_ns, incarnation, _BY_CODE[code], data, lengths))
     if len(slot) == 7:
         first, time_ns, incarnation, code, pieces, _, _ = slot
         part = pieces[lo:hi] if lo or hi < len(pieces) else pieces
-        return _body(first + lo, time_ns, incarnation, _BY_CODE[code], part, None)
+        return b"".join(_body(first + lo, time_ns, incarnation, _BY_CODE[code], part, None))
     return pack_entries(_expand(slot, lo, hi))
 
 
