@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
-
-from nanny_io_proto.errors import ProtocolError
-from nanny_io_proto.priorities import parse_priority
-from nanny_io_proto.streams import Stream
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .discovery import (
-    KernelNotFound,
-    iter_states,
-    resolve_kernel,
-    state_summary,
-)
 from .errors import NannyIOError
-from .gateway_cli import add_launch_parser, add_remote_install_options
-from .launcher import KernelSpecError
 from .limits import (
     DEFAULT_MAX_BYTES,
     DEFAULT_SHUTDOWN_GRACE,
@@ -32,7 +16,12 @@ from .limits import (
     DEFAULT_TERM_GRACE,
 )
 
-log = logging.getLogger("nanny_io")
+if TYPE_CHECKING:
+    import argparse
+
+# Every other import is made by the verb that needs it: ``nanny-io start`` is on the
+# critical path of every kernel start, and its kernel is spawned before the nanny imports
+# anything heavy (see nanny_io/startup.py).
 
 
 class CLIError(NannyIOError):
@@ -40,6 +29,8 @@ class CLIError(NannyIOError):
 
 
 def _setup_logging(verbose: bool) -> None:
+    import logging
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="[nanny-io %(levelname)s] %(message)s",
@@ -55,18 +46,27 @@ def _setup_logging(verbose: bool) -> None:
 
 def _size(text: str) -> int:
     """``64M``, ``512k``, ``1G`` or plain bytes."""
+    try:
+        return _parse_size(text)
+    except ValueError:
+        import argparse
+
+        text = text.strip().lower().removesuffix("ib").removesuffix("b")
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64M)") from None
+
+
+def _parse_size(text: str) -> int:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     text = text.strip().lower().removesuffix("ib").removesuffix("b")
-    try:
-        if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64M)") from None
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     """``nanny-io start``: the options, then the start-up module does the work."""
+    from pathlib import Path
+
     from .startup import StartOptions, run
 
     return run(
@@ -100,6 +100,11 @@ def _format_bytes(n: int | None) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from .discovery import iter_states, state_summary
+
     now = time.time()
     rows = [state_summary(state, alive, now) for state, alive in iter_states(clean_stale=True)]
     if args.json:
@@ -136,6 +141,7 @@ def _control(
     wait_for: str | None = None,
 ) -> dict[str, object]:
     from .control_client import ControlTimeout, request
+    from .discovery import KernelNotFound, resolve_kernel
 
     try:
         ref = resolve_kernel(args.kernel)
@@ -151,6 +157,11 @@ def _control(
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    from nanny_io_proto.errors import ProtocolError
+    from nanny_io_proto.priorities import parse_priority
+    from nanny_io_proto.streams import Stream
+
+    from .discovery import KernelNotFound
     from .tail import TailOptions, run_tail
 
     streams = tuple(Stream(s) for s in args.stream) if args.stream else None
@@ -181,6 +192,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .discovery import KernelNotFound
     from .status import kernel_status, print_status
 
     try:
@@ -200,6 +214,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_install(args: argparse.Namespace) -> int:
     from .gateway_cli import remote_options
     from .install import InstallOptions, install
+    from .launcher import KernelSpecError
 
     prefix = sys.prefix if args.sys_prefix else args.prefix
     try:
@@ -225,6 +240,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
     from .install import uninstall
+    from .launcher import KernelSpecError
 
     try:
         path = uninstall(args.name)
@@ -263,6 +279,12 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from nanny_io_proto.streams import Stream
+
+    from .gateway_cli import add_launch_parser, add_remote_install_options
+
     parser = argparse.ArgumentParser(
         prog="nanny-io",
         description="Run Jupyter kernels under a nanny that captures and serves their logs.",
@@ -486,9 +508,110 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ---------------------------------------------------------------------- start, parsed quickly
+
+
+def _choice(text: str, choices: tuple[str, ...]) -> str:
+    if text not in choices:
+        raise ValueError(text)
+    return text
+
+
+#: ``start``'s options that take a value, with the function that converts it (as its
+#: ``type=`` in :func:`build_parser` does).
+_START_VALUES: dict[str, tuple[str, Any]] = {
+    "--connection-file": ("connection_file", str),
+    "--ip": ("ip", str),
+    "--transport": ("transport", lambda text: _choice(text, ("tcp", "ipc"))),
+    "--kernel-id": ("kernel_id", str),
+    "--shutdown-grace": ("shutdown_grace", float),
+    "--term-grace": ("term_grace", float),
+    "--startup-timeout": ("startup_timeout", float),
+    "--ring-size": ("ring_size", _parse_size),
+    "--spill-size": ("spill_size", _parse_size),
+    "--rate-limit": ("rate_limit", _parse_size),
+}
+#: ``start``'s flags: the attribute and the value they set.
+_START_FLAGS: dict[str, tuple[str, object]] = {
+    "--no-spill": ("no_spill", True),
+    "-q": ("quiet", True),
+    "--quiet": ("quiet", True),
+    "--store-iopub": ("store_iopub", True),
+    "--no-store-iopub": ("store_iopub", False),
+    "--managed": ("managed", True),
+}
+
+
+def parse_start_quickly(argv: Sequence[str]) -> Any:
+    """``nanny-io [-v] start ...`` parsed without argparse, or None to let argparse do it.
+
+    Importing and building the full parser costs a few milliseconds before every kernel's
+    spawn. This accepts only spellings whose meaning is plain (an option's full name, a value
+    that does not start with ``-``, exactly one kernel name) and gives the same attributes
+    as :func:`build_parser`; anything else (help, errors, abbreviations) is argparse's.
+    """
+    from types import SimpleNamespace
+
+    args = list(argv)
+    verbose = False
+    while args and args[0] in ("-v", "--verbose"):
+        verbose = True
+        args.pop(0)
+    if not args or args.pop(0) != "start":
+        return None
+    ns: dict[str, object] = {
+        "verbose": verbose,
+        "command": "start",
+        "connection_file": None,
+        "ip": "127.0.0.1",
+        "transport": "tcp",
+        "kernel_id": None,
+        "shutdown_grace": DEFAULT_SHUTDOWN_GRACE,
+        "term_grace": DEFAULT_TERM_GRACE,
+        "startup_timeout": DEFAULT_STARTUP_TIMEOUT,
+        "ring_size": DEFAULT_MAX_BYTES,
+        "spill_size": DEFAULT_SPILL_BYTES,
+        "no_spill": False,
+        "rate_limit": None,
+        "quiet": False,
+        "store_iopub": None,
+        "managed": False,
+        "func": cmd_start,
+    }
+    kernel_name = None
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("-"):
+            if kernel_name is not None:
+                return None
+            kernel_name = arg
+            continue
+        name, eq, value = arg.partition("=")
+        if name in _START_FLAGS and not eq:
+            attr, flag = _START_FLAGS[name]
+            ns[attr] = flag
+            continue
+        if name not in _START_VALUES:
+            return None
+        if not eq:
+            if not args or args[0].startswith("-"):
+                return None
+            value = args.pop(0)
+        attr, convert = _START_VALUES[name]
+        try:
+            ns[attr] = convert(value)
+        except ValueError:
+            return None
+    if kernel_name is None:
+        return None
+    ns["kernel_name"] = kernel_name
+    return SimpleNamespace(**ns)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_start_quickly(sys.argv[1:] if argv is None else argv)
+    if args is None:
+        args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
         return int(args.func(args))

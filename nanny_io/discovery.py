@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import stat
 import tempfile
 import time
@@ -183,6 +182,8 @@ def prune_spills(max_age: float = 7 * 24 * 3600) -> None:
         with contextlib.suppress(OSError):
             newest = max((f.stat().st_mtime for f in path.iterdir()), default=path.stat().st_mtime)
             if kernel_id not in running and now - newest > max_age:
+                import shutil
+
                 shutil.rmtree(path, ignore_errors=True)
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-import uuid
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +200,8 @@ def spawn_first_incarnation(
         )
     except OSError as exc:  # a full disk, a quota: say so and leave nothing behind
         if private_dir is not None:
+            import shutil
+
             shutil.rmtree(private_dir, ignore_errors=True)
         if wrote_connection_file:
             with contextlib.suppress(OSError):
@@ -234,7 +235,9 @@ def _adopt_or_allocate(options: StartOptions) -> tuple[NannyConnectionInfo, Path
             info = decode_connection_file(path.read_bytes())
         except ConnectionFileError as exc:
             raise StartError(f"cannot use connection file {str(path)!r}: {exc}") from None
-        kernel_id = options.kernel_id or getattr(info, "kernel_id", "") or uuid.uuid4().hex
+        kernel_id = (
+            options.kernel_id or getattr(info, "kernel_id", "") or uuid4_text().replace("-", "")
+        )
         try:
             check_kernel_id(kernel_id)
         except BadKernelId as exc:
@@ -264,7 +267,7 @@ def _adopt_or_allocate(options: StartOptions) -> tuple[NannyConnectionInfo, Path
             }
         )
         return adopted, path, False
-    kernel_id = options.kernel_id or uuid.uuid4().hex
+    kernel_id = options.kernel_id or uuid4_text().replace("-", "")
     ip = options.ip
     if options.transport == "ipc" and ip in ("127.0.0.1", ""):
         ip = str(runtime_dir() / f"kernel-{kernel_id}-ipc")
@@ -277,7 +280,7 @@ def _adopt_or_allocate(options: StartOptions) -> tuple[NannyConnectionInfo, Path
         stdin_port=ports[2],
         control_port=ports[3],
         hb_port=ports[4],
-        key=str(uuid.uuid4()),
+        key=uuid4_text(),
         signature_scheme="hmac-sha256",
         kernel_name=options.kernel_name,
         kernel_id=kernel_id,
@@ -293,3 +296,13 @@ def free_ports(transport: str, ip: str, count: int, taken: set[int]) -> list[int
         return free_ipc_ports(ip, count, taken)
     ports = [p for p in free_tcp_ports(ip, count + len(taken)) if p not in taken]
     return ports[:count]
+
+
+def uuid4_text() -> str:
+    """``str(uuid.uuid4())``, without the uuid module (it imports ``platform``: a few
+    milliseconds before every kernel's spawn); ``.replace("-", "")`` is its ``.hex``."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
