@@ -29,16 +29,9 @@ class CLIError(NannyIOError):
 
 
 def _setup_logging(verbose: bool) -> None:
-    import logging
+    from .logsetup import setup_logging
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="[nanny-io %(levelname)s] %(message)s",
-        stream=sys.stderr,
-    )
-    if not verbose:  # other libraries' chatter is not ours to print
-        for name in ("watchfiles", "traitlets"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    setup_logging(verbose)
 
 
 # ---------------------------------------------------------------------- start
@@ -612,7 +605,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_start_quickly(sys.argv[1:] if argv is None else argv)
     if args is None:
         args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    if args.func is cmd_start:  # set up by the first warning, else after the kernel's spawn
+        from .logsetup import choose_verbosity
+
+        choose_verbosity(args.verbose)
+    else:
+        _setup_logging(args.verbose)
     try:
         return int(args.func(args))
     except NannyIOError as exc:

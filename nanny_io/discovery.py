@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import stat
 import tempfile
@@ -26,8 +25,6 @@ from nanny_io_proto.errors import ConnectionFileError
 
 from .errors import NannyIOError
 from .lifecycle import KernelState, kernel_process_runs
-
-log = logging.getLogger("nanny_io")
 
 
 class KernelNotFound(NannyIOError):
@@ -134,7 +131,9 @@ def _refuse_or_warn(what: str, path: Path, problem: str, refuse: bool) -> None:
         )
     if path not in _warned_insecure:
         _warned_insecure.add(path)
-        log.warning("unsafe %s: %s", what, problem)
+        from .logsetup import nanny_log
+
+        nanny_log().warning("unsafe %s: %s", what, problem)
 
 
 def _user_name(uid: int) -> str:

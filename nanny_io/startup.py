@@ -9,7 +9,6 @@ which keeps start-to-ready close to a kernel started directly.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,8 +49,6 @@ if TYPE_CHECKING:
     from .launcher import KernelSpecInfo, Prelaunch
     from .nanny import NannyConfig
 
-log = logging.getLogger("nanny_io")
-
 
 class StartError(NannyIOError):
     """The nanny cannot start: a missing kernelspec, an unusable connection file, ..."""
@@ -91,6 +88,10 @@ def run(options: StartOptions) -> int:
     private_dir, kernel_ports, guardian, first = spawn_first_incarnation(
         spec, frontend, conn_path, owned
     )
+
+    from .logsetup import nanny_log
+
+    nanny_log()  # set up now, while the kernel boots
 
     import asyncio
 

@@ -186,3 +186,26 @@ def test_modules_before_the_spawn_stay_light() -> None:
     heavy = {"argparse", "asyncio", "zmq", "psutil", "uuid", "platform", "hashlib", "hmac",
              "jupyter_client", "traitlets", "nanny_io.nanny", "nanny_io.gateway_cli"}  # fmt: skip
     assert not heavy & loaded, f"imported before the spawn: {sorted(heavy & loaded)}"
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_start_logs_in_its_format_before_and_after_the_spawn(jupyter_env, verbose: bool) -> None:
+    """The log is set up after the spawn, or by a warning before it: the same lines either
+    way (the warning comes before the spawn, the timeout's message after it)."""
+    jupyter_env.runtime.mkdir(mode=0o770)
+    jupyter_env.runtime.chmod(0o770)  # group-writable: a warning, not a refusal
+    jupyter_env.add_kernelspec("mute", [sys.executable, "-c", "import time; time.sleep(600)"])
+    argv = [*(["-v"] if verbose else []), "start", "mute", "--startup-timeout", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "nanny_io", *argv, "--term-grace", "0.2", "--no-spill"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("[nanny-io WARNING] unsafe runtime dir: "), lines
+    assert "can be written by its group" in lines[0]
+    assert any(line.startswith("[nanny-io DEBUG] ") for line in lines) == verbose, lines
+    error = "[nanny-io ERROR] kernel 'mute' did not answer kernel_info within 1 s"
+    assert any(line.startswith(error) for line in lines), lines
