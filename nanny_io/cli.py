@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import NannyIOError
@@ -39,48 +39,22 @@ def _setup_logging(verbose: bool) -> None:
 
 def _size(text: str) -> int:
     """``64M``, ``512k``, ``1G`` or plain bytes."""
-    try:
-        return _parse_size(text)
-    except ValueError:
-        import argparse
+    import argparse
 
+    from .startup import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError:
         text = text.strip().lower().removesuffix("ib").removesuffix("b")
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64M)") from None
 
 
-def _parse_size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    text = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
-
-
 def cmd_start(args: argparse.Namespace) -> int:
     """``nanny-io start``: the options, then the start-up module does the work."""
-    from pathlib import Path
+    from .startup import run, start_options
 
-    from .startup import StartOptions, run
-
-    return run(
-        StartOptions(
-            kernel_name=args.kernel_name,
-            connection_file=Path(args.connection_file) if args.connection_file else None,
-            kernel_id=args.kernel_id,
-            ip=args.ip,
-            transport=args.transport,
-            shutdown_grace=args.shutdown_grace,
-            term_grace=args.term_grace,
-            startup_timeout=args.startup_timeout,
-            quiet=args.quiet,
-            ring_bytes=args.ring_size,
-            spill=not args.no_spill,
-            spill_bytes=args.spill_size,
-            rate_limit=args.rate_limit,
-            managed=args.managed,
-            store_iopub=args.store_iopub,
-        )
-    )
+    return run(start_options(args))
 
 
 # ---------------------------------------------------------------------- list and control verbs
@@ -501,110 +475,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---------------------------------------------------------------------- start, parsed quickly
-
-
-def _choice(text: str, choices: tuple[str, ...]) -> str:
-    if text not in choices:
-        raise ValueError(text)
-    return text
-
-
-#: ``start``'s options that take a value, with the function that converts it (as its
-#: ``type=`` in :func:`build_parser` does).
-_START_VALUES: dict[str, tuple[str, Any]] = {
-    "--connection-file": ("connection_file", str),
-    "--ip": ("ip", str),
-    "--transport": ("transport", lambda text: _choice(text, ("tcp", "ipc"))),
-    "--kernel-id": ("kernel_id", str),
-    "--shutdown-grace": ("shutdown_grace", float),
-    "--term-grace": ("term_grace", float),
-    "--startup-timeout": ("startup_timeout", float),
-    "--ring-size": ("ring_size", _parse_size),
-    "--spill-size": ("spill_size", _parse_size),
-    "--rate-limit": ("rate_limit", _parse_size),
-}
-#: ``start``'s flags: the attribute and the value they set.
-_START_FLAGS: dict[str, tuple[str, object]] = {
-    "--no-spill": ("no_spill", True),
-    "-q": ("quiet", True),
-    "--quiet": ("quiet", True),
-    "--store-iopub": ("store_iopub", True),
-    "--no-store-iopub": ("store_iopub", False),
-    "--managed": ("managed", True),
-}
-
-
-def parse_start_quickly(argv: Sequence[str]) -> Any:
-    """``nanny-io [-v] start ...`` parsed without argparse, or None to let argparse do it.
-
-    Importing and building the full parser costs a few milliseconds before every kernel's
-    spawn. This accepts only spellings whose meaning is plain (an option's full name, a value
-    that does not start with ``-``, exactly one kernel name) and gives the same attributes
-    as :func:`build_parser`; anything else (help, errors, abbreviations) is argparse's.
-    """
-    from types import SimpleNamespace
-
-    args = list(argv)
-    verbose = False
-    while args and args[0] in ("-v", "--verbose"):
-        verbose = True
-        args.pop(0)
-    if not args or args.pop(0) != "start":
-        return None
-    ns: dict[str, object] = {
-        "verbose": verbose,
-        "command": "start",
-        "connection_file": None,
-        "ip": "127.0.0.1",
-        "transport": "tcp",
-        "kernel_id": None,
-        "shutdown_grace": DEFAULT_SHUTDOWN_GRACE,
-        "term_grace": DEFAULT_TERM_GRACE,
-        "startup_timeout": DEFAULT_STARTUP_TIMEOUT,
-        "ring_size": DEFAULT_MAX_BYTES,
-        "spill_size": DEFAULT_SPILL_BYTES,
-        "no_spill": False,
-        "rate_limit": None,
-        "quiet": False,
-        "store_iopub": None,
-        "managed": False,
-        "func": cmd_start,
-    }
-    kernel_name = None
-    while args:
-        arg = args.pop(0)
-        if not arg.startswith("-"):
-            if kernel_name is not None:
-                return None
-            kernel_name = arg
-            continue
-        name, eq, value = arg.partition("=")
-        if name in _START_FLAGS and not eq:
-            attr, flag = _START_FLAGS[name]
-            ns[attr] = flag
-            continue
-        if name not in _START_VALUES:
-            return None
-        if not eq:
-            if not args or args[0].startswith("-"):
-                return None
-            value = args.pop(0)
-        attr, convert = _START_VALUES[name]
-        try:
-            ns[attr] = convert(value)
-        except ValueError:
-            return None
-    if kernel_name is None:
-        return None
-    ns["kernel_name"] = kernel_name
-    return SimpleNamespace(**ns)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_start_quickly(sys.argv[1:] if argv is None else argv)
-    if args is None:
-        args = build_parser().parse_args(argv)
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    if "start" in args_list:  # the usual start command line needs no argparse
+        from .startup import main_quickly
+
+        code = main_quickly(args_list)
+        if code is not None:
+            return code
+    args = build_parser().parse_args(argv)
     if args.func is cmd_start:  # set up by the first warning, else after the kernel's spawn
         from .logsetup import choose_verbosity
 
