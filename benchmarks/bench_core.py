@@ -12,7 +12,9 @@ so that machine noise hits both alike:
    directly, ipykernel answers it), from send until the reply.
 3. Start-to-ready: from ``KernelManager.start_kernel()`` / the ``Popen`` of ``nanny-io start``
    until ``BlockingKernelClient.wait_for_ready()`` returns. For the nanny, the time until its
-   connection file appears is reported too (interpreter start, imports and setup).
+   connection file appears is reported too (interpreter start, imports and setup). A third
+   path, interleaved with those two, is a ``KernelManager`` of the same kernelspec wrapped for
+   the nanny-io provisioner (``nanny-io install``), as JupyterLab starts it.
 
 The round trips drive zmq sockets in this thread (no client threads): requests are built and
 signed with jupyter_client's ``Session`` before the clock starts; replies are matched by
@@ -53,6 +55,7 @@ from nanny_io.testing import NannyProcess
 
 DELIM = b"<IDS|MSG>"
 PATHS = ("direct", "nanny")
+START_PATHS = ("direct", "nanny", "provisioner")
 TARGET_EXECUTE_RATIO = 1.05
 TARGET_CONTROL_ADDED_MS = 0.2
 TARGET_START_RATIO = 1.10
@@ -314,7 +317,7 @@ def start_to_ready(path: str, kernel_name: str, workdir: Path,
                    tracker: ProcessTracker) -> StartSample:
     """One start, timed until ``wait_for_ready()`` returns; the kernel is stopped after."""
     with contextlib.ExitStack() as stack:
-        if path == "direct":
+        if path in ("direct", "provisioner"):  # the provisioner's spec names a nanny-io one
             km, t0 = start_direct(kernel_name, workdir, tracker, stack)
             _ready_client(km.client())
             return StartSample(time.perf_counter() - t0)
@@ -328,15 +331,30 @@ def start_to_ready(path: str, kernel_name: str, workdir: Path,
         return StartSample(time.perf_counter() - nanny.started_at, setup)
 
 
+def install_provisioner_spec(kernel_name: str, workdir: Path) -> str:
+    """``kernel_name`` wrapped for the nanny-io provisioner in a private Jupyter data dir
+    (put first on ``JUPYTER_PATH``); its name."""
+    from nanny_io.install import InstallOptions, install
+
+    prefix = workdir / "prefix"
+    data = str(prefix / "share" / "jupyter")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([data, os.environ.get("JUPYTER_PATH", "")])
+    name, _ = install(InstallOptions(source=kernel_name, name=f"{kernel_name}-bench-nanny",
+                                     prefix=str(prefix)))  # fmt: skip
+    return name
+
+
 def measure_starts(kernel_name: str, reps: int, workdir: Path, tracker: ProcessTracker,
                    progress: Callable[[str], None]) -> dict[str, list[StartSample]]:
     progress(f"start-to-ready: 1 warm-up + {reps} interleaved starts per path")
-    for path in PATHS:  # warm the page cache and jupyter_client's lazy imports
-        start_to_ready(path, kernel_name, workdir, tracker)
-    starts: dict[str, list[StartSample]] = {path: [] for path in PATHS}
-    for order in interleaved(reps):
-        for path in order:
-            starts[path].append(start_to_ready(path, kernel_name, workdir, tracker))
+    names = {path: kernel_name for path in START_PATHS}
+    names["provisioner"] = install_provisioner_spec(kernel_name, workdir)
+    for path in START_PATHS:  # warm the page cache and jupyter_client's lazy imports
+        start_to_ready(path, names[path], workdir, tracker)
+    starts: dict[str, list[StartSample]] = {path: [] for path in START_PATHS}
+    for i in range(reps):
+        for path in START_PATHS if i % 2 == 0 else START_PATHS[::-1]:
+            starts[path].append(start_to_ready(path, names[path], workdir, tracker))
     return starts
 
 
@@ -348,6 +366,7 @@ def summarize(rt: dict[str, dict[str, Samples]], starts: dict[str, list[StartSam
     ex, ki, intr = rt["execute"], rt["kernel_info"], rt["interrupt"]
     start_direct_s = statistics.median(s.seconds for s in starts["direct"])
     start_nanny_s = statistics.median(s.seconds for s in starts["nanny"])
+    start_provisioner_s = statistics.median(s.seconds for s in starts["provisioner"])
     setup = [s.setup_seconds for s in starts["nanny"] if s.setup_seconds is not None]
     ms = 1e3
     summary: dict[str, Any] = {
@@ -370,6 +389,8 @@ def summarize(rt: dict[str, dict[str, Samples]], starts: dict[str, list[StartSam
         "start_direct_median_s": start_direct_s,
         "start_nanny_median_s": start_nanny_s,
         "start_ratio": start_nanny_s / start_direct_s,
+        "start_provisioner_median_s": start_provisioner_s,
+        "start_provisioner_ratio": start_provisioner_s / start_direct_s,
         "nanny_setup_median_s": statistics.median(setup),
         "leaked_processes": leaked,
     }
@@ -377,6 +398,7 @@ def summarize(rt: dict[str, dict[str, Samples]], starts: dict[str, list[StartSam
         "execute_ratio": summary["execute_ratio"] <= TARGET_EXECUTE_RATIO,
         "control_added_ms": summary["control_added_ms"] <= TARGET_CONTROL_ADDED_MS,
         "start_ratio": summary["start_ratio"] <= TARGET_START_RATIO,
+        "start_provisioner_ratio": summary["start_provisioner_ratio"] <= TARGET_START_RATIO,
     }
     return summary
 
@@ -407,6 +429,9 @@ def print_table(s: dict[str, Any]) -> None:
          f"{s['start_nanny_median_s']:.3f}", f"x{s['start_ratio']:.3f}",
          f"<= x{TARGET_START_RATIO:.2f} {verdict('start_ratio')}"),
         ("  nanny: connection file at s", "", f"{s['nanny_setup_median_s']:.3f}", "", "(info)"),
+        ("start-to-ready, provisioner s", f"{s['start_direct_median_s']:.3f}",
+         f"{s['start_provisioner_median_s']:.3f}", f"x{s['start_provisioner_ratio']:.3f}",
+         f"<= x{TARGET_START_RATIO:.2f} {verdict('start_provisioner_ratio')}"),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print(f"\nnanny-io core benchmark: kernel {s['kernel']!r}, n={s['n']} round trips per path "

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
-
-from nanny_io_proto.errors import ProtocolError
-from nanny_io_proto.priorities import parse_priority
-from nanny_io_proto.streams import Stream
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .discovery import (
-    KernelNotFound,
-    iter_states,
-    resolve_kernel,
-    state_summary,
-)
 from .errors import NannyIOError
-from .gateway_cli import add_launch_parser, add_remote_install_options
-from .launcher import KernelSpecError
 from .limits import (
     DEFAULT_MAX_BYTES,
     DEFAULT_SHUTDOWN_GRACE,
@@ -32,7 +16,12 @@ from .limits import (
     DEFAULT_TERM_GRACE,
 )
 
-log = logging.getLogger("nanny_io")
+if TYPE_CHECKING:
+    import argparse
+
+# Every other import is made by the verb that needs it: ``nanny-io start`` is on the
+# critical path of every kernel start, and its kernel is spawned before the nanny imports
+# anything heavy (see nanny_io/startup.py).
 
 
 class CLIError(NannyIOError):
@@ -40,14 +29,9 @@ class CLIError(NannyIOError):
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="[nanny-io %(levelname)s] %(message)s",
-        stream=sys.stderr,
-    )
-    if not verbose:  # other libraries' chatter is not ours to print
-        for name in ("watchfiles", "traitlets"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    from .logsetup import setup_logging
+
+    setup_logging(verbose)
 
 
 # ---------------------------------------------------------------------- start
@@ -55,39 +39,22 @@ def _setup_logging(verbose: bool) -> None:
 
 def _size(text: str) -> int:
     """``64M``, ``512k``, ``1G`` or plain bytes."""
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    import argparse
+
+    from .startup import parse_size
+
     try:
-        if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
+        return parse_size(text)
     except ValueError:
+        text = text.strip().lower().removesuffix("ib").removesuffix("b")
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64M)") from None
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     """``nanny-io start``: the options, then the start-up module does the work."""
-    from .startup import StartOptions, run
+    from .startup import run, start_options
 
-    return run(
-        StartOptions(
-            kernel_name=args.kernel_name,
-            connection_file=Path(args.connection_file) if args.connection_file else None,
-            kernel_id=args.kernel_id,
-            ip=args.ip,
-            transport=args.transport,
-            shutdown_grace=args.shutdown_grace,
-            term_grace=args.term_grace,
-            startup_timeout=args.startup_timeout,
-            quiet=args.quiet,
-            ring_bytes=args.ring_size,
-            spill=not args.no_spill,
-            spill_bytes=args.spill_size,
-            rate_limit=args.rate_limit,
-            managed=args.managed,
-            store_iopub=args.store_iopub,
-        )
-    )
+    return run(start_options(args))
 
 
 # ---------------------------------------------------------------------- list and control verbs
@@ -100,6 +67,11 @@ def _format_bytes(n: int | None) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from .discovery import iter_states, state_summary
+
     now = time.time()
     rows = [state_summary(state, alive, now) for state, alive in iter_states(clean_stale=True)]
     if args.json:
@@ -136,6 +108,7 @@ def _control(
     wait_for: str | None = None,
 ) -> dict[str, object]:
     from .control_client import ControlTimeout, request
+    from .discovery import KernelNotFound, resolve_kernel
 
     try:
         ref = resolve_kernel(args.kernel)
@@ -151,6 +124,11 @@ def _control(
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    from nanny_io_proto.errors import ProtocolError
+    from nanny_io_proto.priorities import parse_priority
+    from nanny_io_proto.streams import Stream
+
+    from .discovery import KernelNotFound
     from .tail import TailOptions, run_tail
 
     streams = tuple(Stream(s) for s in args.stream) if args.stream else None
@@ -181,6 +159,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .discovery import KernelNotFound
     from .status import kernel_status, print_status
 
     try:
@@ -200,6 +181,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_install(args: argparse.Namespace) -> int:
     from .gateway_cli import remote_options
     from .install import InstallOptions, install
+    from .launcher import KernelSpecError
 
     prefix = sys.prefix if args.sys_prefix else args.prefix
     try:
@@ -225,6 +207,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
     from .install import uninstall
+    from .launcher import KernelSpecError
 
     try:
         path = uninstall(args.name)
@@ -263,6 +246,12 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from nanny_io_proto.streams import Stream
+
+    from .gateway_cli import add_launch_parser, add_remote_install_options
+
     parser = argparse.ArgumentParser(
         prog="nanny-io",
         description="Run Jupyter kernels under a nanny that captures and serves their logs.",
@@ -487,9 +476,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    if "start" in args_list:  # the usual start command line needs no argparse
+        from .startup import main_quickly
+
+        code = main_quickly(args_list)
+        if code is not None:
+            return code
+    args = build_parser().parse_args(argv)
+    if args.func is cmd_start:  # set up by the first warning, else after the kernel's spawn
+        from .logsetup import choose_verbosity
+
+        choose_verbosity(args.verbose)
+    else:
+        _setup_logging(args.verbose)
     try:
         return int(args.func(args))
     except NannyIOError as exc:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
-import shutil
 import stat
 import tempfile
 import time
@@ -27,8 +25,6 @@ from nanny_io_proto.errors import ConnectionFileError
 
 from .errors import NannyIOError
 from .lifecycle import KernelState, kernel_process_runs
-
-log = logging.getLogger("nanny_io")
 
 
 class KernelNotFound(NannyIOError):
@@ -135,7 +131,9 @@ def _refuse_or_warn(what: str, path: Path, problem: str, refuse: bool) -> None:
         )
     if path not in _warned_insecure:
         _warned_insecure.add(path)
-        log.warning("unsafe %s: %s", what, problem)
+        from .logsetup import nanny_log
+
+        nanny_log().warning("unsafe %s: %s", what, problem)
 
 
 def _user_name(uid: int) -> str:
@@ -183,6 +181,8 @@ def prune_spills(max_age: float = 7 * 24 * 3600) -> None:
         with contextlib.suppress(OSError):
             newest = max((f.stat().st_mtime for f in path.iterdir()), default=path.stat().st_mtime)
             if kernel_id not in running and now - newest > max_age:
+                import shutil
+
                 shutil.rmtree(path, ignore_errors=True)
 
 

@@ -23,7 +23,6 @@ import ctypes
 import json
 import os
 import selectors
-import shutil
 import signal
 import socket
 import sys
@@ -89,6 +88,14 @@ def _set_subreaper() -> bool:
         return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):  # not Linux: process groups are the fallback
         return False
+
+
+def _which(command: str, path: str | None) -> str:
+    """``command`` looked up on ``path``, as the shell would; itself when not found.
+    (A command with a ``/`` is used as it is: shutil.which would return it unchanged.)"""
+    import shutil
+
+    return shutil.which(command, path=path) or command
 
 
 def _send(sock: socket.socket, obj: Mapping[str, object], fds: Sequence[int] = ()) -> None:
@@ -175,7 +182,7 @@ class _Guardian:
             argv = [str(a) for a in request["argv"]]  # type: ignore[attr-defined]
             env = {str(k): str(v) for k, v in request["env"].items()}  # type: ignore[attr-defined]
             cwd = request.get("cwd")
-            path = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
+            path = argv[0] if os.sep in argv[0] else _which(argv[0], env.get("PATH"))
             # posix_spawn's file actions are tuples of different shapes per action
             actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
             for target, fd in zip((1, 2), fds, strict=False):
@@ -244,6 +251,8 @@ class _Guardian:
 def _remove_paths(paths: Iterable[str]) -> None:
     for path in paths:
         if os.path.isdir(path) and not os.path.islink(path):
+            import shutil
+
             shutil.rmtree(path, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):

@@ -140,6 +140,9 @@ def get_kernel_spec(name: str) -> Any:
     """jupyter_client's KernelSpec ``name``, with its errors as one-line KernelSpecErrors."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
+    from .logsetup import nanny_log
+
+    nanny_log()  # what jupyter_client logs comes out in nanny-io's format
     ksm = KernelSpecManager()
     try:
         spec = ksm.get_kernel_spec(name)

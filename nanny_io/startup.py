@@ -9,9 +9,8 @@ which keeps start-to-ready close to a kernel started directly.
 from __future__ import annotations
 
 import contextlib
-import logging
-import shutil
-import uuid
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +50,6 @@ if TYPE_CHECKING:
     from .launcher import KernelSpecInfo, Prelaunch
     from .nanny import NannyConfig
 
-log = logging.getLogger("nanny_io")
-
 
 class StartError(NannyIOError):
     """The nanny cannot start: a missing kernelspec, an unusable connection file, ..."""
@@ -80,6 +77,151 @@ class StartOptions:
     store_iopub: bool | None = None
 
 
+def parse_size(text: str) -> int:
+    """``64M``, ``512k``, ``1G`` or plain bytes; ValueError otherwise."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def _choice(text: str, choices: tuple[str, ...]) -> str:
+    if text not in choices:
+        raise ValueError(text)
+    return text
+
+
+#: ``start``'s options that take a value, with the function that converts it (as its
+#: ``type=`` in ``nanny_io.cli.build_parser`` does).
+_START_VALUES: dict[str, tuple[str, Any]] = {
+    "--connection-file": ("connection_file", str),
+    "--ip": ("ip", str),
+    "--transport": ("transport", lambda text: _choice(text, ("tcp", "ipc"))),
+    "--kernel-id": ("kernel_id", str),
+    "--shutdown-grace": ("shutdown_grace", float),
+    "--term-grace": ("term_grace", float),
+    "--startup-timeout": ("startup_timeout", float),
+    "--ring-size": ("ring_size", parse_size),
+    "--spill-size": ("spill_size", parse_size),
+    "--rate-limit": ("rate_limit", parse_size),
+}
+#: ``start``'s flags: the attribute and the value they set.
+_START_FLAGS: dict[str, tuple[str, object]] = {
+    "--no-spill": ("no_spill", True),
+    "-q": ("quiet", True),
+    "--quiet": ("quiet", True),
+    "--store-iopub": ("store_iopub", True),
+    "--no-store-iopub": ("store_iopub", False),
+    "--managed": ("managed", True),
+}
+
+
+def parse_start_args(argv: Sequence[str]) -> Any:
+    """``nanny-io [-v] start ...`` parsed without argparse, or None to let argparse do it.
+
+    Importing and building the full parser costs a few milliseconds before every kernel's
+    spawn. This accepts only spellings whose meaning is plain (an option's full name, a value
+    that does not start with ``-``, exactly one kernel name) and gives the same attributes
+    as ``nanny_io.cli.build_parser``; anything else (help, errors, abbreviations) is
+    argparse's.
+    """
+    from types import SimpleNamespace
+
+    args = list(argv)
+    verbose = False
+    while args and args[0] in ("-v", "--verbose"):
+        verbose = True
+        args.pop(0)
+    if not args or args.pop(0) != "start":
+        return None
+    ns: dict[str, object] = {
+        "verbose": verbose,
+        "command": "start",
+        "connection_file": None,
+        "ip": "127.0.0.1",
+        "transport": "tcp",
+        "kernel_id": None,
+        "shutdown_grace": DEFAULT_SHUTDOWN_GRACE,
+        "term_grace": DEFAULT_TERM_GRACE,
+        "startup_timeout": DEFAULT_STARTUP_TIMEOUT,
+        "ring_size": DEFAULT_MAX_BYTES,
+        "spill_size": DEFAULT_SPILL_BYTES,
+        "no_spill": False,
+        "rate_limit": None,
+        "quiet": False,
+        "store_iopub": None,
+        "managed": False,
+    }
+    kernel_name = None
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("-"):
+            if kernel_name is not None:
+                return None
+            kernel_name = arg
+            continue
+        name, eq, value = arg.partition("=")
+        if name in _START_FLAGS and not eq:
+            attr, flag = _START_FLAGS[name]
+            ns[attr] = flag
+            continue
+        if name not in _START_VALUES:
+            return None
+        if not eq:
+            if not args or args[0].startswith("-"):
+                return None
+            value = args.pop(0)
+        attr, convert = _START_VALUES[name]
+        try:
+            ns[attr] = convert(value)
+        except ValueError:
+            return None
+    if kernel_name is None:
+        return None
+    ns["kernel_name"] = kernel_name
+    return SimpleNamespace(**ns)
+
+
+def start_options(args: Any) -> StartOptions:
+    """The options of ``nanny-io start`` as parsed (by argparse or :func:`parse_start_args`)."""
+    return StartOptions(
+        kernel_name=args.kernel_name,
+        connection_file=Path(args.connection_file) if args.connection_file else None,
+        kernel_id=args.kernel_id,
+        ip=args.ip,
+        transport=args.transport,
+        shutdown_grace=args.shutdown_grace,
+        term_grace=args.term_grace,
+        startup_timeout=args.startup_timeout,
+        quiet=args.quiet,
+        ring_bytes=args.ring_size,
+        spill=not args.no_spill,
+        spill_bytes=args.spill_size,
+        rate_limit=args.rate_limit,
+        managed=args.managed,
+        store_iopub=args.store_iopub,
+    )
+
+
+def main_quickly(argv: Sequence[str]) -> int | None:
+    """``nanny-io start ...`` without argparse (see :func:`parse_start_args`): the exit
+    status, or None when the command line is for ``nanny_io.cli.main`` to parse."""
+    args = parse_start_args(argv)
+    if args is None:
+        return None
+    from .logsetup import choose_verbosity
+
+    choose_verbosity(args.verbose)  # set up by a warning, else after the kernel's spawn
+    try:
+        return run(start_options(args))
+    except NannyIOError as exc:  # as nanny_io.cli.main reports it
+        print(f"nanny-io: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
 def run(options: StartOptions) -> int:
     """Start the kernel, run the nanny until it is shut down; the exit status."""
     try:
@@ -92,6 +234,10 @@ def run(options: StartOptions) -> int:
     private_dir, kernel_ports, guardian, first = spawn_first_incarnation(
         spec, frontend, conn_path, owned
     )
+
+    from .logsetup import nanny_log
+
+    nanny_log()  # set up now, while the kernel boots
 
     import asyncio
 
@@ -201,6 +347,8 @@ def spawn_first_incarnation(
         )
     except OSError as exc:  # a full disk, a quota: say so and leave nothing behind
         if private_dir is not None:
+            import shutil
+
             shutil.rmtree(private_dir, ignore_errors=True)
         if wrote_connection_file:
             with contextlib.suppress(OSError):
@@ -234,7 +382,9 @@ def _adopt_or_allocate(options: StartOptions) -> tuple[NannyConnectionInfo, Path
             info = decode_connection_file(path.read_bytes())
         except ConnectionFileError as exc:
             raise StartError(f"cannot use connection file {str(path)!r}: {exc}") from None
-        kernel_id = options.kernel_id or getattr(info, "kernel_id", "") or uuid.uuid4().hex
+        kernel_id = (
+            options.kernel_id or getattr(info, "kernel_id", "") or uuid4_text().replace("-", "")
+        )
         try:
             check_kernel_id(kernel_id)
         except BadKernelId as exc:
@@ -264,7 +414,7 @@ def _adopt_or_allocate(options: StartOptions) -> tuple[NannyConnectionInfo, Path
             }
         )
         return adopted, path, False
-    kernel_id = options.kernel_id or uuid.uuid4().hex
+    kernel_id = options.kernel_id or uuid4_text().replace("-", "")
     ip = options.ip
     if options.transport == "ipc" and ip in ("127.0.0.1", ""):
         ip = str(runtime_dir() / f"kernel-{kernel_id}-ipc")
@@ -277,7 +427,7 @@ def _adopt_or_allocate(options: StartOptions) -> tuple[NannyConnectionInfo, Path
         stdin_port=ports[2],
         control_port=ports[3],
         hb_port=ports[4],
-        key=str(uuid.uuid4()),
+        key=uuid4_text(),
         signature_scheme="hmac-sha256",
         kernel_name=options.kernel_name,
         kernel_id=kernel_id,
@@ -293,3 +443,13 @@ def free_ports(transport: str, ip: str, count: int, taken: set[int]) -> list[int
         return free_ipc_ports(ip, count, taken)
     ports = [p for p in free_tcp_ports(ip, count + len(taken)) if p not in taken]
     return ports[:count]
+
+
+def uuid4_text() -> str:
+    """``str(uuid.uuid4())``, without the uuid module (it imports ``platform``: a few
+    milliseconds before every kernel's spawn); ``.replace("-", "")`` is its ``.hex``."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -9,16 +9,17 @@ Jupyter clients ignore. specs/protocol.md ("Connection files") is the authority.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .errors import ConnectionFileError, LocalProtocolError
-from .signing import Signer
 from .version import PROTOCOL_VERSION, is_compatible
+
+if TYPE_CHECKING:
+    from .signing import Signer
 
 __all__ = [
     "CHANNELS",
@@ -55,6 +56,16 @@ _MAX_TCP_PORT = 65535
 _Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 _WILDCARD_IPS = frozenset({"0.0.0.0", "*", "::", "[::]"})
 _VERSION = re.compile(r"[0-9]{1,9}\.[0-9]{1,9}")
+
+
+def _digest_available(name: str) -> bool:
+    # sha256 is always there; hashlib (its OpenSSL) is imported only to check another
+    # name, since connection files are made before the kernel's spawn.
+    if name == "sha256":
+        return True
+    import hashlib
+
+    return name in hashlib.algorithms_available
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -101,7 +112,7 @@ class ConnectionInfo:
             return f"key must be a string, got {type(self.key).__name__}"
         scheme = self.signature_scheme
         kind, _, digest = scheme.partition("-") if isinstance(scheme, str) else ("", "", "")
-        if kind != "hmac" or digest not in hashlib.algorithms_available:
+        if kind != "hmac" or not _digest_available(digest):
             return f"unsupported signature_scheme {scheme!r}; use 'hmac-sha256'"
         if not isinstance(self.kernel_name, str):
             return f"kernel_name must be a string, got {self.kernel_name!r}"
@@ -151,6 +162,8 @@ class ConnectionInfo:
 
     def make_signer(self) -> Signer:
         """A Signer for this key and scheme (the key as UTF-8, as jupyter_client encodes it)."""
+        from .signing import Signer
+
         return Signer(self.key.encode("utf-8"), self.signature_scheme)
 
 
