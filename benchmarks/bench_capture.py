@@ -1084,6 +1084,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return subscriber_main(args.subscriber, args.since_seq, args.expect)
     if args.publisher:
         return publisher_main(args.publisher)
+    benchkit.compile_checkout()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupted)
     tracker = ProcessTracker()

@@ -262,6 +262,8 @@ def main() -> int:
     args = parser.parse_args()
     if not (Path(args.baseline) / "nanny_io" / "__init__.py").is_file():
         parser.error(f"{args.baseline!r} is not a nanny-io checkout")
+    benchkit.compile_checkout()
+    benchkit.compile_checkout(Path(args.baseline))
     tracker = ProcessTracker()
     workdir = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     make_jupyter_env(workdir, delimiters=False)

@@ -500,6 +500,7 @@ def run(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    benchkit.compile_checkout()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupted)
     tracker = ProcessTracker()
