@@ -57,6 +57,7 @@ __all__ = [
     "SegmentDecoder",
     "SegmentHeader",
     "TruncatedHeader",
+    "chunk_head",
     "encode_chunk",
     "encode_segment_header",
     "tail_of_body",
@@ -163,15 +164,21 @@ def encode_segment_header(epoch: str) -> bytes:
     return SEGMENT_HEADER.pack(SPILL_MAGIC, LOG_FORMAT_VERSION, len(epoch)) + epoch.encode("ascii")
 
 
-def encode_chunk(parts: Sequence[bytes]) -> bytes:
-    """One chunk: its head and a body given as parts to join (no copy before)."""
+def chunk_head(parts: Sequence[bytes]) -> bytes:
+    """The head of the chunk whose body is ``parts`` joined; the body follows it as is
+    (``os.writev`` can write head and parts without joining them)."""
     size = sum(map(len, parts))
     if size > 0xFFFF_FFFF:
         raise LocalProtocolError(f"a chunk body must be under 4 GiB, got {size!r} bytes")
     crc = 0
     for part in parts:
         crc = zlib.crc32(part, crc)
-    return b"".join([CHUNK_HEAD.pack(size, zlib.crc32(_U32.pack(size)), crc), *parts])
+    return CHUNK_HEAD.pack(size, zlib.crc32(_U32.pack(size)), crc)
+
+
+def encode_chunk(parts: Sequence[bytes]) -> bytes:
+    """One chunk: its head and a body given as parts to join (no copy before)."""
+    return b"".join([chunk_head(parts), *parts])
 
 
 def tail_of_body(body: bytes, max_size: int) -> bytes | None:

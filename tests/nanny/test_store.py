@@ -578,22 +578,23 @@ def test_unwritable_directory_degrades_to_memory(
 def test_disk_full_degrades_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write = os.write
+    real_writev = os.writev
     calls = 0
 
-    def write(fd: int, data: bytes) -> int:
+    def writev(fd: int, buffers: list[memoryview]) -> int:
         """Let 5 writes to the spill through, half of the 6th, then the disk is full."""
         nonlocal calls
         if not os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path)):
-            return real_write(fd, data)
+            return real_writev(fd, buffers)
         calls += 1
         if calls == 6:
-            return real_write(fd, bytes(data)[: len(data) // 2])
+            data = b"".join(buffers)
+            return real_writev(fd, [data[: len(data) // 2]])
         if calls > 6:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_write(fd, data)
+        return real_writev(fd, buffers)
 
-    monkeypatch.setattr(os, "write", write)  # delegates for every other fd
+    monkeypatch.setattr(os, "writev", writev)  # delegates for every other fd
     with caplog.at_level(logging.WARNING, logger="nanny_io"):
         store = LogStore(epoch="e1", spill=Spill(tmp_path, epoch="e1"))
         for i in range(30):
