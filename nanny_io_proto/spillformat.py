@@ -31,13 +31,17 @@ exception, and feeding a file whole or a byte at a time gives the same events.
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
 from .errors import LocalProtocolError, MalformedMessage, RemoteProtocolError
+
+try:  # ISA-L's CRC-32 is zlib's (same polynomial, same values), about 10x faster here
+    from isal.isal_zlib import crc32
+except ImportError:  # a platform without its wheel: zlib's
+    from zlib import crc32
 from .logrecords import RECORD_HEADER, STREAM_CODES, LogRecord, check_epoch, unpack_records
 from .streams import Stream
 from .version import LOG_FORMAT_VERSION
@@ -172,8 +176,8 @@ def chunk_head(parts: Sequence[bytes]) -> bytes:
         raise LocalProtocolError(f"a chunk body must be under 4 GiB, got {size!r} bytes")
     crc = 0
     for part in parts:
-        crc = zlib.crc32(part, crc)
-    return CHUNK_HEAD.pack(size, zlib.crc32(_U32.pack(size)), crc)
+        crc = crc32(part, crc)
+    return CHUNK_HEAD.pack(size, crc32(_U32.pack(size)), crc)
 
 
 def encode_chunk(parts: Sequence[bytes]) -> bytes:
@@ -306,7 +310,7 @@ class SegmentDecoder:
             self._state = _State.DONE  # nothing left, or killed while writing a chunk head
             return END
         size, size_crc, body_crc = CHUNK_HEAD.unpack_from(buf, pos)
-        if zlib.crc32(buf[pos : pos + _U32.size]) != size_crc:
+        if crc32(buf[pos : pos + _U32.size]) != size_crc:
             raise CorruptChunk(offset, "its length fails its checksum")
         start = pos + CHUNK_HEAD.size
         body_end = start + size
@@ -317,7 +321,7 @@ class SegmentDecoder:
             return Chunk(offset, _salvage(buf[start:]), complete=False)
         body = buf[start:body_end]
         self._pos = body_end
-        if zlib.crc32(body) != body_crc:
+        if crc32(body) != body_crc:
             return DamagedChunk(offset, size)
         try:
             records = unpack_records(body)

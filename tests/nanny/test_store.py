@@ -608,6 +608,28 @@ def test_disk_full_degrades_once(
     assert 40 <= len(got) < 50 and got == store.records(1)[: len(got)]
 
 
+def test_short_writes_to_the_spill_are_resumed_where_they_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """writev may take fewer bytes than given (a signal, a pipe-like file): the spill writes
+    the rest, across and inside the head and the parts, and the history reads back whole."""
+    real_writev = os.writev
+    sizes: list[int] = []
+
+    def writev(fd: int, buffers: list[memoryview]) -> int:
+        data = b"".join(buffers)[:7]  # at most 7 bytes a call: every boundary gets crossed
+        sizes.append(len(data))
+        return real_writev(fd, [data])
+
+    monkeypatch.setattr(os, "writev", writev)
+    store = LogStore(epoch="e1", spill=Spill(tmp_path, epoch="e1"))
+    for i in range(5):
+        store.append(OUT, 1, T0, lines(3, tag=b"%d-" % i))
+    monkeypatch.undo()
+    assert store.statistics().spill_active and max(sizes) == 7
+    assert [r for _, r in read_spill(tmp_path)] == store.records(1)
+
+
 def test_directory_vanishing_degrades_on_rotation(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
