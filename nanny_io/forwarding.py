@@ -172,13 +172,24 @@ def _pieces(text: bytes, limit: int) -> list[bytes]:
     while len(text) - start > limit:
         end = text.rfind(b"\n", start, start + limit) + 1
         if not end:
-            end = start + limit
-            while text[end] & 0xC0 == 0x80 and end > start + 1:  # continues a character
-                end -= 1
+            end = _char_start(text, start + limit, start)
         out.append(text[start:end])
         start = end
     out.append(text[start:])
     return out
+
+
+def _char_start(text: bytes, end: int, start: int) -> int:
+    """The start of the character at ``end`` in UTF-8 ``text`` if it is after ``start``,
+    else the end of that character (a limit shorter than one character)."""
+    cut = end
+    while cut > start and text[cut] & 0xC0 == 0x80:  # continues a character
+        cut -= 1
+    if cut > start:
+        return cut
+    while end < len(text) and text[end] & 0xC0 == 0x80:
+        end += 1
+    return end
 
 
 def _cut(data: bytes, limit: int) -> bytes:

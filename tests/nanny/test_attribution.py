@@ -181,3 +181,11 @@ def test_long_lines_of_non_ascii_text_are_cut_between_characters() -> None:
     assert "".join(texts) == text
     assert all(len(sent.encode()) <= 100 for sent in texts)
     assert len(texts[0].encode()) >= 97  # cut at most 3 bytes before the limit
+
+
+def test_a_limit_shorter_than_a_character_still_cuts_between_characters() -> None:
+    frontend = Frontend()
+    forwarder = OutputForwarder(frontend.send, delay=0, max_message=2)
+    forwarder.add(Stream.STDOUT, "a😀€b".encode(), A)
+    forwarder.flush()
+    assert [sent for _, sent, _ in frontend.sent] == ["a", "😀", "€", "b"]
