@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from nanny_io_proto.delimiters import Begin, DelimiterScanner, End, Output
-from nanny_io_proto.lines import LineAssembler
+from nanny_io_proto.lines import LineAssembler, LineBlock
 from nanny_io_proto.priorities import PriorityLines
 from nanny_io_proto.streams import Stream
 
@@ -250,14 +250,20 @@ class StreamPipeline:
             self._on_output(self.stream, data)
 
     def _store(self, data: bytes) -> None:
-        self._append(self._lines.feed(data), self._lines.plain)
+        records = self._lines.feed_block(data)
+        if isinstance(records, LineBlock):  # the usual case: whole lines, no object per line
+            self.store.append_block(
+                self.stream, self._incarnation(), time.time_ns(), records.data, records.lengths
+            )
+        else:
+            self._append(records)
         if self._lines.pending:
             self._arm()
 
-    def _append(self, pieces: list[tuple[bytes, int]], plain: bytes | None = None) -> None:
+    def _append(self, pieces: list[tuple[bytes, int]]) -> None:
         if pieces:
             self.store.append(
-                self.stream, self._incarnation(), time.time_ns(), pieces, checked=True, plain=plain
+                self.stream, self._incarnation(), time.time_ns(), pieces, checked=True
             )
 
     def _arm(self) -> None:

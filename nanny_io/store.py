@@ -1,16 +1,19 @@
 """The log store: a byte-bounded ring of captured records, optionally spilled to disk.
 
 The capture path appends thousands of lines per call, so the ring holds one *chunk* per
-append: ``(first_seq, time_ns, incarnation, stream_code, pieces, size, last_seq)``,
-``pieces`` being the appender's list of ``(data, flags)`` pairs, kept as it is (a single
-record, a nanny event, is kept as its entry tuple, which is smaller). Storing a chunk costs the same
-whatever its number of lines; the per-record tuples ``(seq, time_ns, incarnation,
-stream_code, flags, data)`` (``logrecords.Entry``) and :class:`LogRecord` objects are built
-only when someone reads, and give exactly the records a ring of one entry per line would
-(a test compares the two). Seqs are assigned here, start at 1 and are consecutive; a seq is
-found by bisecting the chunks' first seqs. The stream is kept as its wire code
-(``STREAM_CODES``), not the enum member. The store is not thread-safe: the nanny owns it
-from one event loop.
+append. Usually that is a *block*, ``(first_seq, time_ns, incarnation, stream_code, data,
+size, last_seq, lengths)``: the bytes of a read's whole lines as they were read and an
+``array("I")`` of their lengths (``LineAssembler.feed_block``), no object per line at all.
+Other appends keep ``(first_seq, time_ns, incarnation, stream_code, pieces, size,
+last_seq)``, ``pieces`` being the appender's list of ``(data, flags)`` pairs, kept as it is
+(a single record, a nanny event, is kept as its entry tuple, which is smaller). Storing a
+chunk costs the same whatever its number of lines; the per-record tuples ``(seq, time_ns,
+incarnation, stream_code, flags, data)`` (``logrecords.Entry``) and :class:`LogRecord`
+objects are built only when someone reads, and give exactly the records a ring of one entry
+per line would (a test compares the two). Seqs are assigned here, start at 1 and are
+consecutive; a seq is found by bisecting the chunks' first seqs. The stream is kept as its
+wire code (``STREAM_CODES``), not the enum member. The store is not thread-safe: the nanny
+owns it from one event loop.
 
 Every append is also written to the :class:`~nanny_io.spill.Spill` (the on-disk history,
 see ``spill.py``) when there is one, and then announced to the store's listeners.
@@ -25,9 +28,10 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import accumulate, repeat
 from operator import itemgetter
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from nanny_io_proto.logrecords import (
     RECORD_HEADER,
@@ -63,8 +67,8 @@ __all__ = [
 
 #: Bytes charged per record on top of its data. It was measured with tracemalloc for a ring
 #: of one 6-tuple per record (the tuple, two ints, the bytes header, the slot); a chunk holds
-#: a (data, flags) pair per record, which is less, so real memory stays under ``max_bytes``
-#: even when every record is a single byte.
+#: a (data, flags) pair per record and a block 4 bytes per record, which is less, so real
+#: memory stays under ``max_bytes`` even when every record is a single byte.
 RECORD_OVERHEAD: Final = 200
 
 _U32 = struct.Struct("<I")
@@ -77,18 +81,48 @@ StoreListener = Callable[[Stream, int, int], None]
 #: Several records of one append in the ring:
 #: (first_seq, time_ns, incarnation, stream_code, pieces, bytes charged, last_seq).
 Chunk = tuple[int, int, int, int, list[tuple[bytes, int]], int, int]
-#: A ring slot: a chunk, or the entry of a one-record append (len 6, not 7).
-Slot = Chunk | Entry
+#: Whole lines of one append (flags 0, no b"\r", each ending in b"\n"), no object per line:
+#: (first_seq, time_ns, incarnation, stream_code, data, bytes charged, last_seq, lengths).
+Block = tuple[int, int, int, int, bytes, int, int, "array[int]"]
+#: A ring slot: a block (len 8), a chunk (len 7) or the entry of a one-record append (len 6).
+Slot = Block | Chunk | Entry
 #: What an evicted slot holds until the list is compacted (one shared object).
 _GONE: Entry = (0, 0, 0, 0, 0, b"")
 
 _data = itemgetter(0)
 _flags = itemgetter(1)
+#: Records expanded at a time when a chunk is read from its newest record back.
+_NEWEST_STEP: Final = 256
 
 
 def _freed(ends: list[int]) -> Callable[[int], int]:
     """The bytes freed by evicting the first k pieces, given their data's running sums."""
     return lambda k: ends[k - 1] + k * RECORD_OVERHEAD
+
+
+def _block_lengths(lengths: array[int], m: int) -> Iterable[int]:
+    return lengths[:m]
+
+
+def _piece_lengths(pieces: list[tuple[bytes, int]], m: int) -> Iterable[int]:
+    return map(len, map(_data, pieces[:m]))
+
+
+def _head(lengths: Callable[[int], Iterable[int]], n: int, size: int, need: int) -> tuple[int, int]:
+    """``(k, data bytes)`` of the fewest oldest of a chunk's ``n`` records (``size`` bytes
+    charged) whose eviction frees ``need`` bytes; ``lengths(m)`` gives the first m lengths.
+
+    Running sums (in C) over a head a little longer than the records' mean size says is
+    needed, or over the whole chunk if that head falls short; k >= 1 since need > 0. (k is
+    n only when the chunk's last record alone is larger than the ring: the slot then stays,
+    empty, until it is evicted whole.)
+    """
+    m = min(n, need * n // size * 5 // 4 + 64)
+    ends = list(accumulate(lengths(m)))  # the data of records [:k + 1]
+    if ends[-1] + m * RECORD_OVERHEAD < need:
+        ends = list(accumulate(lengths(n)))
+    k = bisect_left(range(1, len(ends) + 1), need, key=_freed(ends)) + 1
+    return k, ends[k - 1]
 
 
 def _last(slot: Slot) -> int:
@@ -100,6 +134,25 @@ def _expand(slot: Slot, lo: int, hi: int) -> list[Entry]:
     """The entries of ``slot``'s records ``lo .. hi - 1`` (indexes within the slot)."""
     if len(slot) == 6:
         return [slot] if lo < hi else []
+    if len(slot) == 8:
+        first, time_ns, incarnation, code, data, _, last, lengths = slot
+        if lo or hi <= last - first:  # a part: its bytes, then its lines
+            start = sum(lengths[:lo])
+            data = data[start : start + sum(lengths[lo:hi])]
+        # A block's lines end in b"\n" and hold no b"\r": splitlines cuts exactly them.
+        lines = data.splitlines(keepends=True)
+        n = len(lines)
+        return list(
+            zip(
+                range(first + lo, first + lo + n),
+                repeat(time_ns, n),
+                repeat(incarnation, n),
+                repeat(code, n),
+                repeat(0, n),
+                lines,
+                strict=True,
+            )
+        )
     first, time_ns, incarnation, code, pieces, _, _ = slot
     part = pieces[lo:hi] if lo or hi < len(pieces) else pieces
     n = len(part)
@@ -133,16 +186,17 @@ def _headers(
     time_ns: int,
     incarnation: int,
     code: int,
-    pieces: Sequence[tuple[bytes, int]],
-    plain: bool,
+    lengths: array[int],
+    flags: bytes | None,
 ) -> bytearray:
     """The record headers of one append, byte for byte those of ``RECORD_HEADER.pack``.
 
     Built by columns rather than one ``pack`` per record: the shared fields are a repeated
     template, and each varying byte (seq, flags, length) is one strided slice assignment.
-    ``plain``: every flag is 0, as the template has it.
+    ``lengths``: the records' data lengths; ``flags``: theirs, one byte each, or None when
+    every flag is 0, as the template has it.
     """
-    n = len(pieces)
+    n = len(lengths)
     size = _HEAD
     heads = bytearray(RECORD_HEADER.pack(first_seq & ~0xFFFF, time_ns, incarnation, code, 0, 0) * n)
     if n <= _SPAN:
@@ -161,12 +215,12 @@ def _headers(
         column = seqs.tobytes()
         for b in range(8):
             heads[b::size] = column[b::8]
-    if not plain:
-        heads[21::size] = bytes(map(_flags, pieces))
-    lens = array("I", map(len, map(_data, pieces)))
+    if flags is not None:
+        heads[21::size] = flags
     if not _LITTLE:
-        lens.byteswap()
-    column = lens.tobytes()
+        lengths = array("I", lengths)  # a copy: the caller's array stays as it is
+        lengths.byteswap()
+    column = lengths.tobytes()
     for b in range(4):
         heads[22 + b :: size] = column[b::4]
     return heads
@@ -177,17 +231,21 @@ def _body(
     time_ns: int,
     incarnation: int,
     stream: Stream,
-    pieces: Sequence[tuple[bytes, int]],
-    plain: bytes | None,
-) -> bytes:
-    """The packed body (``pack_entries``) of consecutive records of one append; ``plain``
-    is the concatenation of their data when they are whole lines with flags 0."""
-    heads = _headers(
-        first_seq, time_ns, incarnation, STREAM_CODES[stream], pieces, plain is not None
-    )
-    if plain is not None:
-        return b"".join((_U32.pack(len(pieces)), heads, plain))
-    return b"".join([_U32.pack(len(pieces)), heads, *map(_data, pieces)])
+    pieces: Sequence[tuple[bytes, int]] | bytes,
+    lengths: array[int] | None,
+) -> list[bytes]:
+    """The packed body (``pack_entries``) of consecutive records of one append, as parts to
+    join: of its ``(data, flags)`` pieces, or of a block's bytes and ``lengths``."""
+    code = STREAM_CODES[stream]
+    if lengths is not None:
+        assert isinstance(pieces, bytes)
+        heads = _headers(first_seq, time_ns, incarnation, code, lengths, None)
+        # (a bytearray: joined and checksummed as it is, no copy to bytes)
+        return [_U32.pack(len(lengths)), cast(bytes, heads), pieces]
+    assert not isinstance(pieces, bytes)
+    lens = array("I", map(len, map(_data, pieces)))
+    heads = _headers(first_seq, time_ns, incarnation, code, lens, bytes(map(_flags, pieces)))
+    return [_U32.pack(len(pieces)), heads, *map(_data, pieces)]
 
 
 def _materialise(entries: Iterable[Entry]) -> list[LogRecord]:
@@ -268,11 +326,18 @@ class LogStore:
         self._bytes_used = 0
         self._evicted = 0
         self._listeners: list[StoreListener] = []
-        # The last append (first, last, time_ns, incarnation, stream, pieces) and its body.
+        # The last append (first, last, time_ns, incarnation, stream, pieces or a block's
+        # data, a block's lengths) and its body.
         self._last_append: (
-            tuple[int, int, int, int, Stream, Sequence[tuple[bytes, int]], bytes | None] | None
+            tuple[
+                int, int, int, int, Stream, Sequence[tuple[bytes, int]] | bytes, array[int] | None
+            ]
+            | None
         ) = None
         self._last_body: bytes | None = None
+        # The parts of that body as the spill got them, joined only if someone asks for the
+        # body (a live subscriber): without one, the spill's is the only copy of the data.
+        self._last_parts: list[bytes] | None = None
 
     # -- state --------------------------------------------------------------------------------
 
@@ -336,7 +401,6 @@ class LogStore:
         pieces: Sequence[tuple[bytes, int]],
         *,
         checked: bool = False,
-        plain: bytes | None = None,
     ) -> tuple[int, int]:
         """Store ``pieces`` ((data, flags) from LineAssembler) as consecutive records.
 
@@ -346,9 +410,6 @@ class LogStore:
         ``checked``: the caller vouches that every piece is a (bytes, u8 int) pair, as
         LineAssembler's are, and hands over a list the store may keep and shorten;
         checking each piece again costs the capture path more than storing it.
-        ``plain`` (with ``checked`` only): the caller also vouches that every piece is a
-        whole line with flags 0 and that their data concatenate to ``plain``
-        (``LineAssembler.plain``), which then serves as the data of the packed body.
         """
         first = self._last_seq + 1
         n = len(pieces)
@@ -361,18 +422,49 @@ class LogStore:
         # anything else is copied, so that a caller's later change cannot reach the ring.
         if not checked or type(pieces) is not list:
             pieces = list(pieces)
-            plain = None
         last = first + n - 1
         # One packed body for the spill and the log channel's live batch (see packed()).
-        self._last_append = (first, last, time_ns, incarnation, stream, pieces, plain)
-        self._last_body = None
+        self._last_append = (first, last, time_ns, incarnation, stream, pieces, None)
+        self._last_body = self._last_parts = None
         if self.spill is not None and self.spill.active:
-            self._last_body = _body(first, time_ns, incarnation, stream, pieces, plain)
-            self.spill.write_parts(first, [self._last_body])
-        data_bytes = sum(map(len, map(_data, pieces))) if plain is None else len(plain)
-        size = data_bytes + n * RECORD_OVERHEAD
+            self._last_parts = _body(first, time_ns, incarnation, stream, pieces, None)
+            self.spill.write_parts(first, self._last_parts)
+        size = sum(map(len, map(_data, pieces))) + n * RECORD_OVERHEAD
         code = STREAM_CODES[stream]
         self._chunks.append((first, time_ns, incarnation, code, pieces, size, last))
+        self._firsts.append(first)
+        self._last_seq = last
+        self._bytes_used += size
+        if self._bytes_used > self.max_bytes:
+            self._evict()
+        for listener in self._listeners:
+            listener(stream, first, last)
+        return first, last
+
+    def append_block(
+        self, stream: Stream, incarnation: int, time_ns: int, data: bytes, lengths: array[int]
+    ) -> tuple[int, int]:
+        """Store whole lines as consecutive records with flags 0, one per line, and keep them
+        as they are (a :class:`~nanny_io_proto.lines.LineBlock` from the line assembler).
+
+        The caller vouches that ``data`` is lines that each end in ``b"\\n"`` and hold no
+        ``b"\\r"``, and that ``lengths`` (which the store keeps and shortens) are their
+        lengths; otherwise as :meth:`append` with ``checked``.
+        """
+        first = self._last_seq + 1
+        n = len(lengths)
+        if not n:
+            return first, first - 1
+        _check_scalars(stream, incarnation, time_ns)
+        last = first + n - 1
+        self._last_append = (first, last, time_ns, incarnation, stream, data, lengths)
+        self._last_body = self._last_parts = None
+        if self.spill is not None and self.spill.active:
+            self._last_parts = _body(first, time_ns, incarnation, stream, data, lengths)
+            self.spill.write_parts(first, self._last_parts)
+        size = len(data) + n * RECORD_OVERHEAD
+        code = STREAM_CODES[stream]
+        self._chunks.append((first, time_ns, incarnation, code, data, size, last, lengths))
         self._firsts.append(first)
         self._last_seq = last
         self._bytes_used += size
@@ -393,7 +485,7 @@ class LogStore:
             raise ValueError(f"flags must be a u8, got {flags!r}")
         seq = self._last_seq + 1
         code = STREAM_CODES[stream]
-        self._last_append = self._last_body = None
+        self._last_append = self._last_body = self._last_parts = None
         if self.spill is not None and self.spill.active:
             head = RECORD_HEADER.pack(seq, time_ns, incarnation, code, flags, len(data))
             self.spill.write_parts(seq, [_ONE, head, data])
@@ -424,27 +516,38 @@ class LogStore:
                 evicted += 1
                 i += 1
                 continue
-            first, time_ns, incarnation, code, pieces, size, last = slot
+            size = slot[5]
             if used - size >= limit:  # the whole chunk goes (no fewer records would do)
                 chunks[i] = _GONE
                 firsts[i] = 0
                 used -= size
-                evicted += len(pieces)
+                evicted += slot[6] - slot[0] + 1
                 i += 1
                 continue
-            # Keep the newest pieces: drop the shortest head whose bytes bring us to limit.
-            # Running sums (in C) over a head a little longer than the records' mean size
-            # says is needed, or over the whole chunk if that head falls short; k >= 1
-            # since used > limit, k < len(pieces) since the whole chunk frees more.
+            # Keep the newest records: drop the shortest head whose bytes bring us to limit.
             need = used - limit
-            m = min(len(pieces), need * len(pieces) // size * 5 // 4 + 64)
-            ends = list(accumulate(map(len, map(_data, pieces[:m]))))  # data of pieces[:k + 1]
-            if ends[-1] + m * RECORD_OVERHEAD < need:
-                ends = list(accumulate(map(len, map(_data, pieces))))
-            k = bisect_left(range(1, len(ends) + 1), need, key=_freed(ends)) + 1
-            head = ends[k - 1] + k * RECORD_OVERHEAD
-            del pieces[:k]  # in place: a memmove, where a slice would copy what stays
-            chunks[i] = (first + k, time_ns, incarnation, code, pieces, size - head, last)
+            if len(slot) == 8:
+                first, time_ns, incarnation, code, data, _, last, lengths = slot
+                k, cut = _head(partial(_block_lengths, lengths), len(lengths), size, need)
+            else:
+                first, time_ns, incarnation, code, pieces, _, last = slot
+                k, cut = _head(partial(_piece_lengths, pieces), len(pieces), size, need)
+            head = cut + k * RECORD_OVERHEAD
+            if len(slot) == 8:
+                del lengths[:k]  # in place: a memmove of what stays
+                chunks[i] = (
+                    first + k,
+                    time_ns,
+                    incarnation,
+                    code,
+                    data[cut:],
+                    size - head,
+                    last,
+                    lengths,
+                )
+            else:
+                del pieces[:k]  # in place: a memmove, where a slice would copy what stays
+                chunks[i] = (first + k, time_ns, incarnation, code, pieces, size - head, last)
             firsts[i] = first + k
             used -= head
             evicted += k
@@ -467,8 +570,10 @@ class LogStore:
         if self._last_body is None:
             if first_seq < self._oldest:  # evicted at once: its pieces were cut down
                 return None
-            first, _, time_ns, incarnation, stream, pieces, plain = last
-            self._last_body = _body(first, time_ns, incarnation, stream, pieces, plain)
+            first, _, time_ns, incarnation, stream, pieces, lengths = last
+            parts = self._last_parts or _body(first, time_ns, incarnation, stream, pieces, lengths)
+            self._last_body = b"".join(parts)
+            self._last_parts = None
         return self._last_body
 
     def _bounds(self, from_seq: int, to_seq: int | None) -> tuple[int, int]:
@@ -557,14 +662,17 @@ class LogStore:
         return [entry for part in reversed(parts) for entry in part]
 
     def _newest_first(self, lowest_seq: int) -> Iterator[Entry]:
-        """Held entries from the newest down to ``lowest_seq``, one chunk expanded at a time."""
+        """Held entries from the newest down to ``lowest_seq``, expanded a part of a chunk
+        at a time (the last words of a large read need only its last lines)."""
         chunks = self._chunks
         for i in range(len(chunks) - 1, self._start - 1, -1):
             slot = chunks[i]
             last = _last(slot)
             if last < lowest_seq:
                 return
-            yield from reversed(_expand(slot, max(lowest_seq - slot[0], 0), last - slot[0] + 1))
+            lo = max(lowest_seq - slot[0], 0)
+            for hi in range(last - slot[0] + 1, lo, -_NEWEST_STEP):
+                yield from reversed(_expand(slot, max(lo, hi - _NEWEST_STEP), hi))
 
     def last(
         self,

@@ -21,7 +21,7 @@ import psutil
 from nanny_io_proto.errors import RemoteProtocolError
 from nanny_io_proto.logrecords import LogRecord, parse_nanny_event
 from nanny_io_proto.priorities import priority_of
-from nanny_io_proto.streams import FLAG_IOPUB, FLAG_NO_EOL, Stream
+from nanny_io_proto.streams import FLAG_NO_EOL, Stream, source_of
 
 from .discovery import (
     KernelNotFound,
@@ -116,9 +116,7 @@ def iso_time(time_ns: int) -> str:
 
 def record_source(rec: LogRecord) -> str:
     """``fd``, ``iopub`` or ``nanny``: where a record's text came from."""
-    if rec.stream is Stream.NANNY:
-        return "nanny"
-    return "iopub" if rec.flags & FLAG_IOPUB else "fd"
+    return source_of(rec.stream, rec.flags)
 
 
 def record_json(rec: LogRecord) -> dict[str, Any]:

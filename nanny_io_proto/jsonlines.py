@@ -2,8 +2,9 @@
 
 Inside a container the natural place for logs is its stdout: Fluent Bit, Vector, Promtail and
 the OpenTelemetry collector pick it up, and it outlives an OOM-killed pod. Each record becomes
-one JSON object per line, ``time, seq, stream, text, incarnation, kernel_id, priority`` (the
-shape of ``nanny-io tail --json`` plus the kernel id; ``priority`` is syslog's 0-7). Container
+one JSON object per line, ``time, seq, stream, source, text, incarnation, kernel_id,
+priority`` (the shape of ``nanny-io tail --json`` plus the kernel id; ``priority`` is syslog's
+0-7). Container
 runtimes split longer lines at 16 KiB (Docker's json-file driver, containerd's CRI logger),
 which would break the JSON, so a record whose line would be longer is cut into several, each
 flagged ``"partial": true`` except the last: joining a stream's texts, with a newline after each
@@ -19,7 +20,7 @@ from typing import Any
 from .errors import LocalProtocolError, RemoteProtocolError
 from .logrecords import LogRecord, parse_nanny_event
 from .priorities import priority_of
-from .streams import FLAG_NO_EOL, Stream
+from .streams import FLAG_NO_EOL, Stream, source_of
 
 __all__ = ["RUNTIME_LINE_LIMIT", "record_json_lines"]
 
@@ -76,6 +77,7 @@ def record_json_lines(
         "time": time,
         "seq": record.seq,
         "stream": record.stream.value,
+        "source": source_of(record.stream, record.flags),
         "text": "",
         "incarnation": record.incarnation,
         "kernel_id": kernel_id,

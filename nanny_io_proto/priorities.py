@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .errors import LocalProtocolError
-from .lines import LineAssembler
+from .lines import LineAssembler, LineBlock
 from .streams import FLAG_NO_EOL, FLAG_PRIORITY, PRIORITY_MASK, PRIORITY_SHIFT, Stream
 
 __all__ = [
@@ -82,7 +82,7 @@ class PriorityLines:
     gives no record for it (the prefix alone carries no text), only the priority of the rest.
     """
 
-    __slots__ = ("_held_lt", "_lines", "_open", "plain")
+    __slots__ = ("_held_lt", "_lines", "_open")
 
     def __init__(self, lines: LineAssembler) -> None:
         self._lines = lines
@@ -91,8 +91,6 @@ class PriorityLines:
         self._open: int | None = None
         # Whether the partial line the assembler holds starts with "<".
         self._held_lt = False
-        #: As :attr:`LineAssembler.plain`, for the records the last call returned.
-        self.plain: bytes | None = None
 
     @property
     def max_line(self) -> int:
@@ -104,6 +102,16 @@ class PriorityLines:
 
     def feed(self, data: bytes) -> list[tuple[bytes, int]]:
         """Add a chunk; return the records it completes."""
+        records = self._feed(data, False)
+        assert not isinstance(records, LineBlock)
+        return records
+
+    def feed_block(self, data: bytes) -> LineBlock | list[tuple[bytes, int]]:
+        """As :meth:`LineAssembler.feed_block`: whole lines without a prefix, none of them
+        continuing a prioritised line, come as a :class:`LineBlock`."""
+        return self._feed(data, True)
+
+    def _feed(self, data: bytes, block: bool) -> LineBlock | list[tuple[bytes, int]]:
         # The cheap test that keeps ordinary output on the assembler's fast path: a prefix
         # can only start this chunk, follow a newline in it, or start the held partial line.
         # A memchr for "<" first: most output has none, and it is many times faster than
@@ -112,22 +120,22 @@ class PriorityLines:
             self._open or self._held_lt or (b"<" in data and (data[:1] == b"<" or b"\n<" in data))
         )
         held = self._lines.pending
-        out = self._lines.feed(data)
+        out = self._lines.feed_block(data) if block and not maybe else self._lines.feed(data)
         nl = data.rfind(b"\n")
         if nl >= 0:
             self._held_lt = data[nl + 1 : nl + 2] == b"<"
         elif not held:
             self._held_lt = data[:1] == b"<"
+        if isinstance(out, LineBlock):
+            self._open = None  # its last record ends a line
+            return out
         if maybe:
-            self.plain = None
             return self._mark(out)
-        self.plain = self._lines.plain
         return self._plain(out)
 
     def flush(self) -> list[tuple[bytes, int]]:
         """Return the partial line, flagged FLAG_NO_EOL (on a timer or at EOF)."""
         self._held_lt = False
-        self.plain = None
         return self._mark(self._lines.flush())
 
     def _plain(self, out: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:

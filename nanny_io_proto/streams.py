@@ -29,3 +29,11 @@ FLAG_IOPUB = 1 << 1
 FLAG_PRIORITY = 1 << 3
 PRIORITY_SHIFT = 4
 PRIORITY_MASK = 0b111 << PRIORITY_SHIFT
+
+
+def source_of(stream: Stream, flags: int) -> str:
+    """``"fd"``, ``"iopub"`` or ``"nanny"``: where a record's text came from (the ``source``
+    field of ``tail --json``, the server extension and ``--log-stdout json``)."""
+    if stream is Stream.NANNY:
+        return "nanny"
+    return "iopub" if flags & FLAG_IOPUB else "fd"

@@ -13,7 +13,7 @@ from nanny_io_proto.errors import LocalProtocolError
 from nanny_io_proto.jsonlines import RUNTIME_LINE_LIMIT, record_json_lines
 from nanny_io_proto.logrecords import LogRecord, nanny_event_data
 from nanny_io_proto.priorities import priority_flags
-from nanny_io_proto.streams import FLAG_NO_EOL, Stream
+from nanny_io_proto.streams import FLAG_IOPUB, FLAG_NO_EOL, Stream
 
 EXAMPLES = settings(max_examples=200, deadline=None)
 TIME = "2024-05-01T12:00:00.000+00:00"
@@ -28,11 +28,21 @@ def test_a_line_is_one_object_with_the_documented_keys() -> None:
     (line,) = record_json_lines(_record(b"hello\n"), time=TIME, kernel_id=KID)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     obj = json.loads(line)
-    assert list(obj) == ["time", "seq", "stream", "text", "incarnation", "kernel_id", "priority"]
+    assert list(obj) == [
+        "time",
+        "seq",
+        "stream",
+        "source",
+        "text",
+        "incarnation",
+        "kernel_id",
+        "priority",
+    ]
     assert obj == {
         "time": TIME,
         "seq": 7,
         "stream": "stdout",
+        "source": "fd",
         "text": "hello",
         "incarnation": 1,
         "kernel_id": KID,
@@ -47,6 +57,18 @@ def test_the_priority_is_the_records_or_its_streams_default() -> None:
     assert json.loads(line)["priority"] == 2
     (line,) = record_json_lines(_record(b"x\n", Stream.STDERR), time=TIME, kernel_id=KID)
     assert json.loads(line)["priority"] == 4
+
+
+def test_the_source_tells_fd_output_from_iopub_output_and_nanny_events() -> None:
+    def source(stream: Stream, flags: int = 0) -> str:
+        data = nanny_event_data("x", "t") if stream is Stream.NANNY else b"x\n"
+        (line,) = record_json_lines(_record(data, stream, flags), time=TIME, kernel_id=KID)
+        return str(json.loads(line)["source"])
+
+    assert source(Stream.STDOUT) == "fd"
+    assert source(Stream.LOG) == "fd"
+    assert source(Stream.STDERR, FLAG_IOPUB | priority_flags(3)) == "iopub"
+    assert source(Stream.NANNY) == "nanny"
 
 
 def test_a_partial_line_says_so() -> None:

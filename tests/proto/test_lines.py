@@ -10,18 +10,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanny_io_proto.errors import LocalProtocolError, MalformedMessage
-from nanny_io_proto.lines import FLAG_NO_EOL, LineAssembler, StreamDecoder
+from nanny_io_proto.lines import FLAG_NO_EOL, LineAssembler, LineBlock, StreamDecoder
 
 Record = tuple[bytes, int]
 
 
-def assemble(chunks: Iterable[bytes], max_line: int = 65536) -> list[Record]:
-    """Feed chunks, check per-feed invariants, flush at the end."""
+def assemble(chunks: Iterable[bytes], max_line: int = 65536, blocks: bool = False) -> list[Record]:
+    """Feed chunks, check per-feed invariants, flush at the end.
+
+    With ``blocks``, through ``feed_block``, whose blocks are checked and expanded.
+    """
     asm = LineAssembler(max_line)
     records: list[Record] = []
     fed = 0
     for chunk in chunks:
-        records.extend(asm.feed(chunk))
+        if blocks:
+            got = asm.feed_block(chunk)
+            if isinstance(got, LineBlock):
+                got = check_block(got, max_line)
+            records.extend(got)
+        else:
+            records.extend(asm.feed(chunk))
         fed += len(chunk)
         assert sum(len(d) for d, _ in records) + asm.pending == fed
         assert asm.pending <= max_line
@@ -41,6 +50,19 @@ def check_records(records: Sequence[Record], data: bytes, max_line: int) -> None
             # Only the final record (a flushed partial line) may be shorter than a cut piece.
             if i < len(records) - 1:
                 assert len(d) >= max_line - 3
+
+
+def check_block(block: LineBlock, max_line: int) -> list[Record]:
+    """A block's records, after checking what it promises: whole lines without b"\\r" that
+    fit, their lengths alongside."""
+    records = block.records()
+    assert records and b"".join(d for d, _ in records) == block.data
+    assert list(block.lengths) == [len(d) for d, _ in records]
+    assert b"\r" not in block.data
+    for d, flags in records:
+        assert flags == 0 and d.endswith(b"\n") and d.count(b"\n") == 1
+        assert len(d) <= max_line
+    return records
 
 
 def split_at(data: bytes, cuts: Sequence[int]) -> list[bytes]:
@@ -170,6 +192,37 @@ def test_chunking_does_not_change_records(case: tuple[bytes, list[bytes]], max_l
     check_records(whole, data, max_line)
     assert assemble(chunks, max_line) == whole
     assert assemble([bytes([b]) for b in data], max_line) == whole
+    assert assemble(chunks, max_line, blocks=True) == whole
+
+
+def test_whole_lines_come_as_a_block() -> None:
+    asm = LineAssembler()
+    block = asm.feed_block(b"ab\n" * 1000 + b"tail")
+    assert isinstance(block, LineBlock)
+    assert block.data == b"ab\n" * 1000 and list(block.lengths) == [3] * 1000
+    assert asm.pending == 4
+    block = asm.feed_block(b"\n" + b"y" * 999 + b"\n")  # long lines: lengths by find
+    assert isinstance(block, LineBlock)
+    assert block.records() == [(b"tail\n", 0), (b"y" * 999 + b"\n", 0)]
+    # not a block: a b"\r", an overlong line, an overlong partial line
+    assert asm.feed_block(b"a\rb\n") == [(b"a\rb\n", 0)]
+    assert not isinstance(LineAssembler(8).feed_block(b"a\n" + b"z" * 9 + b"\n"), LineBlock)
+    assert not isinstance(LineAssembler(8).feed_block(b"a\n" + b"z" * 9), LineBlock)
+
+
+@pytest.mark.parametrize("max_line", [4, 5, 64, 1000, 65536])
+@pytest.mark.parametrize("extra", [-2, -1, 0, 1, 2, 50])
+def test_longest_line_around_max_line_in_a_large_read(max_line: int, extra: int) -> None:
+    """The check that every line fits (a newline in every window of max_line // 2 bytes,
+    or the longest length) agrees with the records at the boundary, wherever the long line
+    sits among many short ones."""
+    long_line = b"L" * (max_line + extra - 1) + b"\n"
+    for before in (0, 1, 3, 200, 5000):
+        data = b"s\n" * before + long_line + b"t\n" * 7
+        records = assemble([data], max_line)
+        assert assemble([data], max_line, blocks=True) == records
+        block = LineAssembler(max_line).feed_block(data)
+        assert isinstance(block, LineBlock) == (len(long_line) <= max_line)
 
 
 @settings(max_examples=150, deadline=None)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from nanny_io_proto.control import KernelDied, LastWords
 from nanny_io_proto.errors import LocalProtocolError, MalformedMessage
-from nanny_io_proto.lines import LineAssembler
+from nanny_io_proto.lines import LineAssembler, LineBlock
 from nanny_io_proto.logrecords import LogRecord, pack_records, unpack_records
 from nanny_io_proto.priorities import (
     DEFAULT_PRIORITY,
@@ -30,12 +30,17 @@ _PREFIX = re.compile(rb"<([0-7])>")
 
 
 def run(
-    chunks: Sequence[bytes], max_line: int = 65536, flush_after: Sequence[int] = ()
+    chunks: Sequence[bytes],
+    max_line: int = 65536,
+    flush_after: Sequence[int] = (),
+    blocks: bool = False,
 ) -> list[Record]:
+    """The records of ``chunks``; with ``blocks``, through ``feed_block`` (blocks expanded)."""
     lines = PriorityLines(LineAssembler(max_line))
     out: list[Record] = []
     for i, chunk in enumerate(chunks):
-        out.extend(lines.feed(chunk))
+        got = lines.feed_block(chunk) if blocks else lines.feed(chunk)
+        out.extend(got.records() if isinstance(got, LineBlock) else got)
         if i in flush_after:
             out.extend(lines.flush())
     out.extend(lines.flush())
@@ -174,6 +179,9 @@ def test_any_bytes_any_chunking(data: bytes, cuts: list[int]) -> None:
     whole = run([data])
     assert run(split_at(data, cuts)) == whole
     assert run([bytes([b]) for b in data]) == whole
+    assert run(split_at(data, cuts), flush_after=cuts[:2], blocks=True) == run(
+        split_at(data, cuts), flush_after=cuts[:2]
+    )
     assert lines_of(whole) == expected(data)
 
 
@@ -197,6 +205,9 @@ def test_fast_path_leaves_records_alone() -> None:
     chunk = b"x" * 50 + b"\n" + b"a < b\n" * 3 + b"tail"
     assert lines.feed(chunk) == plain.feed(chunk)
     assert lines.flush() == plain.flush()
+    block = lines.feed_block(chunk)  # no prefix possible: a block, as the assembler's
+    assert isinstance(block, LineBlock) and block.records() == plain.feed(chunk)
+    assert not isinstance(lines.feed_block(b"\n<3>x\n"), LineBlock)  # a prefix: marked
 
 
 # --- names and defaults -------------------------------------------------------------------
