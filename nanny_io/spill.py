@@ -57,6 +57,8 @@ __all__ = ["Spill", "incomplete_epochs", "read_spill"]
 logger = logging.getLogger("nanny_io")
 
 _COUNT_SIZE = 4  # the u32 record count a body starts with
+#: Chunks of more parts than this are joined before they are written.
+_WRITEV_PARTS = 8
 #: The most buffers one writev takes (POSIX guarantees 16; Linux takes 1024).
 _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16
 _SEG_NAME = re.compile(r"seg-(\d{8,})-(\d{20})\.nlog")
@@ -130,7 +132,10 @@ class Spill:
         if not self.active:
             return False
         # The head and the parts go to the kernel as they are (os.writev): the body, often
-        # a whole read's bytes, is not copied into a joined chunk first.
+        # a whole read's bytes, is not copied into a joined chunk first. Many small parts (a
+        # record each) are joined: one copy costs less than a long list of buffers.
+        if len(parts) > _WRITEV_PARTS:
+            parts = [b"".join(parts)]
         chunk = [chunk_head(parts), *parts]
         size = CHUNK_HEAD.size + sum(map(len, parts))
         if len(self._header) + size > self.max_total_bytes:
@@ -244,13 +249,14 @@ def _write_all(fd: int, parts: list[bytes]) -> None:
     """Write every byte of ``parts``, in order, with as few ``writev`` calls as the kernel
     allows (a regular file takes them whole unless the disk is full or a signal interrupts)."""
     views = [memoryview(part) for part in parts if part]
-    while views:
-        n = os.writev(fd, views[:_IOV_MAX])
-        while views and n >= len(views[0]):
-            n -= len(views[0])
-            views.pop(0)
+    first = 0  # views[first:] are still to be written
+    while first < len(views):
+        n = os.writev(fd, views[first : first + _IOV_MAX])
+        while first < len(views) and n >= len(views[first]):
+            n -= len(views[first])
+            first += 1
         if n:
-            views[0] = views[0][n:]
+            views[first] = views[first][n:]
 
 
 def _segments(directory: Path) -> list[tuple[int, int, Path]]:
