@@ -147,17 +147,15 @@ class Endpoints:
         """A message of the nanny's own on iopub, signed with the kernel's key."""
         await self.iopub.send_multipart(self.session.frames(msg_type, content, parent or {}))
 
-    def send_stream(self, name: str, text: str, parent: dict[str, Any]) -> None:
-        """Captured output as an iopub ``stream`` message (the forwarder's sink).
+    def send_stream(self, name: str, text: bytes, parent: dict[str, Any]) -> None:
+        """Captured output (valid UTF-8) as an iopub ``stream`` message (the forwarder's sink).
 
         With no frontend subscribed the message is not built at all (libzmq would drop it):
         a kernel printing with nobody watching costs the nanny only the storing.
         """
         if not self.iopub_topics:
             return
-        self.iopub.send_multipart(
-            self.session.frames("stream", {"name": name, "text": text}, parent)
-        )
+        self.iopub.send_multipart(self.session.stream_frames(name, text, parent))
 
     def reply(self, request: Message, msg_type: str, content: dict[str, Any]) -> None:
         """A control reply, routed back to the frontend that sent ``request`` (a ROUTER

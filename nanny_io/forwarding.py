@@ -2,7 +2,9 @@
 
 Small writes are coalesced into large messages (frontends ingest big messages far faster),
 text is decoded incrementally per stream (a character split across reads stays whole), and
-an optional rate limit drops what exceeds it and says so in the output itself.
+an optional rate limit drops what exceeds it and says so in the output itself. The text stays
+UTF-8 bytes from the pipe to the message's JSON (``nanny_io_proto.streamtext``): valid output
+is never decoded and encoded again.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nanny_io_proto.lines import StreamDecoder
 from nanny_io_proto.streams import Stream
+from nanny_io_proto.streamtext import Utf8Text
 
 #: Pending output is sent once it reaches this many bytes...
 COALESCE_BYTES = 64 * 1024
 #: ...or after this long, whichever comes first.
 COALESCE_DELAY = 0.005
-#: The largest message text, in characters (cut after a newline where there is one): an
-#: unmodified frontend (jupyter_client) ingests messages of this size faster than larger
-#: ones, and the nanny's 1 MiB reads would otherwise become 1 MiB messages.
-MAX_MESSAGE_CHARS = 256 * 1024
+#: The largest message text, in UTF-8 bytes (cut after a newline where there is one, else at
+#: a character boundary): an unmodified frontend (jupyter_client) ingests messages of this
+#: size faster than larger ones, and the nanny's 1 MiB reads would otherwise become 1 MiB
+#: messages.
+MAX_MESSAGE_BYTES = 256 * 1024
 
 Parent = dict[str, Any]
 
@@ -31,17 +34,18 @@ Parent = dict[str, Any]
 class OutputForwarder:
     """Collects captured output per (stream, parent) and publishes it as stream messages.
 
-    ``send(stream_name, text, parent)`` publishes one message. Order is kept across streams
-    and parents: a change of stream or parent starts a new message.
+    ``send(stream_name, text, parent)`` publishes one message; ``text`` is valid UTF-8
+    bytes. Order is kept across streams and parents: a change of stream or parent starts a
+    new message.
     """
 
     def __init__(
         self,
-        send: Callable[[str, str, Parent], None],
+        send: Callable[[str, bytes, Parent], None],
         *,
         coalesce_bytes: int = COALESCE_BYTES,
         delay: float = COALESCE_DELAY,
-        max_message: int = MAX_MESSAGE_CHARS,
+        max_message: int = MAX_MESSAGE_BYTES,
         rate_limit: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -53,8 +57,8 @@ class OutputForwarder:
         self._clock = clock
         self._tokens = rate_limit or 0.0
         self._refilled = clock()
-        self._decoders = {Stream.STDOUT: StreamDecoder(), Stream.STDERR: StreamDecoder()}
-        self._pending: list[tuple[Stream, Parent, list[str]]] = []
+        self._decoders = {Stream.STDOUT: Utf8Text(), Stream.STDERR: Utf8Text()}
+        self._pending: list[tuple[Stream, Parent, list[bytes]]] = []
         self._pending_bytes = 0
         self._dropped: dict[Stream, tuple[int, Parent]] = {}  # bytes, and whose
         self._last_parent: dict[Stream, Parent] = {}
@@ -78,11 +82,11 @@ class OutputForwarder:
                 self._queue_notice(stream)
         if data:
             self._last_parent[stream] = parent
-            self._queue(stream, parent, self._decoders[stream].decode(data), len(data))
+            self._queue(stream, parent, self._decoders[stream].feed(data), len(data))
         if dropped:
             self._drop(stream, dropped, parent)
 
-    def _queue(self, stream: Stream, parent: Parent, text: str, size: int) -> None:
+    def _queue(self, stream: Stream, parent: Parent, text: bytes, size: int) -> None:
         if not text:
             return
         if self._pending and self._pending[-1][0] is stream and self._pending[-1][1] is parent:
@@ -112,7 +116,7 @@ class OutputForwarder:
         notice = (
             f"\n[nanny-io: dropped {count} bytes of {stream.value}: "
             f"output exceeded {self._rate:.0f} bytes/s]\n"
-        )
+        ).encode()
         # specs/output-sync.md §7: the notice is a stream message on stderr
         self._queue(Stream.STDERR, parent, notice, len(notice))
 
@@ -141,7 +145,7 @@ class OutputForwarder:
         """
         if parent_for_notice is not None:
             for stream, decoder in self._decoders.items():
-                tail = decoder.decode(b"", final=True)
+                tail = decoder.feed(b"", final=True)
                 if tail:
                     parent = self._last_parent.get(stream, parent_for_notice)
                     self._pending.append((stream, parent, [tail]))
@@ -152,23 +156,40 @@ class OutputForwarder:
             self._timer = None
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         for stream, parent, parts in pending:
-            for text in _pieces("".join(parts), self._max_message):
-                self._send(stream.value, text, parent)
+            text = parts[0] if len(parts) == 1 else b"".join(parts)
+            for piece in _pieces(text, self._max_message):
+                self._send(stream.value, piece, parent)
                 self.sent_messages += 1
 
 
-def _pieces(text: str, limit: int) -> list[str]:
-    """``text`` in pieces of at most ``limit`` characters, each ending a line where it can."""
+def _pieces(text: bytes, limit: int) -> list[bytes]:
+    """UTF-8 ``text`` in pieces of at most ``limit`` bytes, each ending a line where it can
+    and never inside a character."""
     if len(text) <= limit:
         return [text]
     out = []
     start = 0
     while len(text) - start > limit:
-        end = text.rfind("\n", start, start + limit) + 1 or start + limit
+        end = text.rfind(b"\n", start, start + limit) + 1
+        if not end:
+            end = _char_start(text, start + limit, start)
         out.append(text[start:end])
         start = end
     out.append(text[start:])
     return out
+
+
+def _char_start(text: bytes, end: int, start: int) -> int:
+    """The start of the character at ``end`` in UTF-8 ``text`` if it is after ``start``,
+    else the end of that character (a limit shorter than one character)."""
+    cut = end
+    while cut > start and text[cut] & 0xC0 == 0x80:  # continues a character
+        cut -= 1
+    if cut > start:
+        return cut
+    while end < len(text) and text[end] & 0xC0 == 0x80:
+        end += 1
+    return end
 
 
 def _cut(data: bytes, limit: int) -> bytes:

@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from nanny_io_proto.messages import Message, decode_message, encode_message, make_message
+from nanny_io_proto.messages import (
+    Message,
+    decode_message,
+    encode_message,
+    encode_stream,
+    make_header,
+    make_message,
+)
 from nanny_io_proto.signing import DigestHistory, Signer
 
 
@@ -54,6 +61,13 @@ class NannySession:
     ) -> list[bytes]:
         """A signed message, ready for ``send_multipart``."""
         return encode_message(self.message(msg_type, content, parent, identities), self.signer)
+
+    def stream_frames(self, name: str, text: bytes, parent: Mapping[str, Any]) -> list[bytes]:
+        """A signed ``stream`` message of valid UTF-8 ``text``: the same frames as
+        ``frames("stream", {"name": name, "text": text.decode()}, parent)``, but the text
+        is never a ``str``."""
+        header = make_header("stream", msg_id=new_id(), session=self.session_id, date=utcnow_iso())
+        return encode_stream(header, parent, name, text, self.signer)
 
     def decode(self, frames: list[bytes]) -> Message:
         """Verify (signature, then replay) and decode; raises RemoteProtocolError."""

@@ -44,7 +44,7 @@ from nanny_io_proto.spillformat import (
     SegmentDecoder,
     SegmentHeader,
     TruncatedHeader,
-    encode_chunk,
+    chunk_head,
     encode_segment_header,
     tail_of_body,
 )
@@ -57,6 +57,10 @@ __all__ = ["Spill", "incomplete_epochs", "read_spill"]
 logger = logging.getLogger("nanny_io")
 
 _COUNT_SIZE = 4  # the u32 record count a body starts with
+#: Chunks of more parts than this are joined before they are written.
+_WRITEV_PARTS = 8
+#: The most buffers one writev takes (POSIX guarantees 16; Linux takes 1024).
+_IOV_MAX = max(16, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16
 _SEG_NAME = re.compile(r"seg-(\d{8,})-(\d{20})\.nlog")
 
 
@@ -127,27 +131,32 @@ class Spill:
         """
         if not self.active:
             return False
-        chunk = encode_chunk(parts)
-        if len(self._header) + len(chunk) > self.max_total_bytes:
+        # The head and the parts go to the kernel as they are (os.writev): the body, often
+        # a whole read's bytes, is not copied into a joined chunk first. Many small parts (a
+        # record each) are joined: one copy costs less than a long list of buffers.
+        if len(parts) > _WRITEV_PARTS:
+            parts = [b"".join(parts)]
+        chunk = [chunk_head(parts), *parts]
+        size = CHUNK_HEAD.size + sum(map(len, parts))
+        if len(self._header) + size > self.max_total_bytes:
             # One append larger than the whole spill: keep its newest records that fit.
             room = self.max_total_bytes - len(self._header) - CHUNK_HEAD.size
             body = tail_of_body(b"".join(parts), room)
             if body is None:
                 return True  # not even its last record fits: the spill keeps what it had
             first_seq = RECORD_HEADER.unpack_from(body, _COUNT_SIZE)[0]
-            chunk = encode_chunk([body])
+            chunk = [chunk_head([body]), body]
+            size = CHUNK_HEAD.size + len(body)
         try:
-            if self._fd < 0 or (
-                self._seg_size and self._seg_size + len(chunk) > self.segment_bytes
-            ):
-                self._rotate(first_seq, len(chunk))
+            if self._fd < 0 or (self._seg_size and self._seg_size + size > self.segment_bytes):
+                self._rotate(first_seq, size)
             _write_all(self._fd, chunk)
         except OSError as exc:
             self._fail("cannot write to", exc)
             self._mark_incomplete(first_seq, exc)
             return False
-        self._seg_size += len(chunk)
-        self.bytes_written += len(chunk)
+        self._seg_size += size
+        self.bytes_written += size
         return True
 
     def write_entries(self, entries: Sequence[Entry]) -> bool:
@@ -186,7 +195,7 @@ class Spill:
         else:
             raise OSError(errno.EEXIST, "no free segment name", str(self.directory))
         self._seg_size = 0
-        _write_all(self._fd, self._header)
+        _write_all(self._fd, [self._header])
         self._seg_size = len(self._header)
         self.bytes_written += len(self._header)
 
@@ -236,11 +245,18 @@ class Spill:
         self.close()
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    """Write every byte of ``parts``, in order, with as few ``writev`` calls as the kernel
+    allows (a regular file takes them whole unless the disk is full or a signal interrupts)."""
+    views = [memoryview(part) for part in parts if part]
+    first = 0  # views[first:] are still to be written
+    while first < len(views):
+        n = os.writev(fd, views[first : first + _IOV_MAX])
+        while first < len(views) and n >= len(views[first]):
+            n -= len(views[first])
+            first += 1
+        if n:
+            views[first] = views[first][n:]
 
 
 def _segments(directory: Path) -> list[tuple[int, int, Path]]:

@@ -24,11 +24,13 @@ __all__ = [
     "Message",
     "decode_message",
     "encode_message",
+    "encode_stream",
     "json_string",
     "make_header",
     "make_message",
     "peek_header",
     "split_identities",
+    "stream_content",
 ]
 
 #: The frame that separates routing identities (or a PUB topic) from the message proper.
@@ -191,11 +193,59 @@ def json_string(text: str) -> bytes:
     candidate), which gives the same bytes: UTF-8 bytes of characters above U+007F never
     equal an escapable ASCII byte. Lone surrogates raise ``UnicodeEncodeError`` as json does.
     """
-    data = text.encode("utf-8")
-    for raw, escaped in _JSON_ESCAPES:
+    return _escaped(b'"', text.encode("utf-8"), b'"')
+
+
+#: The escapable bytes other than the newline, which nearly every output has: their absence is
+#: checked first, then the newlines are escaped in the joined frame with one ``replace``.
+_RARE_ESCAPES = tuple(pair for pair in _JSON_ESCAPES if pair[0] != b"\n")
+
+
+def _escaped(head: bytes, data: bytes, tail: bytes) -> bytes:
+    """``head`` + ``data`` escaped as the inside of a JSON string + ``tail``.
+
+    ``data`` is UTF-8; ``head`` and ``tail`` are JSON without a raw newline. One ``memchr``
+    pass per rare escapable byte finds that none is present in the usual output (about
+    0.3 ms per MiB, less than ``bytes.translate`` or a regex character class), and then the
+    frame is one join and one ``replace``.
+    """
+    first = next((i for i, (raw, _) in enumerate(_RARE_ESCAPES) if raw in data), None)
+    if first is None:
+        return b"".join((head, data, tail)).replace(b"\n", b"\\n")
+    # Something rarer than a newline: replace each one present, in _JSON_ESCAPES's order
+    # (the backslash first; those before ``first`` were just found absent).
+    for raw, escaped in _RARE_ESCAPES[first:]:
         if raw in data:
             data = data.replace(raw, escaped)
-    return b"".join((b'"', data, b'"'))
+    return b"".join((head, data.replace(b"\n", b"\\n"), tail))
+
+
+def stream_content(name: str, text: bytes) -> bytes:
+    """The ``stream`` content ``{"name": name, "text": text}`` as jupyter_client packs it.
+
+    ``text`` is valid UTF-8 (the caller has checked it); the result is
+    ``json.dumps({"name": name, "text": text.decode()}, ensure_ascii=False).encode()``,
+    built from the bytes without decoding them: UTF-8 bytes of characters above U+007F never
+    equal an escapable ASCII byte.
+    """
+    if type(name) is not str or not isinstance(text, bytes):
+        raise LocalProtocolError(f"stream name and text must be str and bytes, got {name!r:.40}")
+    return _escaped(b"".join((b'{"name": ', json_string(name), b', "text": "')), text, b'"}')
+
+
+def encode_stream(
+    header: dict[str, Any],
+    parent: Message | Mapping[str, Any] | None,
+    name: str,
+    text: bytes,
+    signer: Signer,
+) -> list[bytes]:
+    """The frames of a ``stream`` message whose text is given as valid UTF-8 bytes: what
+    :func:`encode_message` gives for it with ``text.decode()``, without the ``str``.
+    ``parent`` is what :func:`make_message` takes."""
+    _check_header(header, LocalProtocolError)
+    parts = [_pack(header), _pack(_parent_header(parent)), b"{}", stream_content(name, text)]
+    return [DELIM, signer.sign(parts), *parts]
 
 
 def _pack_stream(obj: dict[str, Any]) -> bytes | None:

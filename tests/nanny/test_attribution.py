@@ -24,8 +24,8 @@ class Frontend:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str, str | None]] = []
 
-    def send(self, name: str, text: str, parent: dict[str, Any]) -> None:
-        self.sent.append((name, text, parent.get("msg_id")))
+    def send(self, name: str, text: bytes, parent: dict[str, Any]) -> None:
+        self.sent.append((name, text.decode(), parent.get("msg_id")))
 
 
 def make(
@@ -169,3 +169,23 @@ def test_large_output_goes_out_in_messages_of_at_most_max_message_ending_lines()
     assert [len(text) for text in texts[:13]] == [90] * 13  # three whole lines each
     assert texts[13:] == ["039" + "x" * 26 + "\n", "y" * 100, "y" * 100, "y" * 50]
     assert {parent for _, _, parent in frontend.sent} == {"a"}
+
+
+def test_long_lines_of_non_ascii_text_are_cut_between_characters() -> None:
+    frontend = Frontend()
+    forwarder = OutputForwarder(frontend.send, delay=0, max_message=100)
+    text = "é€😀" * 60 + "\n" + "€" * 40  # no newline in the first 100 bytes
+    forwarder.add(Stream.STDOUT, text.encode(), A)
+    forwarder.flush()
+    texts = [sent for _, sent, _ in frontend.sent]  # each decoded strictly by Frontend.send
+    assert "".join(texts) == text
+    assert all(len(sent.encode()) <= 100 for sent in texts)
+    assert len(texts[0].encode()) >= 97  # cut at most 3 bytes before the limit
+
+
+def test_a_limit_shorter_than_a_character_still_cuts_between_characters() -> None:
+    frontend = Frontend()
+    forwarder = OutputForwarder(frontend.send, delay=0, max_message=2)
+    forwarder.add(Stream.STDOUT, "a😀€b".encode(), A)
+    forwarder.flush()
+    assert [sent for _, sent, _ in frontend.sent] == ["a", "😀", "€", "b"]

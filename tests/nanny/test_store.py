@@ -578,22 +578,23 @@ def test_unwritable_directory_degrades_to_memory(
 def test_disk_full_degrades_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write = os.write
+    real_writev = os.writev
     calls = 0
 
-    def write(fd: int, data: bytes) -> int:
+    def writev(fd: int, buffers: list[memoryview]) -> int:
         """Let 5 writes to the spill through, half of the 6th, then the disk is full."""
         nonlocal calls
         if not os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path)):
-            return real_write(fd, data)
+            return real_writev(fd, buffers)
         calls += 1
         if calls == 6:
-            return real_write(fd, bytes(data)[: len(data) // 2])
+            data = b"".join(buffers)
+            return real_writev(fd, [data[: len(data) // 2]])
         if calls > 6:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_write(fd, data)
+        return real_writev(fd, buffers)
 
-    monkeypatch.setattr(os, "write", write)  # delegates for every other fd
+    monkeypatch.setattr(os, "writev", writev)  # delegates for every other fd
     with caplog.at_level(logging.WARNING, logger="nanny_io"):
         store = LogStore(epoch="e1", spill=Spill(tmp_path, epoch="e1"))
         for i in range(30):
@@ -605,6 +606,28 @@ def test_disk_full_degrades_once(
     # the header and 4 batches made it, then half of the 5th: its complete records survive
     got = [r for _, r in read_spill(tmp_path)]
     assert 40 <= len(got) < 50 and got == store.records(1)[: len(got)]
+
+
+def test_short_writes_to_the_spill_are_resumed_where_they_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """writev may take fewer bytes than given (a signal, a pipe-like file): the spill writes
+    the rest, across and inside the head and the parts, and the history reads back whole."""
+    real_writev = os.writev
+    sizes: list[int] = []
+
+    def writev(fd: int, buffers: list[memoryview]) -> int:
+        data = b"".join(buffers)[:7]  # at most 7 bytes a call: every boundary gets crossed
+        sizes.append(len(data))
+        return real_writev(fd, [data])
+
+    monkeypatch.setattr(os, "writev", writev)
+    store = LogStore(epoch="e1", spill=Spill(tmp_path, epoch="e1"))
+    for i in range(5):
+        store.append(OUT, 1, T0, lines(3, tag=b"%d-" % i))
+    monkeypatch.undo()
+    assert store.statistics().spill_active and max(sizes) == 7
+    assert [r for _, r in read_spill(tmp_path)] == store.records(1)
 
 
 def test_directory_vanishing_degrades_on_rotation(

@@ -23,11 +23,13 @@ from nanny_io_proto.messages import (
     Message,
     decode_message,
     encode_message,
+    encode_stream,
     json_string,
     make_header,
     make_message,
     peek_header,
     split_identities,
+    stream_content,
 )
 from nanny_io_proto.signing import DigestHistory, Signer
 from nanny_io_proto.version import JUPYTER_PROTOCOL_VERSION
@@ -460,3 +462,48 @@ def test_long_stream_text_with_a_lone_surrogate_is_refused() -> None:
     msg = make_message("stream", content, parent=None, msg_id="m", session="s", date=DATE)
     with pytest.raises(LocalProtocolError, match="not JSON-serialisable"):
         encode_message(msg, Signer(KEY))
+
+
+# -- stream content from UTF-8 bytes (the captured output's path) --------------------------
+
+#: Text with every kind of byte the escaping treats apart: newlines (the usual case),
+#: the quote, the backslash, every control character, non-ASCII characters of every length.
+escapable_text = st.text(
+    alphabet=st.sampled_from(
+        ["x", "\n", '"', "\\", "\t", "\r", "\x00", "\x1b", "\x7f", "é", "€", "\U0001f600"]
+    )
+    | st.characters(max_codepoint=0x20)
+    | st.characters(blacklist_categories=("Cs",)),
+)
+
+
+@given(
+    text=escapable_text | long_text.filter(lambda t: not any("\ud800" <= c <= "\udfff" for c in t))
+)
+def test_stream_content_from_bytes_is_json_dumps(text: str) -> None:
+    for name in ("stdout", "stderr", 'a"\\b\n'):
+        content = {"name": name, "text": text}
+        assert (
+            stream_content(name, text.encode()) == json.dumps(content, ensure_ascii=False).encode()
+        )
+
+
+@given(
+    text=escapable_text,
+    parent=st.sampled_from([None, {}, {"msg_id": "p", "msg_type": "execute_request"}]),
+)
+def test_encode_stream_is_encode_message_of_the_decoded_text(
+    text: str, parent: dict[str, Any] | None
+) -> None:
+    header = make_header("stream", msg_id="m", session="s", date=DATE)
+    content = {"name": "stdout", "text": text}
+    msg = Message(header=header, parent_header=dict(parent or {}), content=content)
+    frames = encode_stream(header, parent, "stdout", text.encode(), Signer(KEY))
+    assert frames == encode_message(msg, Signer(KEY))
+    assert frames[-1] == Session(key=KEY).pack(content)
+    assert decode_message(frames, Signer(KEY)).content == content
+
+
+def test_stream_content_refuses_text_that_is_not_bytes() -> None:
+    with pytest.raises(LocalProtocolError, match="str and bytes"):
+        stream_content("stdout", "text")  # type: ignore[arg-type]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,6 +27,7 @@ from nanny_io_proto.spillformat import (
     SegmentDecoder,
     SegmentHeader,
     TruncatedHeader,
+    chunk_head,
     encode_chunk,
     encode_segment_header,
 )
@@ -224,3 +228,13 @@ def test_a_chunk_cut_in_its_body_keeps_the_complete_records() -> None:
     assert events[-1] == Chunk(len(encode_segment_header("ep")), tuple(recs[:2]), complete=False)
     events, _ = decode(full[: len(encode_segment_header("ep")) + 2])  # inside the length
     assert events == [SegmentHeader("ep")]
+
+
+@given(parts=st.lists(st.binary(max_size=300), max_size=5))
+def test_chunk_head_checksums_are_zlibs_crc32_of_the_joined_body(parts: list[bytes]) -> None:
+    """Whichever CRC-32 implementation is installed, the values are zlib's (the format)."""
+    body = b"".join(parts)
+    head = chunk_head(parts)
+    size = len(body)
+    assert head == struct.pack("<III", size, zlib.crc32(struct.pack("<I", size)), zlib.crc32(body))
+    assert encode_chunk(parts) == head + body
