@@ -34,6 +34,7 @@ from .endpoints import Endpoints
 from .iopublog import IopubLog
 from .journal import Journal
 from .launcher import KernelSpecInfo
+from .pump import send_frames
 from .signals import SIGNALS
 from .supervisor import Supervisor
 
@@ -160,7 +161,7 @@ class Proxy:
         self.stats["control_forwarded"] += 1
         endpoints = self.endpoints
         try:
-            endpoints.kernel_control.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(endpoints.kernel_control, frames)
         except zmq.Again:  # a thousand messages queued for a kernel that does not read
             self.journal.spawn(endpoints.to_kernel_control(frames), "control-backlog")
             return
@@ -176,7 +177,7 @@ class Proxy:
                 if peek_header(frames).get("msg_type") == "shutdown_reply":
                     self._shutdown_replied.append(json.loads(rest[2]).get("msg_id", ""))
         control = self.endpoints.control
-        control.send_multipart(frames, zmq.NOBLOCK)  # ROUTER: routes or drops, never waits
+        send_frames(control, frames)  # ROUTER: routes or drops, never waits
         self.endpoints.kick(control)
 
     # ------------------------------------------------------------------ iopub
@@ -221,7 +222,7 @@ class Proxy:
         iopub_log = self.iopub_log
         if iopub_log is not None and len(rest) >= 5 and iopub_log.wants(rest[1]):
             iopub_log.on_message(rest)
-        self._front_iopub.send_multipart(frames, zmq.NOBLOCK)  # PUB: never waits, drops at HWM
+        send_frames(self._front_iopub, frames)  # PUB: never waits, drops at HWM
 
     def _track_status(self, rest: list[bytes]) -> Any:
         """A status message's execution state, after noting what it says."""
