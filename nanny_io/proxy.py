@@ -172,22 +172,36 @@ class Proxy:
         idents, rest = _safe_split(frames)
         if not idents:
             return  # a reply to the nanny's own request
+        control = self.endpoints.control
+        send_frames(control, frames)  # ROUTER: routes or drops, never waits
+        self.endpoints.kick(control)
         if len(rest) > 2 and b"shutdown_reply" in rest[1]:
             with contextlib.suppress(RemoteProtocolError, ValueError, AttributeError):
                 if peek_header(frames).get("msg_type") == "shutdown_reply":
                     self._shutdown_replied.append(json.loads(rest[2]).get("msg_id", ""))
-        control = self.endpoints.control
-        send_frames(control, frames)  # ROUTER: routes or drops, never waits
-        self.endpoints.kick(control)
 
     # ------------------------------------------------------------------ iopub
 
     def _on_kernel_iopub(self, frames: list[bytes]) -> Awaitable[None] | None:
         """Forward one kernel iopub message to every frontend, watching busy/idle for
-        attribution; a ``status: idle`` waits (and the messages after it) while the request
-        may still write delimited output (specs/output-sync.md)."""
-        attribution = self.attribution
+        attribution. With capture, a ``status: idle`` waits (and the messages after it) until
+        the request's output is out (specs/output-sync.md §4); without, the message leaves
+        at once and the looking (the drain for the store included) comes after."""
         _, rest = _safe_split(frames)
+        if self.attribution.forwarder is None and (
+            len(rest) < 5 or b"iopub_welcome" not in rest[1]
+        ):
+            # Captured output is not forwarded, so nothing the nanny sends on iopub has to go
+            # out before this message: it leaves first, and is looked at after (the kernel's
+            # own iopub_welcome is the one message not forwarded).
+            send_frames(self._front_iopub, frames)  # PUB: never waits, drops at HWM
+            return self._look_at(frames, rest, forwarded=True)
+        return self._look_at(frames, rest, forwarded=False)
+
+    def _look_at(
+        self, frames: list[bytes], rest: list[bytes], forwarded: bool
+    ) -> Awaitable[None] | None:
+        attribution = self.attribution
         # Most messages only pass through: parse a header only when it can matter.
         if len(rest) >= 5 and (b"status" in rest[1] or b"iopub_welcome" in rest[1]):
             try:
@@ -201,28 +215,29 @@ class Proxy:
             if kind == "status" and self._track_status(rest) == "idle":
                 parent = attribution.idle_parent
                 if not attribution.drain_before_idle_now(parent):
-                    return self._forward_after_idle_drain(parent, frames, rest)
+                    return self._forward_after_idle_drain(parent, frames, rest, forwarded)
         elif attribution.before_forwarding() and len(rest) >= 5:
             # Output the request wrote to its pipes before this message (say, before its
             # execute_result) goes out first.
             self.supervisor.output.drain()
             assert attribution.forwarder is not None
             attribution.forwarder.flush()
-        self._forward_iopub(frames, rest)
+        self._forward_iopub(frames, rest, forwarded)
         return None
 
     async def _forward_after_idle_drain(
-        self, parent: dict[str, Any], frames: list[bytes], rest: list[bytes]
+        self, parent: dict[str, Any], frames: list[bytes], rest: list[bytes], forwarded: bool
     ) -> None:
         await self.attribution.drain_before_idle(parent)
-        self._forward_iopub(frames, rest)
+        self._forward_iopub(frames, rest, forwarded)
 
-    def _forward_iopub(self, frames: list[bytes], rest: list[bytes]) -> None:
+    def _forward_iopub(self, frames: list[bytes], rest: list[bytes], forwarded: bool) -> None:
         # After the drain: the fd output written before this message is stored first.
         iopub_log = self.iopub_log
         if iopub_log is not None and len(rest) >= 5 and iopub_log.wants(rest[1]):
             iopub_log.on_message(rest)
-        send_frames(self._front_iopub, frames)  # PUB: never waits, drops at HWM
+        if not forwarded:
+            send_frames(self._front_iopub, frames)  # PUB: never waits, drops at HWM
 
     def _track_status(self, rest: list[bytes]) -> Any:
         """A status message's execution state, after noting what it says."""
