@@ -34,7 +34,7 @@ from .endpoints import Endpoints
 from .iopublog import IopubLog
 from .journal import Journal
 from .launcher import KernelSpecInfo
-from .pump import send_frames
+from .pump import Pump, send_frames
 from .signals import SIGNALS
 from .supervisor import Supervisor
 
@@ -64,6 +64,7 @@ class Proxy:
         self._last_rejection_note = -1.0
         self._shutdown_replied: deque[str] = deque(maxlen=64)  # requests the kernel answered
         self._front_iopub: zmq.Socket[Any] = zmq.Socket.shadow(endpoints.iopub.underlying)
+        self._kernel_control: Pump | None = None
 
     def serve(self) -> None:
         """Start serving the frontends (once the first incarnation is ready)."""
@@ -75,10 +76,8 @@ class Proxy:
         """Start forwarding what the kernel sends (before the first launch: readiness is
         proven by the kernel's iopub)."""
         endpoints = self.endpoints
-        self.journal.spawn(
-            endpoints.pump(endpoints.kernel_control, self._on_kernel_control).run(),
-            "kernel-control",
-        )
+        self._kernel_control = endpoints.pump(endpoints.kernel_control, self._on_kernel_control)
+        self.journal.spawn(self._kernel_control.run(), "kernel-control")
         self.journal.spawn(
             endpoints.pump(endpoints.kernel_iopub, self._on_kernel_iopub).run(), "kernel-iopub"
         )
@@ -195,6 +194,11 @@ class Proxy:
             # out before this message: it leaves first, and is looked at after (the kernel's
             # own iopub_welcome is the one message not forwarded).
             send_frames(self._front_iopub, frames)  # PUB: never waits, drops at HWM
+            # A control reply that came in meanwhile (the kernel sends its busy just before
+            # it) goes back first: it is what a frontend waits for, and its order with
+            # respect to iopub is not the protocol's.
+            if self._kernel_control is not None:
+                self._kernel_control.read_now()
             return self._look_at(frames, rest, forwarded=True)
         return self._look_at(frames, rest, forwarded=False)
 

@@ -81,6 +81,13 @@ class Pump:
                 loop.remove_reader(fd)
             await pending
 
+    def read_now(self) -> None:
+        """Handle what waits on the socket now, from another pump's handler (a message of
+        this socket that must not wait behind the other's work)."""
+        readable = self._readable
+        if readable is not None:
+            readable()
+
     def kick(self) -> None:
         """Read soon if a message waits (call after any other operation on the socket)."""
         readable = self._readable

@@ -175,3 +175,47 @@ def test_send_frames_raises_again_when_it_cannot_queue() -> None:
             send_frames(dealer, [b"one", b"two"])
     finally:
         ctx.destroy(linger=0)
+
+
+def test_read_now_handles_another_sockets_messages_inside_a_handler() -> None:
+    """A handler of one pump can have another pump's waiting messages handled on the spot
+    (a control reply must not wait behind iopub bookkeeping): in order, each once."""
+
+    async def main() -> list[str]:
+        ctx: zmq.Context[Any] = zmq.Context()
+        first_in, first_out = _pair(ctx)
+        second_in, second_out = _pair(ctx)
+        seen: list[str] = []
+        done = asyncio.Event()
+        pumps: dict[str, Pump] = {}
+
+        def on_first(frames: list[bytes]) -> None:
+            seen.append("first:" + frames[0].decode())
+            second_out.send(b"a")
+            second_out.send(b"b")
+            while len(seen) < 3:  # both arrived, then both handled right here
+                assert second_in.poll(10_000, zmq.POLLIN)
+                pumps["second"].read_now()
+            seen.append("first done")
+            done.set()
+
+        def on_second(frames: list[bytes]) -> None:
+            seen.append("second:" + frames[0].decode())
+
+        pumps["first"] = Pump(first_in, on_first)
+        pumps["second"] = Pump(second_in, on_second)
+        pumps["second"].read_now()  # not running yet: nothing happens
+        tasks = [asyncio.create_task(p.run()) for p in pumps.values()]
+        await asyncio.sleep(0)
+        first_out.send(b"x")
+        try:
+            await asyncio.wait_for(done.wait(), 10)
+            await asyncio.sleep(0.05)  # anything handled twice would show up now
+            return seen
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            ctx.destroy(linger=0)
+
+    assert asyncio.run(main()) == ["first:x", "second:a", "second:b", "first done"]
