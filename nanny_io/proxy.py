@@ -40,6 +40,14 @@ from .supervisor import Supervisor
 
 log = logging.getLogger("nanny_io")
 
+# The status messages of every kernel that packs JSON as jupyter_client does (ipykernel and
+# most others), recognised without parsing their header and content; other spellings are
+# parsed.
+_STATUS_HEADER = b'"msg_type": "status"'
+_STATES = {
+    json.dumps({"execution_state": state}).encode(): state for state in ("busy", "idle", "starting")
+}
+
 
 class Proxy:
     """The nanny's control and iopub service."""
@@ -208,10 +216,13 @@ class Proxy:
         attribution = self.attribution
         # Most messages only pass through: parse a header only when it can matter.
         if len(rest) >= 5 and (b"status" in rest[1] or b"iopub_welcome" in rest[1]):
-            try:
-                kind = json.loads(rest[1]).get("msg_type")
-            except (ValueError, AttributeError):
-                kind = None
+            if _STATUS_HEADER in rest[1]:  # (quotes inside a JSON string are escaped)
+                kind = "status"
+            else:
+                try:
+                    kind = json.loads(rest[1]).get("msg_type")
+                except (ValueError, AttributeError):
+                    kind = None
             if kind == "iopub_welcome":
                 # Sent when our subscription reached the kernel: iopub is connected.
                 self.supervisor.probe_seen.set()
@@ -247,7 +258,7 @@ class Proxy:
         """A status message's execution state, after noting what it says."""
         try:
             parent = json.loads(rest[2])
-            state = json.loads(rest[4]).get("execution_state")
+            state = _STATES.get(rest[4]) or json.loads(rest[4]).get("execution_state")
         except (ValueError, AttributeError):
             return None
         if not isinstance(parent, dict):
