@@ -213,6 +213,8 @@ class Proxy:
     def _look_at(
         self, frames: list[bytes], rest: list[bytes], forwarded: bool
     ) -> Awaitable[None] | None:
+        """Status tracking, the pre-idle drain and the iopub log for one kernel message,
+        which is then forwarded unless it already was (``forwarded``)."""
         attribution = self.attribution
         # Most messages only pass through: parse a header only when it can matter.
         if len(rest) >= 5 and (b"status" in rest[1] or b"iopub_welcome" in rest[1]):
