@@ -195,6 +195,7 @@ class Proxy:
         the request's output is out (specs/output-sync.md §4); without, the message leaves
         at once and the looking (the drain for the store included) comes after."""
         _, rest = _safe_split(frames)
+        forwarded = False
         if self.attribution.forwarder is None and (
             len(rest) < 5 or b"iopub_welcome" not in rest[1]
         ):
@@ -202,13 +203,13 @@ class Proxy:
             # out before this message: it leaves first, and is looked at after (the kernel's
             # own iopub_welcome is the one message not forwarded).
             send_frames(self._front_iopub, frames)  # PUB: never waits, drops at HWM
-            # A control reply that came in meanwhile (the kernel sends its busy just before
-            # it) goes back first: it is what a frontend waits for, and its order with
-            # respect to iopub is not the protocol's.
-            if self._kernel_control is not None:
-                self._kernel_control.read_now()
-            return self._look_at(frames, rest, forwarded=True)
-        return self._look_at(frames, rest, forwarded=False)
+            forwarded = True
+        # A control reply that came in meanwhile (the kernel sends its busy just before it)
+        # goes back before this message's bookkeeping: it is what a frontend waits for, and
+        # the protocol orders nothing between control and iopub.
+        if self._kernel_control is not None:
+            self._kernel_control.read_now()
+        return self._look_at(frames, rest, forwarded)
 
     def _look_at(
         self, frames: list[bytes], rest: list[bytes], forwarded: bool
