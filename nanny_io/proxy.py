@@ -34,10 +34,19 @@ from .endpoints import Endpoints
 from .iopublog import IopubLog
 from .journal import Journal
 from .launcher import KernelSpecInfo
+from .pump import Pump, send_frames
 from .signals import SIGNALS
 from .supervisor import Supervisor
 
 log = logging.getLogger("nanny_io")
+
+# The status messages of every kernel that packs JSON as jupyter_client does (ipykernel and
+# most others), recognised without parsing their header and content; other spellings are
+# parsed.
+_STATUS_HEADER = b'"msg_type": "status"'
+_STATES = {
+    json.dumps({"execution_state": state}).encode(): state for state in ("busy", "idle", "starting")
+}
 
 
 class Proxy:
@@ -63,6 +72,7 @@ class Proxy:
         self._last_rejection_note = -1.0
         self._shutdown_replied: deque[str] = deque(maxlen=64)  # requests the kernel answered
         self._front_iopub: zmq.Socket[Any] = zmq.Socket.shadow(endpoints.iopub.underlying)
+        self._kernel_control: Pump | None = None
 
     def serve(self) -> None:
         """Start serving the frontends (once the first incarnation is ready)."""
@@ -74,10 +84,8 @@ class Proxy:
         """Start forwarding what the kernel sends (before the first launch: readiness is
         proven by the kernel's iopub)."""
         endpoints = self.endpoints
-        self.journal.spawn(
-            endpoints.pump(endpoints.kernel_control, self._on_kernel_control).run(),
-            "kernel-control",
-        )
+        self._kernel_control = endpoints.pump(endpoints.kernel_control, self._on_kernel_control)
+        self.journal.spawn(self._kernel_control.run(), "kernel-control")
         self.journal.spawn(
             endpoints.pump(endpoints.kernel_iopub, self._on_kernel_iopub).run(), "kernel-iopub"
         )
@@ -160,7 +168,7 @@ class Proxy:
         self.stats["control_forwarded"] += 1
         endpoints = self.endpoints
         try:
-            endpoints.kernel_control.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(endpoints.kernel_control, frames)
         except zmq.Again:  # a thousand messages queued for a kernel that does not read
             self.journal.spawn(endpoints.to_kernel_control(frames), "control-backlog")
             return
@@ -171,28 +179,53 @@ class Proxy:
         idents, rest = _safe_split(frames)
         if not idents:
             return  # a reply to the nanny's own request
+        control = self.endpoints.control
+        send_frames(control, frames)  # ROUTER: routes or drops, never waits
+        self.endpoints.kick(control)
         if len(rest) > 2 and b"shutdown_reply" in rest[1]:
             with contextlib.suppress(RemoteProtocolError, ValueError, AttributeError):
                 if peek_header(frames).get("msg_type") == "shutdown_reply":
                     self._shutdown_replied.append(json.loads(rest[2]).get("msg_id", ""))
-        control = self.endpoints.control
-        control.send_multipart(frames, zmq.NOBLOCK)  # ROUTER: routes or drops, never waits
-        self.endpoints.kick(control)
 
     # ------------------------------------------------------------------ iopub
 
     def _on_kernel_iopub(self, frames: list[bytes]) -> Awaitable[None] | None:
         """Forward one kernel iopub message to every frontend, watching busy/idle for
-        attribution; a ``status: idle`` waits (and the messages after it) while the request
-        may still write delimited output (specs/output-sync.md)."""
-        attribution = self.attribution
+        attribution. With capture, a ``status: idle`` waits (and the messages after it) until
+        the request's output is out (specs/output-sync.md §4); without, the message leaves
+        at once and the looking (the drain for the store included) comes after."""
         _, rest = _safe_split(frames)
+        forwarded = False
+        if self.attribution.forwarder is None and (
+            len(rest) < 5 or b"iopub_welcome" not in rest[1]
+        ):
+            # Captured output is not forwarded, so nothing the nanny sends on iopub has to go
+            # out before this message: it leaves first, and is looked at after (the kernel's
+            # own iopub_welcome is the one message not forwarded).
+            send_frames(self._front_iopub, frames)  # PUB: never waits, drops at HWM
+            forwarded = True
+        # A control reply that came in meanwhile (the kernel sends its busy just before it)
+        # goes back before this message's bookkeeping: it is what a frontend waits for, and
+        # the protocol orders nothing between control and iopub.
+        if self._kernel_control is not None:
+            self._kernel_control.read_now()
+        return self._look_at(frames, rest, forwarded)
+
+    def _look_at(
+        self, frames: list[bytes], rest: list[bytes], forwarded: bool
+    ) -> Awaitable[None] | None:
+        """Status tracking, the pre-idle drain and the iopub log for one kernel message,
+        which is then forwarded unless it already was (``forwarded``)."""
+        attribution = self.attribution
         # Most messages only pass through: parse a header only when it can matter.
         if len(rest) >= 5 and (b"status" in rest[1] or b"iopub_welcome" in rest[1]):
-            try:
-                kind = json.loads(rest[1]).get("msg_type")
-            except (ValueError, AttributeError):
-                kind = None
+            if _STATUS_HEADER in rest[1]:  # (quotes inside a JSON string are escaped)
+                kind = "status"
+            else:
+                try:
+                    kind = json.loads(rest[1]).get("msg_type")
+                except (ValueError, AttributeError):
+                    kind = None
             if kind == "iopub_welcome":
                 # Sent when our subscription reached the kernel: iopub is connected.
                 self.supervisor.probe_seen.set()
@@ -200,34 +233,35 @@ class Proxy:
             if kind == "status" and self._track_status(rest) == "idle":
                 parent = attribution.idle_parent
                 if not attribution.drain_before_idle_now(parent):
-                    return self._forward_after_idle_drain(parent, frames, rest)
+                    return self._forward_after_idle_drain(parent, frames, rest, forwarded)
         elif attribution.before_forwarding() and len(rest) >= 5:
             # Output the request wrote to its pipes before this message (say, before its
             # execute_result) goes out first.
             self.supervisor.output.drain()
             assert attribution.forwarder is not None
             attribution.forwarder.flush()
-        self._forward_iopub(frames, rest)
+        self._forward_iopub(frames, rest, forwarded)
         return None
 
     async def _forward_after_idle_drain(
-        self, parent: dict[str, Any], frames: list[bytes], rest: list[bytes]
+        self, parent: dict[str, Any], frames: list[bytes], rest: list[bytes], forwarded: bool
     ) -> None:
         await self.attribution.drain_before_idle(parent)
-        self._forward_iopub(frames, rest)
+        self._forward_iopub(frames, rest, forwarded)
 
-    def _forward_iopub(self, frames: list[bytes], rest: list[bytes]) -> None:
+    def _forward_iopub(self, frames: list[bytes], rest: list[bytes], forwarded: bool) -> None:
         # After the drain: the fd output written before this message is stored first.
         iopub_log = self.iopub_log
         if iopub_log is not None and len(rest) >= 5 and iopub_log.wants(rest[1]):
             iopub_log.on_message(rest)
-        self._front_iopub.send_multipart(frames, zmq.NOBLOCK)  # PUB: never waits, drops at HWM
+        if not forwarded:
+            send_frames(self._front_iopub, frames)  # PUB: never waits, drops at HWM
 
     def _track_status(self, rest: list[bytes]) -> Any:
         """A status message's execution state, after noting what it says."""
         try:
             parent = json.loads(rest[2])
-            state = json.loads(rest[4]).get("execution_state")
+            state = _STATES.get(rest[4]) or json.loads(rest[4]).get("execution_state")
         except (ValueError, AttributeError):
             return None
         if not isinstance(parent, dict):

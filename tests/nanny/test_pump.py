@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import zmq
 
-from nanny_io.pump import Pump
+from nanny_io.pump import Pump, recv_frames, send_frames
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -141,3 +141,81 @@ def test_a_failing_handler_ends_the_pump_with_its_error() -> None:
             ctx.destroy(linger=0)
 
     asyncio.run(main())
+
+
+def test_frames_leave_and_arrive_whole() -> None:
+    """send_frames / recv_frames keep every frame of a multipart message, empty and large
+    ones included, and its boundaries: two messages sent are two messages received."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        a, b = _pair(ctx)
+        a.send(b"connected?")  # blocks until the pair is connected (send_frames never waits)
+        assert b.recv() == b"connected?"
+        first = [b"id", b"", b"<IDS|MSG>", b"x" * 300_000, b"{}", b"\xff" * 7]
+        second = [b"alone"]
+        send_frames(a, first)
+        send_frames(a, second)
+        assert b.poll(10_000, zmq.POLLIN)
+        assert recv_frames(b) == first
+        assert b.poll(10_000, zmq.POLLIN)
+        assert recv_frames(b) == second
+        assert not b.poll(0, zmq.POLLIN)
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_send_frames_raises_again_when_it_cannot_queue() -> None:
+    """A DEALER with no peer cannot queue: nothing is sent and the caller is told, as
+    ``send_multipart(frames, zmq.NOBLOCK)`` would."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.linger = 0
+        with pytest.raises(zmq.Again):
+            send_frames(dealer, [b"one", b"two"])
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_read_now_handles_another_sockets_messages_inside_a_handler() -> None:
+    """A handler of one pump can have another pump's waiting messages handled on the spot
+    (a control reply must not wait behind iopub bookkeeping): in order, each once."""
+
+    async def main() -> list[str]:
+        ctx: zmq.Context[Any] = zmq.Context()
+        first_in, first_out = _pair(ctx)
+        second_in, second_out = _pair(ctx)
+        seen: list[str] = []
+        done = asyncio.Event()
+        pumps: dict[str, Pump] = {}
+
+        def on_first(frames: list[bytes]) -> None:
+            seen.append("first:" + frames[0].decode())
+            second_out.send(b"a")
+            second_out.send(b"b")
+            while len(seen) < 3:  # both arrived, then both handled right here
+                assert second_in.poll(10_000, zmq.POLLIN)
+                pumps["second"].read_now()
+            seen.append("first done")
+            done.set()
+
+        def on_second(frames: list[bytes]) -> None:
+            seen.append("second:" + frames[0].decode())
+
+        pumps["first"] = Pump(first_in, on_first)
+        pumps["second"] = Pump(second_in, on_second)
+        pumps["second"].read_now()  # not running yet: nothing happens
+        tasks = [asyncio.create_task(p.run()) for p in pumps.values()]
+        await asyncio.sleep(0)
+        first_out.send(b"x")
+        try:
+            await asyncio.wait_for(done.wait(), 10)
+            await asyncio.sleep(0.05)  # anything handled twice would show up now
+            return seen
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            ctx.destroy(linger=0)
+
+    assert asyncio.run(main()) == ["first:x", "second:a", "second:b", "first done"]
