@@ -1,20 +1,19 @@
-"""Line assembly and incremental UTF-8 decoding of captured streams (specs/output-sync.md).
+"""Line assembly of captured streams (specs/output-sync.md).
 
-Pipes carry bytes, not lines or characters: a read may end inside a line or inside a
-multi-byte character. :class:`LineAssembler` turns chunks into line records for the log store;
-:class:`StreamDecoder` turns them into text for frontends without U+FFFD at chunk edges.
+Pipes carry bytes, not lines: a read may end inside a line. :class:`LineAssembler` turns
+chunks into line records for the log store (``streamtext.Utf8Text`` keeps characters whole
+for frontends).
 """
 
 from __future__ import annotations
 
-import codecs
 from array import array
 from itertools import repeat
 
-from .errors import LocalProtocolError, MalformedMessage
+from .errors import LocalProtocolError
 from .streams import FLAG_NO_EOL, Stream
 
-__all__ = ["FLAG_NO_EOL", "LineAssembler", "LineBlock", "Stream", "StreamDecoder"]
+__all__ = ["FLAG_NO_EOL", "LineAssembler", "LineBlock", "Stream"]
 
 _NL = b"\n"
 _CR = b"\r"
@@ -223,36 +222,3 @@ class LineAssembler:
     def _hold(self, rest: bytes) -> None:
         self._parts = [rest] if rest else []
         self._pending = len(rest)
-
-
-class StreamDecoder:
-    """Incremental UTF-8 decoding of one stream: a character split across reads stays whole.
-
-    Truly invalid bytes become U+FFFD with the default ``errors="replace"``.
-    """
-
-    __slots__ = ("_decoder", "errors")
-
-    def __init__(self, errors: str = "replace") -> None:
-        try:
-            codecs.lookup_error(errors)
-        except (LookupError, TypeError) as exc:
-            raise LocalProtocolError(f"unknown error handler {errors!r}") from exc
-        self.errors = errors
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors)
-
-    def decode(self, data: bytes, final: bool = False) -> str:
-        """Text for ``data``; an incomplete trailing character waits for the next call.
-
-        With ``final`` an incomplete character is decoded per ``errors`` and the decoder resets.
-        """
-        try:
-            text: str = self._decoder.decode(data, final)
-        except UnicodeDecodeError as exc:  # only with errors="strict"
-            self._decoder.reset()
-            raise MalformedMessage(f"invalid utf-8 in captured output: {exc.reason}") from exc
-        return text
-
-    def reset(self) -> None:
-        """Forget any buffered partial character."""
-        self._decoder.reset()

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nanny_io_proto.errors import LocalProtocolError, MalformedMessage
-from nanny_io_proto.lines import FLAG_NO_EOL, LineAssembler, LineBlock, StreamDecoder
+from nanny_io_proto.errors import LocalProtocolError
+from nanny_io_proto.lines import FLAG_NO_EOL, LineAssembler, LineBlock
 
 Record = tuple[bytes, int]
 
@@ -246,66 +246,3 @@ def test_flush_midway_keeps_concatenation(case: tuple[bytes, list[bytes]], max_l
         records.extend(asm.flush())  # a timer firing after every read
     assert b"".join(d for d, _ in records) == data
     assert all(0 < len(d) <= max_line for d, _ in records)
-
-
-# --- StreamDecoder --------------------------------------------------------------------------
-
-MIXED = "".join(
-    "\u00e9\u00df" + "\u20ac\u4e2d" + "\U0001f600\U00010348" + "ascii\n" for _ in range(300)
-)
-
-
-def test_mixed_multibyte_text_in_odd_pieces() -> None:
-    data = MIXED.encode()
-    assert len(data) > 6000
-    for size in (1, 2, 3, 5, 7, 11, 13, 97, 4095):
-        dec = StreamDecoder()
-        text = "".join(dec.decode(data[i : i + size]) for i in range(0, len(data), size))
-        text += dec.decode(b"", final=True)
-        assert text == MIXED, size
-        assert "\ufffd" not in text
-
-
-def test_invalid_bytes_are_replaced() -> None:
-    dec = StreamDecoder()
-    assert dec.decode(b"a\xffb") == "a\ufffdb"
-    assert dec.decode(b"\xe2\x82") == ""  # the start of a euro sign waits
-    assert dec.decode(b"", final=True) == "\ufffd"  # and is replaced at the end
-    assert dec.decode(b"ok") == "ok"  # final resets the decoder
-
-
-def test_strict_decoder_raises_remote_error() -> None:
-    dec = StreamDecoder("strict")
-    with pytest.raises(MalformedMessage):
-        dec.decode(b"\xff")
-    assert dec.decode(b"fine") == "fine"
-
-
-def test_unknown_error_handler() -> None:
-    with pytest.raises(LocalProtocolError):
-        StreamDecoder("no-such-handler")
-
-
-def test_reset_drops_partial_character() -> None:
-    dec = StreamDecoder()
-    assert dec.decode(b"\xf0\x9f") == ""
-    dec.reset()
-    assert dec.decode(b"x") == "x"
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.text(max_size=300), st.lists(st.integers(0, 1200), max_size=10))
-def test_text_round_trips_under_any_chunking(text: str, cuts: list[int]) -> None:
-    data = text.encode()
-    dec = StreamDecoder()
-    chunks = split_at(data, [c for c in cuts if c <= len(data)])
-    assert "".join(dec.decode(c) for c in chunks) + dec.decode(b"", final=True) == text
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=200), st.lists(st.integers(0, 200), max_size=10))
-def test_arbitrary_bytes_decode_like_whole(data: bytes, cuts: list[int]) -> None:
-    dec = StreamDecoder()
-    chunks = split_at(data, [c for c in cuts if c <= len(data)])
-    got = "".join(dec.decode(c) for c in chunks) + dec.decode(b"", final=True)
-    assert got == data.decode("utf-8", "replace")
