@@ -413,9 +413,10 @@ def _unanswered(ref: KernelRef, event: Any, *, follow: bool) -> None:
     """Without ``-f``, history the nanny never sent is an error (``tail -f`` says so in a
     notice and goes on live)."""
     if not follow and isinstance(event, ReplayFailed) and event.code == "unanswered":
+        kernel = ref.info.kernel_id
         raise ReplayUnanswered(
-            f"kernel {ref.info.kernel_id}: history unavailable, {event.message}; "
-            f"is its nanny stuck? see 'nanny-io status {ref.info.kernel_id}'"
+            f"kernel {kernel}: history unavailable: {event.message}; "
+            f"see 'nanny-io status {kernel[:8]}'"
         )
 
 
