@@ -94,7 +94,9 @@ class Alive:
 
 @dataclass(frozen=True, slots=True)
 class ReplayFailed:
-    """The replay server refused a request; delivery goes on (with a Gap for a repair)."""
+    """The replay server refused a request, or never answered it (code ``unanswered``,
+    see :meth:`LogSubscription.replay_unanswered`); delivery goes on (with a Gap for a
+    repair, live only for the history)."""
 
     code: str
     message: str
