@@ -185,6 +185,7 @@ class LogClient:
         # waiting on the sockets counts, so a caller slow to take events is not mistaken
         # for a silent server.
         self.replay_timeout = replay_timeout
+        self._quiet = 0.0  # seconds waited with a request in flight and no answer message
         self.sub: zmq.asyncio.Socket | None = None
         self.dealer: zmq.asyncio.Socket | None = None
         self.rejected = 0  # messages that failed verification (counted, never acted on)
@@ -214,6 +215,7 @@ class LogClient:
         assert self.dealer is not None
         for req in requests:
             await self.dealer.send_multipart(encode_replay_request(req, self.signer))
+            self._quiet = 0.0  # a new request gets the whole timeout
 
     async def events(self, *, follow: bool = True) -> AsyncGenerator[ClientEvent, None]:
         """Events in seq order: Records, Gap, Truncated, EpochChanged, ReplayFailed, Alive,
@@ -241,7 +243,6 @@ class LogClient:
         poller.register(sub, zmq.POLLIN)
         poller.register(dealer, zmq.POLLIN)
         heard = time.monotonic()
-        quiet = 0.0  # seconds spent waiting with a request in flight and no answer message
         retry_at: float | None = None
         while True:
             if not follow and state.caught_up:
@@ -257,11 +258,11 @@ class LogClient:
             polled = time.monotonic()
             ready = dict(await poller.poll(min(250, wait)))
             if dealer in ready or not state.awaiting_replay:
-                quiet = 0.0
+                self._quiet = 0.0
             else:
-                quiet += time.monotonic() - polled
-                if quiet > self.replay_timeout:
-                    quiet = 0.0
+                self._quiet += time.monotonic() - polled
+                if self._quiet > self.replay_timeout:
+                    self._quiet = 0.0
                     unanswered = state.replay_unanswered()
                     await self._send(state.requests_to_send())
                     for event in unanswered:
