@@ -129,6 +129,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from nanny_io_proto.streams import Stream
 
     from .discovery import KernelNotFound
+    from .subscriber import ReplayUnanswered
     from .tail import TailOptions, run_tail
 
     streams = tuple(Stream(s) for s in args.stream) if args.stream else None
@@ -151,7 +152,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     )
     try:
         return run_tail(opts)
-    except KernelNotFound as exc:
+    except (KernelNotFound, ReplayUnanswered) as exc:
         raise CLIError(str(exc)) from None
     except BrokenPipeError:  # `nanny-io tail ... | head`
         sys.stdout = None

@@ -37,6 +37,7 @@ from nanny_io_proto.replay import (
 )
 from nanny_io_proto.streams import Stream
 from nanny_io_proto.subscription import (
+    REPLAY_ATTEMPTS,
     Alive,
     EpochChanged,
     Event,
@@ -165,15 +166,26 @@ class LogClient:
         last: int | None = None,
         context: zmq.asyncio.Context | None = None,
         silent_after: float = NANNY_SILENT_AFTER,
+        replay_timeout: float = NANNY_SILENT_AFTER,
+        replay_attempts: int = REPLAY_ATTEMPTS,
     ) -> None:
         self.info = info
         self.signer = info.make_signer()
         self.subscription = LogSubscription(
-            make_nonce=lambda: uuid.uuid4().hex, streams=streams, since_seq=since_seq, last=last
+            make_nonce=lambda: uuid.uuid4().hex,
+            streams=streams,
+            since_seq=since_seq,
+            last=last,
+            attempts=replay_attempts,
         )
         self._own_context = context is None
         self.context = context or zmq.asyncio.Context()
         self.silent_after = silent_after
+        # How long a request in flight may go without an answer message. Only time spent
+        # waiting on the sockets counts, so a caller slow to take events is not mistaken
+        # for a silent server.
+        self.replay_timeout = replay_timeout
+        self._quiet = 0.0  # seconds waited with a request in flight and no answer message
         self.sub: zmq.asyncio.Socket | None = None
         self.dealer: zmq.asyncio.Socket | None = None
         self.rejected = 0  # messages that failed verification (counted, never acted on)
@@ -203,13 +215,18 @@ class LogClient:
         assert self.dealer is not None
         for req in requests:
             await self.dealer.send_multipart(encode_replay_request(req, self.signer))
+            self._quiet = 0.0  # a new request gets the whole timeout
 
     async def events(self, *, follow: bool = True) -> AsyncGenerator[ClientEvent, None]:
         """Events in seq order: Records, Gap, Truncated, EpochChanged, ReplayFailed, Alive,
         and NannySilent when nothing arrives for ``silent_after`` seconds.
 
+        A request whose answer says nothing for ``replay_timeout`` seconds is asked again,
+        then reported as ReplayFailed ``unanswered`` (ticks keep coming from a nanny whose
+        replay server is stuck, so silence alone would never show it).
+
         Without ``follow`` it ends once the history answer is delivered and nothing is
-        missing.
+        missing, or after reporting an unanswered request.
         """
         assert self.sub is not None and self.dealer is not None, "use 'async with'"
         sub, dealer, state = self.sub, self.dealer, self.subscription
@@ -238,7 +255,20 @@ class LogClient:
                     state.retry()
                     await self._send(state.requests_to_send())
             wait = 250 if retry_at is None else max(1, int((retry_at - time.monotonic()) * 1000))
+            polled = time.monotonic()
             ready = dict(await poller.poll(min(250, wait)))
+            if dealer in ready or not state.awaiting_replay:
+                self._quiet = 0.0
+            else:
+                self._quiet += time.monotonic() - polled
+                if self._quiet > self.replay_timeout:
+                    self._quiet = 0.0
+                    unanswered = state.replay_unanswered()
+                    await self._send(state.requests_to_send())
+                    for event in unanswered:
+                        yield event
+                    if not follow and any(isinstance(e, ReplayFailed) for e in unanswered):
+                        return
             if not ready:
                 if time.monotonic() - heard > self.silent_after:
                     yield NannySilent(time.monotonic() - heard)

@@ -41,6 +41,7 @@ from .subscriber import (
     NannySilent,
     Records,
     ReplayFailed,
+    ReplayUnanswered,
     Truncated,
 )
 
@@ -335,6 +336,7 @@ def _history_by_priority(ref: KernelRef, opts: TailOptions, printer: Printer) ->
                     if opts.wanted(rec):
                         kept.append(rec)
             elif not isinstance(event, Truncated):  # evicted history is expected here
+                _unanswered(ref, event, follow=opts.follow)
                 _notice(event, printer)
     for rec in kept:
         printer.record(rec)
@@ -402,8 +404,20 @@ def _follow(ref: KernelRef, opts: TailOptions, printer: Printer) -> tuple[bool, 
                 if opts.wanted(rec):
                     printer.record(rec)
         else:
+            _unanswered(ref, event, follow=opts.follow)
             _notice(event, printer)
     return False, silence.stopped
+
+
+def _unanswered(ref: KernelRef, event: Any, *, follow: bool) -> None:
+    """Without ``-f``, history the nanny never sent is an error (``tail -f`` says so in a
+    notice and goes on live)."""
+    if not follow and isinstance(event, ReplayFailed) and event.code == "unanswered":
+        kernel = ref.info.kernel_id
+        raise ReplayUnanswered(
+            f"kernel {kernel}: history unavailable: {event.message}; "
+            f"see 'nanny-io status {kernel[:8]}'"
+        )
 
 
 def _events_reconnecting(

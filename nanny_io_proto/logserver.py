@@ -375,6 +375,11 @@ class ReplayAnswer:
         self.max_bytes = max_bytes
         self.sent = 0  # records in the messages returned so far
         self.prev_seq = 0  # the last seq of the last batch returned (0: none yet)
+        # A truncation notice is a link of the answer's prev_seq chain: it stands for the
+        # seqs it says are gone, so a client that lost it sees the next message not link.
+        truncated = self.plan.truncated
+        since = 1 if request.since_seq is None else request.since_seq
+        self._notice_seq = 0 if truncated is None else since + truncated.lost - 1
         self.complete = True  # False once a limit or an eviction cut the answer short
         self._cursor = self.plan.first_seq  # the next seq to read in range mode
         self._phase = _Phase.NEW
@@ -398,6 +403,7 @@ class ReplayAnswer:
             self._phase = _Phase.STREAMING
             if plan.truncated is not None:
                 out.append(encode_replay_response(plan.truncated, self.signer))
+                self.prev_seq = self._notice_seq
             if plan.empty:
                 out.append(self._end())
                 return out

@@ -36,6 +36,7 @@ from .streams import Stream
 from .subscription_state import ESTABLISHED, Phase, Trigger, next_phase
 
 __all__ = [
+    "REPLAY_ATTEMPTS",
     "Alive",
     "EpochChanged",
     "Event",
@@ -46,6 +47,11 @@ __all__ = [
     "SubscriptionStats",
     "Truncated",
 ]
+
+
+#: How many times a request is sent in all when its answer stops coming (see
+#: :meth:`LogSubscription.replay_unanswered`) before it is reported as failed.
+REPLAY_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +94,9 @@ class Alive:
 
 @dataclass(frozen=True, slots=True)
 class ReplayFailed:
-    """The replay server refused a request; delivery goes on (with a Gap for a repair)."""
+    """The replay server refused a request, or never answered it (code ``unanswered``,
+    see :meth:`LogSubscription.replay_unanswered`); delivery goes on (with a Gap for a
+    repair, live only for the history)."""
 
     code: str
     message: str
@@ -125,9 +133,22 @@ class _Pending:
     link: int  # predecessor of the next batch of the answer
     sent: int = 0
     received: int = 0  # the last seq of the answer's batches received so far (0: none)
+    notice: int = 0  # the last seq a truncated notice of the answer said is gone (0: none)
+    attempts: int = 1  # requests sent for this range, counting this one
+    resumed: bool = False  # asks for the rest of an unanswered request: never "Truncated"
 
 
 _SEQ = attrgetter("seq")
+
+
+def _linked(pend: _Pending, prev_seq: int) -> bool:
+    """Whether an answer message continues the messages of ``pend`` received so far.
+
+    A truncated notice is a link too (it stands for the seqs it says are gone), so a lost
+    notice shows as a hole. A server that leaves the notice out of the chain sends 0 after
+    it, accepted while nothing followed the notice.
+    """
+    return prev_seq == pend.received or (prev_seq == 0 and pend.received == pend.notice)
 
 
 @dataclass(slots=True)
@@ -156,6 +177,7 @@ class LogSubscription:
         since_seq: int | None = None,
         last: int | None = None,
         request_prefix: str = "r",
+        attempts: int = REPLAY_ATTEMPTS,
     ) -> None:
         if since_seq is not None and last is not None:
             raise LocalProtocolError("give since_seq or last, not both")
@@ -171,6 +193,9 @@ class LogSubscription:
         )
         self._since = since_seq
         self._last = last
+        if type(attempts) is not int or attempts < 1:
+            raise LocalProtocolError(f"attempts must be an integer >= 1, got {attempts!r}")
+        self._attempts = attempts
         self._make_nonce = make_nonce
         self._prefix = request_prefix
         self._counter = 0
@@ -266,6 +291,43 @@ class LogSubscription:
                 )
             )
 
+    @property
+    def awaiting_replay(self) -> bool:
+        """A request was sent and its answer has not ended: the caller times its silence."""
+        return bool(self._outstanding)
+
+    def replay_unanswered(self) -> list[Event]:
+        """The replay server said nothing for too long while a request was in flight (the
+        caller has the clock). It is asked again for the part of the answer not received,
+        up to ``REPLAY_ATTEMPTS`` requests in all; then it fails as a refused request does:
+        ReplayFailed ``unanswered``, a Gap for a repair, live only for the history. A late
+        answer to a request asked again is ignored (its request id is forgotten)."""
+        events: list[Event] = []
+        for rid, pend in list(self._outstanding.items()):
+            del self._outstanding[rid]
+            if pend.attempts >= self._attempts:
+                message = f"no answer from the replay server after {pend.attempts} requests"
+                self._refused(pend, "unanswered", message, events)
+                continue
+            since = pend.since if pend.link == -1 else max(pend.since, pend.link + 1)
+            if pend.until is not None and since > pend.until:  # only the end was missing
+                if pend.kind == "initial":
+                    self._establish()
+                continue
+            if pend.link == -1:  # "the last N", nothing of it received yet
+                req = self._request("initial", since=None, until=None, last=self._last, link=-1)
+            else:
+                req = self._request(
+                    pend.kind, since=since, until=pend.until, last=None, link=pend.link
+                )
+            again = self._outstanding[req.request_id]
+            again.attempts = pend.attempts + 1
+            again.resumed = pend.resumed or since != pend.since
+            self._queue.append(req)
+        self._deliver(events)
+        self._maybe_repair()
+        return events
+
     def requests_to_send(self) -> list[ReplayRequest]:
         """Requests (gap repairs, history after an epoch change) to send now; then forgotten."""
         queue, self._queue = self._queue, []
@@ -317,7 +379,7 @@ class LogSubscription:
             return events
         if isinstance(item, ReplayBatch):
             link = pend.link
-            if item.prev_seq != pend.received and link != -1:
+            if not _linked(pend, item.prev_seq) and link != -1:
                 # A message of the answer was lost on the way: these records do not
                 # continue what we have, and the repair asks for what is missing. (At the
                 # start of a "last N" answer there is nothing to repair: fewer than N came.)
@@ -328,18 +390,19 @@ class LogSubscription:
             pend.sent += len(item.records)
         elif isinstance(item, ReplayTruncated):
             gone = pend.since + item.lost - 1
-            if pend.kind == "initial":
+            if pend.kind == "initial" and not pend.resumed:
                 events.append(Truncated(item.oldest_seq, item.lost))
             elif gone > self._cursor:
                 self._gap(self._cursor + 1, gone, events)
             self._cursor = max(self._cursor, gone)
             pend.link = max(pend.link, gone)
+            pend.received = pend.notice = gone  # the next message links to the notice
         elif isinstance(item, ReplayEnd):
             del self._outstanding[rid]
             self._deliver(events)
             upto = item.last_seq if pend.until is None else min(pend.until, item.last_seq)
             # the answer's last batches were lost on the way: what they held is fetched again
-            complete = item.complete and item.prev_seq == pend.received
+            complete = item.complete and _linked(pend, item.prev_seq)
             if complete and pend.link <= self._cursor:
                 self._cursor = max(self._cursor, upto)
                 if pend.until is not None and pend.until > self._cursor:
@@ -361,14 +424,7 @@ class LogSubscription:
             self._retry = pend
         else:  # ReplayError
             del self._outstanding[rid]
-            events.append(ReplayFailed(item.code, item.message))
-            if pend.kind == "repair":
-                hi = pend.until if pend.until is not None else self._target
-                if hi > self._cursor:
-                    self._gap(self._cursor + 1, hi, events)
-                    self._cursor = hi
-            else:
-                self._live_only()
+            self._refused(pend, item.code, item.message, events)
         self._deliver(events)
         self._maybe_repair()
         return events
@@ -396,6 +452,17 @@ class LogSubscription:
         )
         self._outstanding[rid] = _Pending(kind, 1 if since is None else since, until, link)
         return req
+
+    def _refused(self, pend: _Pending, code: str, message: str, events: list[Event]) -> None:
+        """A request that will not be answered: report it and never wait for its range."""
+        events.append(ReplayFailed(code, message))
+        if pend.kind == "repair":
+            hi = pend.until if pend.until is not None else self._target
+            if hi > self._cursor:
+                self._gap(self._cursor + 1, hi, events)
+                self._cursor = hi
+        else:
+            self._live_only()
 
     def _move(self, trigger: Trigger) -> None:
         self._phase = next_phase(self._phase, trigger)

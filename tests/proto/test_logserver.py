@@ -211,10 +211,14 @@ def test_answer_truncated_first_then_batches_then_end() -> None:
     answer = answer_all(store_of(100, 60), ReplayRequest("r", "n", since_seq=50), max_records=16)
     assert answer[0] == ReplayTruncated("r", 60, 10)
     assert [len(m.records) for m in answer[1:-1]] == [16, 16, 9]  # type: ignore[union-attr]
-    # each batch links to the one before it, so a client sees one go missing
-    assert [m.prev_seq for m in answer[1:-1]] == [0, 75, 91]  # type: ignore[union-attr]
+    # each batch links to the one before it, the first to the notice (seqs 50..59 are
+    # gone), so a client sees any of them go missing
+    assert [m.prev_seq for m in answer[1:-1]] == [59, 75, 91]  # type: ignore[union-attr]
     assert seqs_of(answer) == list(range(60, 101))
     assert answer[-1] == ReplayEnd("r", "ep", 100, 41, True, prev_seq=100)
+    # nothing left after the notice: the end links to it
+    answer = answer_all(store_of(100, 60), ReplayRequest("r", "n", since_seq=5, until_seq=20))
+    assert answer == [ReplayTruncated("r", 60, 16), ReplayEnd("r", "ep", 100, 0, True, 20)]
 
 
 def test_answer_empty_store() -> None:

@@ -19,9 +19,11 @@ from nanny_io_proto.logrecords import (
 )
 from nanny_io_proto.logserver import LogPublisher, ReplayAnswer
 from nanny_io_proto.replay import (
+    ReplayBatch,
     ReplayEnd,
     ReplayError,
     ReplayRequest,
+    ReplayTruncated,
     decode_replay_request,
     decode_replay_response,
     encode_replay_request,
@@ -147,6 +149,15 @@ class Client:
 # -- the property ------------------------------------------------------------------------------
 
 STEPS = ["produce", "produce", "tick", "live", "live", "reorder", "replay", "replay", "evict"]
+STEPS += ["drop", "stall"]  # a lossy path drops an answer message; the server goes quiet
+
+
+def settle(client: Client) -> None:
+    """Drain, asking again for an answer whose end was dropped (as the client's timer does)."""
+    client.drain()
+    while client.sub.awaiting_replay:
+        client._after(client.sub.replay_unanswered())
+        client.drain()
 
 
 @settings(max_examples=200, deadline=None)
@@ -162,7 +173,8 @@ def test_every_available_record_once_in_order_gaps_reported(data: st.DataObject)
         else (tuple(topic_for(s) for s in streams))
     )
     nanny = Nanny(batch_records=data.draw(st.integers(1, 4)), topics=topics)
-    client = Client(nanny, streams=streams, since_seq=since)
+    # Enough attempts that no request is given up: each stall is resumed.
+    client = Client(nanny, streams=streams, since_seq=since, attempts=1000)
     steps = data.draw(st.lists(st.sampled_from(STEPS), min_size=10, max_size=80))
     start_at = data.draw(st.integers(0, len(steps)))
     for i, step in enumerate(steps):
@@ -182,11 +194,16 @@ def test_every_available_record_once_in_order_gaps_reported(data: st.DataObject)
             client.feed_replay()
         elif step == "evict":
             nanny.evict(data.draw(st.integers(1, len(nanny.records) + 1)))
+        elif step == "drop" and client.replay:
+            del client.replay[data.draw(st.integers(0, len(client.replay) - 1))]
+        elif step == "stall" and client.sub.awaiting_replay:
+            client.replay.clear()
+            client._after(client.sub.replay_unanswered())
     if start_at == len(steps):
         client.start()
-    client.drain()
+    settle(client)
     client.live.append(nanny.tick())  # the next tick always reveals a lost tail
-    client.drain()
+    settle(client)
 
     wanted = set(Stream) if streams is None else streams
     first = since or 1
@@ -501,9 +518,109 @@ def test_constructor_and_start_validation() -> None:
         LogSubscription(make_nonce=str, since_seq=0)
     with pytest.raises(LocalProtocolError):
         LogSubscription(make_nonce=str, streams=[])
+    with pytest.raises(LocalProtocolError):
+        LogSubscription(make_nonce=str, attempts=0)
     sub = LogSubscription(make_nonce=lambda: "n", streams=list(Stream))
     assert sub.streams is None  # all of them
     assert sub.topics == (b"stdout", b"stderr", b"log", b"nanny", b"tick")
     sub.start()
     with pytest.raises(LocalProtocolError):
         sub.start()
+
+
+# -- answers that do not come, or come with a hole ------------------------------------------------
+
+
+def test_a_lost_truncated_notice_shows_as_a_hole_and_is_reported() -> None:
+    """The notice is a link of the answer's chain: a client that lost it sees the first
+    batch not link, asks again for what precedes it, and reports what is gone as a gap
+    instead of starting the log in the middle silently."""
+    nanny = Nanny()
+    nanny.produce(Stream.STDOUT, 12)
+    nanny.evict(8)
+    client = Client(nanny)
+    client.start()
+    assert isinstance(decode_replay_response(client.replay[0], KEY), ReplayTruncated)
+    del client.replay[0]
+    client.drain()
+    assert client.seqs() == list(range(8, 13))
+    assert client.of(Gap) == [Gap(1, 7)] and client.of(Truncated) == []
+    assert client.sub.caught_up
+
+
+def test_a_server_that_leaves_the_notice_out_of_the_chain_is_understood() -> None:
+    """Servers that do not link the notice send ``prev_seq`` 0 after it: no false hole."""
+    recs = tuple(LogRecord(s, s, 1, Stream.STDOUT, b"x\n") for s in (8, 9))
+    client = Client(Nanny())
+    rid = client.sub.start().request_id
+    answer = [
+        ReplayTruncated(rid, 8, 7),
+        ReplayBatch(rid, "ep1", recs, prev_seq=0),
+        ReplayEnd(rid, "ep1", 9, 2, True, prev_seq=9),
+    ]
+    for item in answer:
+        client._after(client.sub.receive_replay(item))
+    assert client.of(Truncated) == [Truncated(8, 7)] and client.seqs() == [8, 9]
+    assert client.sub.statistics().repairs == 0 and client.sub.caught_up
+
+
+def test_an_unanswered_history_is_asked_again_then_reported() -> None:
+    nanny = Nanny()
+    nanny.produce(Stream.STDOUT, 5)
+    client = Client(nanny)
+    client.start()
+    late = client.replay
+    client.replay = []  # the replay server takes requests and never answers
+    assert client.sub.awaiting_replay
+    for attempt in (2, 3):
+        client._after(client.sub.replay_unanswered())
+        assert (client.sent[-1].request_id, client.sent[-1].since_seq) == (f"r{attempt}", 1)
+        client.replay = []
+    client._after(client.sub.replay_unanswered())
+    message = "no answer from the replay server after 3 requests"
+    assert client.events == [ReplayFailed("unanswered", message)]
+    assert len(client.sent) == 3 and not client.sub.awaiting_replay
+    assert client.sub.phase is Phase.ANCHORING  # as after a refusal: live only
+    client.replay = late  # the first answer, too late: its request was given up
+    client.live += nanny.produce(Stream.STDOUT, 2)
+    client.drain()
+    assert client.seqs() == [6, 7]
+
+
+def test_an_answer_that_stops_midway_is_asked_for_the_rest() -> None:
+    nanny = Nanny()
+    nanny.produce(Stream.STDOUT, 12)
+    nanny.evict(3)
+    client = Client(nanny)
+    client.start()
+    assert len(client.replay) == 5  # truncated, [3..6] [7..10] [11, 12], end
+    late = client.replay[2:]
+    client.replay = client.replay[:2]
+    client.drain()
+    assert client.seqs() == [3, 4, 5, 6] and client.sub.awaiting_replay
+    client._after(client.sub.replay_unanswered())
+    assert (client.sent[-1].since_seq, client.sent[-1].until_seq) == (7, None)
+    client.replay += late  # the rest of the first answer after all: stale, dropped
+    client.drain()
+    assert client.seqs() == list(range(3, 13))
+    assert client.of(Truncated) == [Truncated(3, 2)] and client.of(Gap) == []
+    assert client.sub.caught_up
+
+
+def test_an_unanswered_repair_ends_in_a_gap() -> None:
+    nanny = Nanny(batch_records=1)
+    client = Client(nanny, attempts=2)
+    client.start()
+    client.drain()
+    out = nanny.produce(Stream.STDOUT, 3)
+    client.live += [out[0], out[2]]  # 2 was dropped on the way: a repair is asked for
+    client.feed_live()
+    client.feed_live()
+    client.replay = []  # and never answered
+    client._after(client.sub.replay_unanswered())
+    assert (client.sent[-1].since_seq, client.sent[-1].until_seq) == (2, 2)
+    client.replay = []
+    client._after(client.sub.replay_unanswered())
+    message = "no answer from the replay server after 2 requests"
+    assert client.events[-3:-1] == [ReplayFailed("unanswered", message), Gap(2, 2)]
+    assert client.seqs() == [1, 3] and client.sub.caught_up
