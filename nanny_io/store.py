@@ -602,6 +602,38 @@ class LogStore:
         """The index of the chunk holding ``seq`` (a held seq)."""
         return bisect_right(self._firsts, seq, self._start) - 1
 
+    def _slices(
+        self,
+        from_seq: int,
+        to_seq: int | None,
+        streams: Collection[Stream] | None,
+        limit: int | None,
+    ) -> Iterator[tuple[Slot, int, int]]:
+        """``(slot, lo, hi)`` for each slot's matching records ``lo .. hi - 1`` (indexes
+        within the slot), oldest first, at most ``limit`` records in all."""
+        lo, hi = self._bounds(from_seq, to_seq)
+        want = -1 if limit is None else max(limit, 0)
+        if lo > hi or want == 0:
+            return
+        wanted = None if streams is None else _codes(streams)
+        chunks = self._chunks
+        got = 0
+        for i in range(self._chunk_of(lo), len(chunks)):
+            slot = chunks[i]
+            first = slot[0]
+            if first > hi:
+                break
+            if wanted is not None and slot[3] not in wanted:
+                continue
+            a = max(lo - first, 0)
+            b = min(hi, _last(slot)) - first + 1
+            if want >= 0:
+                b = min(b, a + want - got)
+            yield slot, a, b
+            got += b - a
+            if got == want:
+                break
+
     def entries(
         self,
         from_seq: int = 1,
@@ -613,27 +645,9 @@ class LogStore:
 
         ``streams`` keeps only those streams; ``limit`` keeps the first ``limit`` matches.
         """
-        lo, hi = self._bounds(from_seq, to_seq)
-        want = -1 if limit is None else max(limit, 0)
-        if lo > hi or want == 0:
-            return []
-        wanted = None if streams is None else _codes(streams)
-        chunks = self._chunks
         out: list[Entry] = []
-        for i in range(self._chunk_of(lo), len(chunks)):
-            slot = chunks[i]
-            first = slot[0]
-            if first > hi:
-                break
-            if wanted is not None and slot[3] not in wanted:
-                continue
-            a = max(lo - first, 0)
-            b = min(hi, _last(slot)) - first + 1
-            if want >= 0:
-                b = min(b, a + want - len(out))
+        for slot, a, b in self._slices(from_seq, to_seq, streams, limit):
             out += _expand(slot, a, b)
-            if len(out) == want:
-                break
         return out
 
     def packed_parts(
@@ -649,30 +663,10 @@ class LogStore:
         For a replay answer (``logserver.cut_packed``): a chunk's headers are built by
         columns, so reading a million records builds no tuple per record.
         """
-        lo, hi = self._bounds(from_seq, to_seq)
-        want = -1 if limit is None else max(limit, 0)
-        if lo > hi or want == 0:
-            return []
-        wanted = None if streams is None else _codes(streams)
-        chunks = self._chunks
-        out: list[tuple[int, int, bytes]] = []
-        got = 0
-        for i in range(self._chunk_of(lo), len(chunks)):
-            slot = chunks[i]
-            first = slot[0]
-            if first > hi:
-                break
-            if wanted is not None and slot[3] not in wanted:
-                continue
-            a = max(lo - first, 0)
-            b = min(hi, _last(slot)) - first + 1
-            if want >= 0:
-                b = min(b, a + want - got)
-            out.append((first + a, first + b - 1, _part_body(slot, a, b)))
-            got += b - a
-            if got == want:
-                break
-        return out
+        return [
+            (slot[0] + a, slot[0] + b - 1, _part_body(slot, a, b))
+            for slot, a, b in self._slices(from_seq, to_seq, streams, limit)
+        ]
 
     def records(
         self,
