@@ -439,22 +439,10 @@ class LogStore:
         if not checked or type(pieces) is not list:
             pieces = list(pieces)
         last = first + n - 1
-        # One packed body for the spill and the log channel's live batch (see packed()).
-        self._last_append = (first, last, time_ns, incarnation, stream, pieces, None)
-        self._last_body = self._last_parts = None
-        if self.spill is not None and self.spill.active:
-            self._last_parts = _body(first, time_ns, incarnation, stream, pieces, None)
-            self.spill.write_parts(first, self._last_parts)
+        self._spill_append(first, last, time_ns, incarnation, stream, pieces, None)
         size = sum(map(len, map(_data, pieces))) + n * RECORD_OVERHEAD
         code = STREAM_CODES[stream]
-        self._chunks.append((first, time_ns, incarnation, code, pieces, size, last))
-        self._firsts.append(first)
-        self._last_seq = last
-        self._bytes_used += size
-        if self._bytes_used > self.max_bytes:
-            self._evict()
-        for listener in self._listeners:
-            listener(stream, first, last)
+        self._add(stream, (first, time_ns, incarnation, code, pieces, size, last), size)
         return first, last
 
     def append_block(
@@ -473,21 +461,10 @@ class LogStore:
             return first, first - 1
         _check_scalars(stream, incarnation, time_ns)
         last = first + n - 1
-        self._last_append = (first, last, time_ns, incarnation, stream, data, lengths)
-        self._last_body = self._last_parts = None
-        if self.spill is not None and self.spill.active:
-            self._last_parts = _body(first, time_ns, incarnation, stream, data, lengths)
-            self.spill.write_parts(first, self._last_parts)
+        self._spill_append(first, last, time_ns, incarnation, stream, data, lengths)
         size = len(data) + n * RECORD_OVERHEAD
         code = STREAM_CODES[stream]
-        self._chunks.append((first, time_ns, incarnation, code, data, size, last, lengths))
-        self._firsts.append(first)
-        self._last_seq = last
-        self._bytes_used += size
-        if self._bytes_used > self.max_bytes:
-            self._evict()
-        for listener in self._listeners:
-            listener(stream, first, last)
+        self._add(stream, (first, time_ns, incarnation, code, data, size, last, lengths), size)
         return first, last
 
     def append_one(
@@ -505,15 +482,41 @@ class LogStore:
         if self.spill is not None and self.spill.active:
             head = RECORD_HEADER.pack(seq, time_ns, incarnation, code, flags, len(data))
             self.spill.write_parts(seq, [_ONE, head, data])
-        self._chunks.append((seq, time_ns, incarnation, code, flags, data))
-        self._firsts.append(seq)
-        self._last_seq = seq
-        self._bytes_used += len(data) + RECORD_OVERHEAD
+        self._add(
+            stream, (seq, time_ns, incarnation, code, flags, data), len(data) + RECORD_OVERHEAD
+        )
+        return seq
+
+    def _spill_append(
+        self,
+        first: int,
+        last: int,
+        time_ns: int,
+        incarnation: int,
+        stream: Stream,
+        data: Sequence[tuple[bytes, int]] | bytes,
+        lengths: array[int] | None,
+    ) -> None:
+        """Remember an append of many records and write it to the spill: one packed body
+        serves the spill and the log channel's live batch (see :meth:`packed`)."""
+        self._last_append = (first, last, time_ns, incarnation, stream, data, lengths)
+        self._last_body = self._last_parts = None
+        if self.spill is not None and self.spill.active:
+            self._last_parts = _body(first, time_ns, incarnation, stream, data, lengths)
+            self.spill.write_parts(first, self._last_parts)
+
+    def _add(self, stream: Stream, slot: Slot, size: int) -> None:
+        """Put a new slot in the ring (``size`` bytes charged), evict what no longer fits,
+        and tell the listeners."""
+        first, last = slot[0], _last(slot)
+        self._chunks.append(slot)
+        self._firsts.append(first)
+        self._last_seq = last
+        self._bytes_used += size
         if self._bytes_used > self.max_bytes:
             self._evict()
         for listener in self._listeners:
-            listener(stream, seq, seq)
-        return seq
+            listener(stream, first, last)
 
     def _evict(self) -> None:
         """Evict the fewest oldest records that bring ``bytes_used`` within ``max_bytes``:
