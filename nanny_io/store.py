@@ -134,36 +134,30 @@ def _expand(slot: Slot, lo: int, hi: int) -> list[Entry]:
     """The entries of ``slot``'s records ``lo .. hi - 1`` (indexes within the slot)."""
     if len(slot) == 6:
         return [slot] if lo < hi else []
+    flags: Iterable[int]
+    datas: Sequence[bytes]
     if len(slot) == 8:
         first, time_ns, incarnation, code, data, _, last, lengths = slot
         if lo or hi <= last - first:  # a part: its bytes, then its lines
             start = sum(lengths[:lo])
             data = data[start : start + sum(lengths[lo:hi])]
         # A block's lines end in b"\n" and hold no b"\r": splitlines cuts exactly them.
-        lines = data.splitlines(keepends=True)
-        n = len(lines)
-        return list(
-            zip(
-                range(first + lo, first + lo + n),
-                repeat(time_ns, n),
-                repeat(incarnation, n),
-                repeat(code, n),
-                repeat(0, n),
-                lines,
-                strict=True,
-            )
-        )
-    first, time_ns, incarnation, code, pieces, _, _ = slot
-    part = pieces[lo:hi] if lo or hi < len(pieces) else pieces
-    n = len(part)
+        datas = data.splitlines(keepends=True)
+        flags = repeat(0, len(datas))
+    else:
+        first, time_ns, incarnation, code, pieces, _, _ = slot
+        part = pieces[lo:hi] if lo or hi < len(pieces) else pieces
+        datas = list(map(_data, part))
+        flags = map(_flags, part)
+    n = len(datas)
     return list(
         zip(
             range(first + lo, first + lo + n),
             repeat(time_ns, n),
             repeat(incarnation, n),
             repeat(code, n),
-            map(_flags, part),
-            map(_data, part),
+            flags,
+            datas,
             strict=True,
         )
     )
