@@ -40,6 +40,8 @@ from helpers import (
     wait_for,
     wait_gone,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nanny_io.capture import EchoWriter
 from nanny_io.discovery import load_connection_info
@@ -347,6 +349,45 @@ def test_echo_with_a_prefix_tags_every_line_with_its_stream() -> None:
         b"[nanny-io 1234abcd stdout] next line\n"
         b"[nanny-io 1234abcd stderr] no newline yet"
     )
+
+
+def _prefixed_line_by_line(writes: list[tuple[Stream, bytes]], prefix: str) -> bytes:
+    """The reference for the echo's tags: each write cut into lines, one at a time."""
+    out, open_line = [], None
+    for stream, data in writes:
+        if not data:
+            continue
+        tag = prefix.format(stream=stream.value).encode()
+        *whole, rest = data.split(b"\n")
+        for i, line in enumerate([w + b"\n" for w in whole] + ([rest] if rest else [])):
+            continuing = i == 0 and open_line is stream
+            if i == 0 and open_line is not None and open_line is not stream:
+                out.append(b"\n")  # another stream's line left open is ended first
+            out.append(line if continuing else tag + line)
+            open_line = None if line.endswith(b"\n") else stream
+    return b"".join(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([Stream.STDOUT, Stream.STDERR, Stream.LOG]),
+            st.lists(st.sampled_from([b"\n", b"a", b"bc", b"\r", b"\xe2\x82"]), max_size=8).map(
+                b"".join
+            ),
+        ),
+        max_size=12,
+    )
+)
+def test_echo_prefix_matches_tagging_line_by_line(writes: list[tuple[Stream, bytes]]) -> None:
+    """The echo tags lines with one replace per write; the result is that of tagging each
+    line on its own, for any writes of any streams, cut anywhere."""
+    prefix = "[nanny-io 1234abcd {stream}] "
+    echo = EchoWriter(os.open(os.devnull, os.O_WRONLY), prefix=prefix)
+    got = b"".join(echo._prefixed(stream, data) for stream, data in writes)
+    echo.close()
+    assert got == _prefixed_line_by_line(writes, prefix)
 
 
 # ------------------------------------------------------------------ pitfalls of the log FIFO
