@@ -47,12 +47,10 @@ import contextlib
 import json
 import os
 import queue
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -64,7 +62,7 @@ from typing import Any, NoReturn
 import benchkit
 import psutil
 import zmq
-from benchkit import BenchmarkError, ProcessTracker, kill_survivors
+from benchkit import BenchmarkError, ProcessTracker
 
 from nanny_io.testing import NannyProcess
 from nanny_io.zap import secure_client
@@ -1087,33 +1085,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     benchkit.compile_checkout()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupted)
-    tracker = ProcessTracker()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-capture-"))
-    make_jupyter_env(workdir, args.delimiters)
-    status = 0
-    results: tuple[FdResult, LogResult, RssResult, UnwatchedResult] | None = None
-    try:
+
+    def measure(workdir: Path, tracker: ProcessTracker) -> tuple[Any, ...]:
         fd = measure_fd(args, workdir, tracker)
         log = measure_log(args, workdir, tracker)
         rss = measure_rss(args, workdir, tracker)
         unwatched = measure_unwatched(args, workdir, tracker)
-        results = fd, log, rss, unwatched
-    except KeyboardInterrupt:
-        print("\ninterrupted; everything stopped", file=sys.stderr)
-        status = 130
-    except BenchmarkError as exc:
-        print(f"bench_capture: error: {exc}", file=sys.stderr)
-        status = 1
-    finally:
-        leaked = kill_survivors(tracker)
-        shutil.rmtree(workdir, ignore_errors=True)
+        return fd, log, rss, unwatched
+
+    results, status, leaked = benchkit.run_measurement(
+        "bench_capture", measure, lambda workdir: make_jupyter_env(workdir, args.delimiters)
+    )
     if results is None:
         return status
     summary = summarize(args, *results, leaked=leaked)
-    if not args.json_only:
-        print_table(summary)
-    print(json.dumps(summary), flush=True)
-    return 2 if leaked else 0
+    return benchkit.finish(summary, args.json_only, lambda: print_table(summary))
 
 
 if __name__ == "__main__":

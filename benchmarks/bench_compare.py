@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -50,7 +47,7 @@ from bench_capture import (
     run_counting,
     timed_fd_cell,
 )
-from benchkit import BenchmarkError, ProcessTracker, kill_survivors
+from benchkit import BenchmarkError, ProcessTracker
 
 from nanny_io.discovery import load_connection_info
 from nanny_io.testing import NannyProcess
@@ -264,22 +261,15 @@ def main() -> int:
         parser.error(f"{args.baseline!r} is not a nanny-io checkout")
     benchkit.compile_checkout()
     benchkit.compile_checkout(Path(args.baseline))
-    tracker = ProcessTracker()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-compare-"))
-    make_jupyter_env(workdir, delimiters=False)
-    try:
-        summary = measure(args, workdir, tracker)
-    except BenchmarkError as exc:
-        print(f"bench_compare: error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        leaked = kill_survivors(tracker)
-        shutil.rmtree(workdir, ignore_errors=True)
+    summary, status, leaked = benchkit.run_measurement(
+        "bench_compare",
+        lambda workdir, tracker: measure(args, workdir, tracker),
+        setup=lambda workdir: make_jupyter_env(workdir, delimiters=False),
+    )
+    if summary is None:
+        return status
     summary["leaked_processes"] = leaked
-    if not args.json_only:
-        print_table(summary)
-    print(json.dumps(summary), flush=True)
-    return 2 if leaked else 0
+    return benchkit.finish(summary, args.json_only, lambda: print_table(summary))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -46,7 +45,7 @@ from typing import Any, NoReturn
 
 import benchkit
 import zmq
-from benchkit import BenchmarkError, ProcessTracker, kill_survivors
+from benchkit import BenchmarkError, ProcessTracker
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 from jupyter_client.session import Session
@@ -503,29 +502,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     benchkit.compile_checkout()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupted)
-    tracker = ProcessTracker()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-core-"))
-    os.environ["JUPYTER_RUNTIME_DIR"] = str(workdir / "runtime")
-    status = 0
-    result: tuple[dict[str, dict[str, Samples]], dict[str, list[StartSample]]] | None = None
-    try:
-        result = run(args, workdir, tracker)
-    except KeyboardInterrupt:
-        print("\ninterrupted; kernels stopped", file=sys.stderr)
-        status = 130
-    except BenchmarkError as exc:
-        print(f"bench_core: error: {exc}", file=sys.stderr)
-        status = 1
-    finally:
-        leaked = kill_survivors(tracker)
-        shutil.rmtree(workdir, ignore_errors=True)
+    def setup(workdir: Path) -> None:
+        os.environ["JUPYTER_RUNTIME_DIR"] = str(workdir / "runtime")
+
+    result, status, leaked = benchkit.run_measurement(
+        "bench_core", lambda workdir, tracker: run(args, workdir, tracker), setup
+    )
     if result is None:
         return status
     summary = summarize(*result, args, leaked=leaked)
-    if not args.json_only:
-        print_table(summary)
-    print(json.dumps(summary), flush=True)
-    return 2 if leaked else 0
+    return benchkit.finish(summary, args.json_only, lambda: print_table(summary))
 
 
 if __name__ == "__main__":

@@ -18,11 +18,9 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -38,7 +36,7 @@ from bench_capture import (
     ingest_published,
     make_jupyter_env,
 )
-from benchkit import BenchmarkError, ProcessTracker, kill_survivors
+from benchkit import BenchmarkError, ProcessTracker
 
 from nanny_io.discovery import load_connection_info
 from nanny_io.testing import NannyProcess
@@ -222,22 +220,16 @@ def main() -> int:
         parser.error("--records takes counts separated by commas, e.g. 10000,1000000")
     if not args.records or min(args.records) < 1 or args.reps < 1:
         parser.error("--records and --reps must be >= 1")
-    tracker = ProcessTracker()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-replay-"))
-    make_jupyter_env(workdir, delimiters=False)
-    try:
-        summary = measure(args, workdir, tracker)
-    except BenchmarkError as exc:
-        print(f"bench_replay: error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        leaked = kill_survivors(tracker)
-        shutil.rmtree(workdir, ignore_errors=True)
+    summary, status, leaked = benchkit.run_measurement(
+        "bench_replay",
+        lambda workdir, tracker: measure(args, workdir, tracker),
+        setup=lambda workdir: make_jupyter_env(workdir, delimiters=False),
+    )
+    if summary is None:
+        return status
     summary["leaked_processes"] = leaked
-    if not args.json_only:
-        print_table(summary, ["baseline", "this"] if args.baseline else ["this"])
-    print(json.dumps(summary), flush=True)
-    return 2 if leaked else 0
+    sides = ["baseline", "this"] if args.baseline else ["this"]
+    return benchkit.finish(summary, args.json_only, lambda: print_table(summary, sides))
 
 
 if __name__ == "__main__":

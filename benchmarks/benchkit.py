@@ -9,10 +9,14 @@ benchmarks/NAME.py``, so this directory is on their import path.
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psutil
 
@@ -95,6 +99,50 @@ def kill_survivors(tracker: ProcessTracker) -> int:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     return len(survivors)
+
+
+T = TypeVar("T")
+
+
+def run_measurement(
+    name: str,
+    measure: Callable[[Path, ProcessTracker], T],
+    setup: Callable[[Path], None] | None = None,
+) -> tuple[T | None, int, int]:
+    """What every benchmark's ``main`` does around its measurement: ``measure(workdir,
+    tracker)`` in a fresh working directory (``setup`` prepares it), then, whatever
+    happened, every process left behind killed and reported and the directory removed.
+
+    Returns ``(result, status, leaked)``: ``result`` is None when the measurement stopped
+    (Ctrl-C: status 130; a :class:`BenchmarkError`, said on stderr: status 1).
+    """
+    tracker = ProcessTracker()
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name.replace('_', '-')}-"))
+    result: T | None = None
+    status = 0
+    try:
+        if setup is not None:
+            setup(workdir)
+        result = measure(workdir, tracker)
+    except KeyboardInterrupt:
+        print("\ninterrupted; kernels stopped", file=sys.stderr)
+        status = 130
+    except BenchmarkError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        status = 1
+    finally:
+        leaked = kill_survivors(tracker)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result, status, leaked
+
+
+def finish(summary: dict[str, Any], json_only: bool, table: Callable[[], None]) -> int:
+    """Print the table (unless ``json_only``) and the JSON line; exit status 2 when a
+    process had to be killed (``summary["leaked_processes"]``), else 0."""
+    if not json_only:
+        table()
+    print(json.dumps(summary), flush=True)
+    return 2 if summary.get("leaked_processes") else 0
 
 
 def start_nanny(
