@@ -151,13 +151,6 @@ def read_limit(level: CgroupLevel) -> int | None:
     return None if limit is None or limit >= _NO_LIMIT else limit
 
 
-def read_peak(level: CgroupLevel) -> int | None:
-    """The most memory the cgroup ever used, in bytes (v2 ``memory.peak``, v1
-    ``memory.max_usage_in_bytes``); None when the kernel does not say."""
-    name = "memory.max_usage_in_bytes" if level.version == 1 else "memory.peak"
-    return _number(level.directory / name)
-
-
 def read_vmstat_oom_kills(proc: Path = Path("/proc")) -> int | None:
     """Processes the out-of-memory killer ended on this machine since boot (Linux >= 4.13)."""
     return _keyed(proc / "vmstat").get("oom_kill")

@@ -11,7 +11,7 @@ import psutil
 import pytest
 from helpers import wait_for
 
-from nanny_io.cgroups import OomWatch, memory_cgroups, read_limit, read_peak
+from nanny_io.cgroups import OomWatch, memory_cgroups, read_limit
 from nanny_io.deathwatch import CellWatch, last_words, tree_rss
 from nanny_io.store import LogStore
 from nanny_io_proto.deaths import OomKill
@@ -43,7 +43,6 @@ def _v2(tmp_path: Path) -> tuple[Path, Path, Path]:
         (d / "memory.events").write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
         (d / "memory.events.local").write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
         (d / "memory.max").write_text("max\n" if limit is None else f"{limit}\n")
-    (kernel / "memory.peak").write_text("1000\n")
     return root, pod, kernel
 
 
@@ -59,7 +58,6 @@ def test_v2_an_enclosing_limit(tmp_path: Path) -> None:
     ]
     assert levels[0].directory == kernel and levels[0].version == 2
     assert read_limit(levels[0]) is None and read_limit(levels[1]) == 2 << 30
-    assert read_peak(levels[0]) == 1000
     watch = OomWatch(levels, proc)
     assert watch.checkable and watch.check() is None
     # The pod's limit was hit; the kill is counted in the kernel's cgroup and above.
