@@ -29,9 +29,6 @@ from .store import LogStore
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _STREAMS = {"stdout": Stream.STDOUT, "stderr": Stream.STDERR}
 
-#: kernelspec metadata key that turns the storing off (``false``).
-SPEC_KEY = "nanny_io_store_iopub"
-
 
 def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
