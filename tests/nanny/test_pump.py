@@ -32,8 +32,10 @@ def test_order_is_kept_while_a_handler_finishes_asynchronously() -> None:
         seen: list[str] = []
         done = asyncio.Event()
         gate = asyncio.Event()
+        waiting = asyncio.Event()
 
         async def finish(text: str) -> None:
+            waiting.set()
             await gate.wait()
             seen.append(text)
 
@@ -51,7 +53,8 @@ def test_order_is_kept_while_a_handler_finishes_asynchronously() -> None:
         try:
             for text in ("one", "slow", "two", "three", "last"):
                 outside.send(text.encode())
-            await asyncio.sleep(0.2)  # the slow one is still waiting for its gate
+            await asyncio.wait_for(waiting.wait(), 10)  # the slow one waits for its gate
+            await asyncio.sleep(0.05)  # time for a pump that did not wait to handle the rest
             assert seen == ["one"]
             gate.set()
             await asyncio.wait_for(done.wait(), 10)
