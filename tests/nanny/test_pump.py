@@ -23,6 +23,14 @@ def _pair(ctx: zmq.Context[Any]) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
     return a, b
 
 
+async def _stop(tasks: list[asyncio.Task[Any]], ctx: zmq.Context[Any]) -> None:
+    """Cancel the pumps' tasks, let them end, close every socket."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    ctx.destroy(linger=0)
+
+
 def test_order_is_kept_while_a_handler_finishes_asynchronously() -> None:
     """A message whose handling must await holds back every later one, none is lost."""
 
@@ -32,8 +40,10 @@ def test_order_is_kept_while_a_handler_finishes_asynchronously() -> None:
         seen: list[str] = []
         done = asyncio.Event()
         gate = asyncio.Event()
+        waiting = asyncio.Event()
 
         async def finish(text: str) -> None:
+            waiting.set()
             await gate.wait()
             seen.append(text)
 
@@ -51,7 +61,8 @@ def test_order_is_kept_while_a_handler_finishes_asynchronously() -> None:
         try:
             for text in ("one", "slow", "two", "three", "last"):
                 outside.send(text.encode())
-            await asyncio.sleep(0.2)  # the slow one is still waiting for its gate
+            await asyncio.wait_for(waiting.wait(), 10)  # the slow one waits for its gate
+            await asyncio.sleep(0.05)  # time for a pump that did not wait to handle the rest
             assert seen == ["one"]
             gate.set()
             await asyncio.wait_for(done.wait(), 10)
@@ -115,10 +126,7 @@ def test_replies_sent_from_the_handler_keep_flowing() -> None:
             assert await echoed == 500
             return answered
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            ctx.destroy(linger=0)
+            await _stop(tasks, ctx)
 
     assert asyncio.run(main()) == 500
 
@@ -213,9 +221,6 @@ def test_read_now_handles_another_sockets_messages_inside_a_handler() -> None:
             await asyncio.sleep(0.05)  # anything handled twice would show up now
             return seen
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            ctx.destroy(linger=0)
+            await _stop(tasks, ctx)
 
     assert asyncio.run(main()) == ["first:x", "second:a", "second:b", "first done"]

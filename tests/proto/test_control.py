@@ -42,6 +42,19 @@ from nanny_io_proto.errors import LocalProtocolError, MalformedMessage, RemotePr
 # A fixed table keeps the tests platform independent; the real one comes from the signal module.
 SIGNALS = {"SIGHUP": 1, "SIGINT": 2, "SIGKILL": 9, "SIGUSR1": 10, "SIGSEGV": 11, "SIGTERM": 15}
 NUMBERS = {v: k for k, v in SIGNALS.items()}
+#: The keys of a kernel_died message's content.
+_DIED_FIELDS = [
+    "exit_code",
+    "signal",
+    "signal_name",
+    "incarnation",
+    "reason",
+    "last_words",
+    "cause",
+    "oom",
+    "peak_memory",
+    "cell",
+]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
@@ -273,20 +286,7 @@ def test_kernel_died_content_example() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    content=_content_like(
-        [
-            "exit_code",
-            "signal",
-            "signal_name",
-            "incarnation",
-            "reason",
-            "last_words",
-            "cause",
-            "oom",
-            "peak_memory",
-            "cell",
-        ]
-    )
+    content=_content_like(_DIED_FIELDS)
     | json_values
 )
 def test_kernel_died_any_content_is_parsed_or_malformed(content: Any) -> None:
@@ -300,20 +300,7 @@ def test_kernel_died_any_content_is_parsed_or_malformed(content: Any) -> None:
 @settings(max_examples=100, deadline=None)
 @given(
     died=deaths(),
-    key=st.sampled_from(
-        [
-            "exit_code",
-            "signal",
-            "signal_name",
-            "incarnation",
-            "reason",
-            "last_words",
-            "cause",
-            "oom",
-            "peak_memory",
-            "cell",
-        ]
-    ),
+    key=st.sampled_from(_DIED_FIELDS),
     value=json_values,
 )
 def test_kernel_died_with_one_field_garbled(died: KernelDied, key: str, value: Any) -> None:
