@@ -968,7 +968,9 @@ def test_a_trailing_escape_is_released_before_idle(jupyter_env, nanny_factory) -
 def test_output_with_nobody_watching_is_stored_and_later_frontends_get_theirs(
     jupyter_env, nanny_factory
 ) -> None:
-    """With no iopub subscriber the nanny skips building stream messages, never storing."""
+    """With no iopub subscriber (the nanny then builds no stream messages) output is still
+    stored, one subscriber leaving does not stop the other's, and a frontend that subscribes
+    later gets the output from its welcome on."""
     from jupyter_client.blocking.client import BlockingKernelClient
 
     nanny = nanny_factory(add_kernel(jupyter_env, "cap"), "-q")
