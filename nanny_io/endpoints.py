@@ -18,7 +18,7 @@ from .heartbeat import Heartbeat
 from .logchannel import REPLAY_SNDHWM
 from .pump import Handler, Pump
 from .session import NannySession
-from .zap import ZapHandler, secure_server, zap_policy
+from .zap import ZapHandler, secure_client, secure_server, zap_policy
 
 log = logging.getLogger("nanny_io")
 
@@ -104,10 +104,7 @@ class Endpoints:
         # add up to that much to every start and restart. A refused loopback connect costs
         # microseconds, so retry often.
         sock.reconnect_ivl = KERNEL_RECONNECT_MS
-        if self.frontend.curve_secretkey and self.frontend.curve_publickey:
-            sock.curve_secretkey = self.frontend.curve_secretkey.encode()
-            sock.curve_publickey = self.frontend.curve_publickey.encode()
-            sock.curve_serverkey = self.frontend.curve_publickey.encode()
+        secure_client(sock, self.frontend, channel)
         url = self.kernel.url(channel)
         sock.connect(url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//*:", "//127.0.0.1:"))
         return sock

@@ -170,26 +170,15 @@ def _pieces(text: bytes, limit: int) -> list[bytes]:
     out = []
     start = 0
     while len(text) - start > limit:
-        end = text.rfind(b"\n", start, start + limit) + 1
-        if not end:
-            end = _char_start(text, start + limit, start)
+        end = _cut_end(text, start, limit)
+        if end == start:  # a limit shorter than one character: the whole character
+            end = start + limit
+            while end < len(text) and text[end] & 0xC0 == 0x80:
+                end += 1
         out.append(text[start:end])
         start = end
     out.append(text[start:])
     return out
-
-
-def _char_start(text: bytes, end: int, start: int) -> int:
-    """The start of the character at ``end`` in UTF-8 ``text`` if it is after ``start``,
-    else the end of that character (a limit shorter than one character)."""
-    cut = end
-    while cut > start and text[cut] & 0xC0 == 0x80:  # continues a character
-        cut -= 1
-    if cut > start:
-        return cut
-    while end < len(text) and text[end] & 0xC0 == 0x80:
-        end += 1
-    return end
 
 
 def _cut(data: bytes, limit: int) -> bytes:
@@ -197,9 +186,16 @@ def _cut(data: bytes, limit: int) -> bytes:
     character: never half a UTF-8 sequence."""
     if limit >= len(data):
         return data
-    end = data.rfind(b"\n", 0, limit)
-    if end >= 0:
-        return data[: end + 1]
-    while limit > 0 and data[limit] & 0xC0 == 0x80:  # data[limit] continues a character
-        limit -= 1
-    return data[:limit]
+    return data[: _cut_end(data, 0, limit)]
+
+
+def _cut_end(data: bytes, start: int, limit: int) -> int:
+    """The end of the longest piece of ``data`` from ``start`` within ``limit`` bytes (fewer
+    than are left) that ends a line, or else a character; ``start`` if no character fits."""
+    end = data.rfind(b"\n", start, start + limit) + 1
+    if end:
+        return end
+    end = start + limit
+    while end > start and data[end] & 0xC0 == 0x80:  # data[end] continues a character
+        end -= 1
+    return end

@@ -136,7 +136,6 @@ class Spill:
         # record each) are joined: one copy costs less than a long list of buffers.
         if len(parts) > _WRITEV_PARTS:
             parts = [b"".join(parts)]
-        chunk = [chunk_head(parts), *parts]
         size = CHUNK_HEAD.size + sum(map(len, parts))
         if len(self._header) + size > self.max_total_bytes:
             # One append larger than the whole spill: keep its newest records that fit.
@@ -145,8 +144,10 @@ class Spill:
             if body is None:
                 return True  # not even its last record fits: the spill keeps what it had
             first_seq = RECORD_HEADER.unpack_from(body, _COUNT_SIZE)[0]
-            chunk = [chunk_head([body]), body]
+            parts = [body]
             size = CHUNK_HEAD.size + len(body)
+        # The body's checksum, computed once: over what is written.
+        chunk = [chunk_head(parts), *parts]
         try:
             if self._fd < 0 or (self._seg_size and self._seg_size + size > self.segment_bytes):
                 self._rotate(first_seq, size)

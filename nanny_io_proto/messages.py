@@ -258,7 +258,8 @@ def _pack_stream(obj: dict[str, Any]) -> bytes | None:
     name, text = obj["name"], obj["text"]
     if type(name) is not str or type(text) is not str or len(text) < _FAST_TEXT:
         return None
-    return b"".join((b'{"name": ', json_string(name), b', "text": ', json_string(text), b"}"))
+    # Lone surrogates raise UnicodeEncodeError, as json does.
+    return stream_content(name, text.encode("utf-8"))
 
 
 def _pack(obj: dict[str, Any]) -> bytes:

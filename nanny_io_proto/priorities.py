@@ -40,8 +40,6 @@ DEFAULT_PRIORITY: Mapping[Stream, int] = {
     Stream.NANNY: 5,
 }
 
-_LT = 0x3C  # "<"
-_GT = 0x3E  # ">"
 _ZERO = 0x30
 
 
@@ -91,10 +89,6 @@ class PriorityLines:
         self._open: int | None = None
         # Whether the partial line the assembler holds starts with "<".
         self._held_lt = False
-
-    @property
-    def max_line(self) -> int:
-        return self._lines.max_line
 
     @property
     def pending(self) -> int:

@@ -14,7 +14,7 @@ import codecs
 
 __all__ = ["REPLACEMENT", "Utf8Text"]
 
-#: U+FFFD in UTF-8, which the decoder puts in place of invalid bytes.
+#: U+FFFD (a str), which the decoder puts in place of invalid bytes.
 REPLACEMENT = "\ufffd"
 
 
