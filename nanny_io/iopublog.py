@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from nanny_io_proto.lines import LineAssembler
 from nanny_io_proto.priorities import priority_flags
-from nanny_io_proto.streams import FLAG_IOPUB, FLAG_NO_EOL, Stream
+from nanny_io_proto.streams import FLAG_IOPUB, Stream
 
 from .capture import MAX_LINE
 from .deathwatch import CellWatch
@@ -35,21 +36,14 @@ def strip_ansi(text: str) -> str:
 
 
 def line_pieces(text: str, flags: int = FLAG_IOPUB) -> list[tuple[bytes, int]]:
-    """``text`` as line records: complete lines, then a partial last line flagged
-    FLAG_NO_EOL; lines longer than MAX_LINE bytes are cut."""
-    data = text.encode("utf-8", "replace")
-    out: list[tuple[bytes, int]] = []
-    start = 0
-    while start < len(data):
-        nl = data.find(b"\n", start, start + MAX_LINE)
-        if nl >= 0:
-            out.append((data[start : nl + 1], flags))
-            start = nl + 1
-        else:
-            end = min(len(data), start + MAX_LINE)
-            out.append((data[start:end], flags | FLAG_NO_EOL))
-            start = end
-    return out
+    """``text`` as line records, cut as captured output is (``LineAssembler``): complete
+    lines, lines longer than MAX_LINE bytes cut between characters, then a partial last
+    line flagged FLAG_NO_EOL; every record also gets ``flags``."""
+    lines = LineAssembler(MAX_LINE)
+    return [
+        (data, own | flags)
+        for data, own in lines.feed(text.encode("utf-8", "replace")) + lines.flush()
+    ]
 
 
 #: A traceback is stored at priority err (3); a ``stream`` message has its stream's default.
