@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import LocalProtocolError, MalformedMessage
+
+try:  # orjson escapes ASCII text as json.dumps(ensure_ascii=False) does, in one SIMD pass
+    from orjson import dumps as _simd_dumps
+except ImportError:  # a platform without its wheel: the memchr passes of _quoted
+    _simd_dumps = None
 from .signing import DigestHistory, Signer
 from .version import JUPYTER_PROTOCOL_VERSION
 
@@ -193,7 +198,7 @@ def json_string(text: str) -> bytes:
     candidate), which gives the same bytes: UTF-8 bytes of characters above U+007F never
     equal an escapable ASCII byte. Lone surrogates raise ``UnicodeEncodeError`` as json does.
     """
-    return _escaped(b'"', text.encode("utf-8"), b'"')
+    return _quoted(b"", text.encode("utf-8"), b"")
 
 
 #: The escapable bytes other than the newline, which nearly every output has: their absence is
@@ -201,23 +206,27 @@ def json_string(text: str) -> bytes:
 _RARE_ESCAPES = tuple(pair for pair in _JSON_ESCAPES if pair[0] != b"\n")
 
 
-def _escaped(head: bytes, data: bytes, tail: bytes) -> bytes:
-    """``head`` + ``data`` escaped as the inside of a JSON string + ``tail``.
+def _quoted(head: bytes, data: bytes, tail: bytes) -> bytes:
+    """``head`` + ``data`` as a JSON string (quotes included) + ``tail``.
 
-    ``data`` is UTF-8; ``head`` and ``tail`` are JSON without a raw newline. One ``memchr``
+    ``data`` is UTF-8; ``head`` and ``tail`` are JSON without a raw newline. ASCII data goes
+    through orjson when it is installed (one SIMD pass, about 0.1 ms per MiB; its escapes are
+    json.dumps's for every ASCII character, a test checks them all). Otherwise one ``memchr``
     pass per rare escapable byte finds that none is present in the usual output (about
     0.3 ms per MiB, less than ``bytes.translate`` or a regex character class), and then the
     frame is one join and one ``replace``.
     """
+    if _simd_dumps is not None and data.isascii():
+        return b"".join((head, _simd_dumps(data.decode("ascii")), tail))
     first = next((i for i, (raw, _) in enumerate(_RARE_ESCAPES) if raw in data), None)
     if first is None:
-        return b"".join((head, data, tail)).replace(b"\n", b"\\n")
+        return b"".join((head, b'"', data, b'"', tail)).replace(b"\n", b"\\n")
     # Something rarer than a newline: replace each one present, in _JSON_ESCAPES's order
     # (the backslash first; those before ``first`` were just found absent).
     for raw, escaped in _RARE_ESCAPES[first:]:
         if raw in data:
             data = data.replace(raw, escaped)
-    return b"".join((head, data.replace(b"\n", b"\\n"), tail))
+    return b"".join((head, b'"', data.replace(b"\n", b"\\n"), b'"', tail))
 
 
 def stream_content(name: str, text: bytes) -> bytes:
@@ -230,7 +239,7 @@ def stream_content(name: str, text: bytes) -> bytes:
     """
     if type(name) is not str or not isinstance(text, bytes):
         raise LocalProtocolError(f"stream name and text must be str and bytes, got {name!r:.40}")
-    return _escaped(b"".join((b'{"name": ', json_string(name), b', "text": "')), text, b'"}')
+    return _quoted(b"".join((b'{"name": ', json_string(name), b', "text": ')), text, b"}")
 
 
 def encode_stream(

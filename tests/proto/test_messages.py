@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -11,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jupyter_client.session import Session
 
+from nanny_io_proto import messages as messages_module
 from nanny_io_proto.errors import (
     BadSignature,
     DuplicateSignature,
@@ -439,12 +442,50 @@ def test_peek_header_reads_only_the_header() -> None:
 
 # -- stream content packed without the per-character JSON encoder -------------------------
 
+#: Both ways of escaping: orjson's SIMD pass for ASCII text (when it is installed) and the
+#: memchr passes that stand in for it without orjson (and escape non-ASCII text).
+ESCAPERS = [
+    pytest.param(
+        "orjson",
+        marks=pytest.mark.skipif(
+            messages_module._simd_dumps is None, reason="orjson is not installed"
+        ),
+    ),
+    "memchr",
+]
+
+
+@contextlib.contextmanager
+def escaping_by(escaper: str) -> Iterator[None]:
+    """Escape with ``escaper`` meanwhile (not a fixture: hypothesis runs many examples)."""
+    saved = messages_module._simd_dumps
+    if escaper == "memchr":
+        messages_module._simd_dumps = None
+    try:
+        yield
+    finally:
+        messages_module._simd_dumps = saved
+
+
+@pytest.mark.parametrize("escaper", ESCAPERS)
+def test_every_ascii_character_is_escaped_as_json_dumps_does(escaper: str) -> None:
+    with escaping_by(escaper):
+        for text in [chr(c) for c in range(128)] + ["".join(map(chr, range(128))) * 40]:
+            expected = json.dumps(text, ensure_ascii=False).encode()
+            assert json_string(text) == expected
+            assert stream_content("stdout", text.encode()) == b'{"name": "stdout", "text": %s}' % (
+                expected
+            )
+
+
 long_text = st.text(min_size=1, max_size=64).map(lambda t: t * (5000 // len(t) + 1))
 
 
+@pytest.mark.parametrize("escaper", ESCAPERS)
 @given(text=st.text() | long_text)
-def test_json_string_is_json_dumps(text: str) -> None:
-    assert json_string(text) == json.dumps(text, ensure_ascii=False).encode()
+def test_json_string_is_json_dumps(escaper: str, text: str) -> None:
+    with escaping_by(escaper):
+        assert json_string(text) == json.dumps(text, ensure_ascii=False).encode()
 
 
 @given(text=long_text, name=st.sampled_from(["stdout", "stderr", 'a"\\b']))
@@ -453,7 +494,7 @@ def test_long_stream_content_packs_as_jupyter_client_does(text: str, name: str) 
     msg = make_message("stream", content, parent=None, msg_id="m", session="s", date=DATE)
     frames = encode_message(msg, Signer(KEY))
     assert frames[-1] == json.dumps(content, ensure_ascii=False).encode()
-    assert frames[-1] == Session(key=KEY).pack(content)
+    assert frames[-1] == _session(KEY, exact=True).pack(content)
     assert decode_message(frames, Signer(KEY)).content == content
 
 
@@ -477,30 +518,33 @@ escapable_text = st.text(
 )
 
 
+@pytest.mark.parametrize("escaper", ESCAPERS)
 @given(
     text=escapable_text | long_text.filter(lambda t: not any("\ud800" <= c <= "\udfff" for c in t))
 )
-def test_stream_content_from_bytes_is_json_dumps(text: str) -> None:
+def test_stream_content_from_bytes_is_json_dumps(escaper: str, text: str) -> None:
     for name in ("stdout", "stderr", 'a"\\b\n'):
         content = {"name": name, "text": text}
-        assert (
-            stream_content(name, text.encode()) == json.dumps(content, ensure_ascii=False).encode()
-        )
+        with escaping_by(escaper):
+            packed = stream_content(name, text.encode())
+        assert packed == json.dumps(content, ensure_ascii=False).encode()
 
 
+@pytest.mark.parametrize("escaper", ESCAPERS)
 @given(
     text=escapable_text,
     parent=st.sampled_from([None, {}, {"msg_id": "p", "msg_type": "execute_request"}]),
 )
 def test_encode_stream_is_encode_message_of_the_decoded_text(
-    text: str, parent: dict[str, Any] | None
+    escaper: str, text: str, parent: dict[str, Any] | None
 ) -> None:
     header = make_header("stream", msg_id="m", session="s", date=DATE)
     content = {"name": "stdout", "text": text}
     msg = Message(header=header, parent_header=dict(parent or {}), content=content)
-    frames = encode_stream(header, parent, "stdout", text.encode(), Signer(KEY))
+    with escaping_by(escaper):
+        frames = encode_stream(header, parent, "stdout", text.encode(), Signer(KEY))
     assert frames == encode_message(msg, Signer(KEY))
-    assert frames[-1] == Session(key=KEY).pack(content)
+    assert frames[-1] == _session(KEY, exact=True).pack(content)
     assert decode_message(frames, Signer(KEY)).content == content
 
 
