@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import LocalProtocolError, MalformedMessage
+from .signing import DigestHistory, Signer
+from .version import JUPYTER_PROTOCOL_VERSION
 
+_simd_dumps: Callable[[str], bytes] | None
 try:  # orjson escapes ASCII text as json.dumps(ensure_ascii=False) does, in one SIMD pass
     from orjson import dumps as _simd_dumps
 except ImportError:  # a platform without its wheel: the memchr passes of _quoted
     _simd_dumps = None
-from .signing import DigestHistory, Signer
-from .version import JUPYTER_PROTOCOL_VERSION
 
 __all__ = [
     "DEFAULT_USERNAME",
