@@ -81,6 +81,20 @@ def iopub_until(
             return seen
 
 
+def reply_to(kc: Any, msg_id: str, timeout: float = 30) -> dict[str, Any]:
+    """The shell reply to ``msg_id``; replies to other requests are skipped.
+
+    ``wait_for_ready`` sends another ``kernel_info_request`` each second it waits, so on a
+    loaded machine a second ``kernel_info_reply`` may still be queued on shell after it
+    returned: the next ``get_shell_msg`` is not necessarily the reply one waits for.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        reply: dict[str, Any] = kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
+
+
 def start_sleeping_cell(kc: Any) -> str:
     """Run a cell that sleeps for a minute; return once it is inside the sleep.
 
@@ -90,9 +104,11 @@ def start_sleeping_cell(kc: Any) -> str:
     msg_id: str = kc.execute("import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
     iopub_until(
         kc,
-        lambda m: m["msg_type"] == "stream"
-        and m["parent_header"].get("msg_id") == msg_id
-        and "sleeping" in m["content"]["text"],
+        lambda m: (
+            m["msg_type"] == "stream"
+            and m["parent_header"].get("msg_id") == msg_id
+            and "sleeping" in m["content"]["text"]
+        ),
     )
     return msg_id
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import iopub_until, wait_for
+from helpers import iopub_until, reply_to, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,8 +27,7 @@ def _interrupted(kc: Any, launcher: Any, flag_dir: Path) -> None:
     )
     wait_for(running.exists, 20, "the cell to run")
     launcher.comm({"signum": signal.SIGINT})
-    reply = kc.get_shell_msg(timeout=20)
-    assert reply["parent_header"]["msg_id"] == msg_id
+    reply = reply_to(kc, msg_id, timeout=20)
     assert reply["content"]["ename"] == "KeyboardInterrupt"
 
 

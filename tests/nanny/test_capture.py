@@ -35,6 +35,7 @@ from helpers import (
     gone,
     history,
     last_seq,
+    reply_to,
     stored,
     stored_bytes,
     wait_for,
@@ -136,10 +137,8 @@ def read_until_idle(
 
 
 def shell_reply(kc: Any, msg_id: str, timeout: float = 30) -> dict[str, Any]:
-    while True:
-        reply = kc.get_shell_msg(timeout=timeout)
-        if reply["parent_header"].get("msg_id") == msg_id:
-            return reply["content"]
+    content: dict[str, Any] = reply_to(kc, msg_id, timeout)["content"]
+    return content
 
 
 def run_cell(kc: Any, code: str, timeout: float = 60, **kwargs: Any) -> Cell:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import NannyProcess, start_sleeping_cell, wait_gone
+from helpers import NannyProcess, reply_to, start_sleeping_cell, wait_gone
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -56,8 +56,7 @@ def test_interrupt_by_id_prefix(nanny: NannyProcess) -> None:
     msg_id = start_sleeping_cell(kc)
     proc = cli("interrupt", nanny.kernel_id[:8])
     assert proc.returncode == 0, proc.stderr
-    shell = kc.get_shell_msg(timeout=15)
-    assert shell["parent_header"]["msg_id"] == msg_id
+    shell = reply_to(kc, msg_id, timeout=15)
     assert shell["content"]["ename"] == "KeyboardInterrupt"
 
 

@@ -16,6 +16,7 @@ from helpers import (
     execute_then_exit,
     gone,
     iopub_until,
+    reply_to,
     start_sleeping_cell,
     wait_gone,
 )
@@ -76,8 +77,7 @@ def test_interrupt_request_stops_a_sleeping_cell(nanny: NannyProcess) -> None:
     msg_id = start_sleeping_cell(kc)
     reply = _control(kc, "interrupt_request", {})
     assert reply["content"]["status"] == "ok"
-    shell = kc.get_shell_msg(timeout=15)
-    assert shell["parent_header"]["msg_id"] == msg_id
+    shell = reply_to(kc, msg_id, timeout=15)
     assert shell["content"]["ename"] == "KeyboardInterrupt"
 
 
@@ -228,8 +228,7 @@ def test_forged_and_garbage_control_messages_change_nothing(nanny: NannyProcess)
     sock.close()
     ctx.term()
     assert len(replies) == 1  # only the genuine signal_request was answered
-    shell = kc.get_shell_msg(timeout=15)
-    assert shell["parent_header"]["msg_id"] == msg_id
+    shell = reply_to(kc, msg_id, timeout=15)
     assert shell["content"]["status"] == "ok"  # not interrupted
     deadline = time.monotonic() + 5
     while nanny.state().get("rejected_messages", 0) < 80 and time.monotonic() < deadline:
@@ -434,6 +433,5 @@ def test_interrupt_mode_message_is_forwarded_to_the_kernel(jupyter_env, nanny_fa
     reply = _control(kc, "interrupt_request", {})
     assert reply["content"]["status"] == "ok"
     assert reply["header"].get("username") != "nanny-io"  # the kernel answered, not the nanny
-    shell = kc.get_shell_msg(timeout=15)
-    assert shell["parent_header"]["msg_id"] == msg_id
+    shell = reply_to(kc, msg_id, timeout=15)
     assert shell["content"]["ename"] == "KeyboardInterrupt"

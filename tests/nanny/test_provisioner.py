@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
-from helpers import start_sleeping_cell, wait_for, wait_gone
+from helpers import reply_to, start_sleeping_cell, wait_for, wait_gone
 
 from nanny_io.discovery import state_path
 
@@ -128,8 +128,7 @@ def test_kernel_manager_lifecycle_through_the_provisioner(kernels) -> None:
         # interrupt (interrupt_mode signal: the provisioner asks the nanny)
         msg_id = start_sleeping_cell(kc)
         km.interrupt_kernel()
-        reply = kc.get_shell_msg(timeout=20)
-        assert reply["parent_header"]["msg_id"] == msg_id
+        reply = reply_to(kc, msg_id, timeout=20)
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         # restart: the same nanny runs the next incarnation; nothing of the old kernel survives
         nanny_pid = km.provisioner.process.pid

@@ -6,13 +6,12 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import psutil
 import zmq
-from helpers import IPYKERNEL
+from helpers import IPYKERNEL, reply_to
 
 from nanny_io_proto.logrecords import LogRecord, parse_nanny_event
 from nanny_io_proto.streams import Stream
@@ -26,11 +25,8 @@ def add_kernel(jupyter_env: Any, name: str = "rel", *, capture: bool = False) ->
 
 
 def shell_reply(kc: Any, msg_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        reply = kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if reply["parent_header"].get("msg_id") == msg_id:
-            return reply["content"]
+    content: dict[str, Any] = reply_to(kc, msg_id, timeout)["content"]
+    return content
 
 
 def run(kc: Any, code: str, timeout: float = 60, **kwargs: Any) -> dict[str, Any]:
