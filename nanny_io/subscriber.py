@@ -66,10 +66,6 @@ __all__ = [
     "replay",
 ]
 
-#: How long a client waits before it asks again a nanny that answered "busy".
-RETRY_DELAY = 0.05
-
-
 @dataclass(frozen=True, slots=True)
 class NannySilent:
     """No message (not even a heartbeat tick) for ``seconds``: the nanny is gone or cut off."""
@@ -249,7 +245,7 @@ class LogClient:
                 return
             if state.retry_pending:  # the nanny was busy: ask again a moment later
                 if retry_at is None:
-                    retry_at = time.monotonic() + RETRY_DELAY
+                    retry_at = time.monotonic() + state.retry_delay
                 elif time.monotonic() >= retry_at:
                     retry_at = None
                     state.retry()

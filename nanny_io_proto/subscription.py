@@ -28,6 +28,7 @@ from .logrecords import TICK_TOPIC, LogRecord, RecordBatch, Tick, topic_for
 from .replay import (
     ReplayBatch,
     ReplayEnd,
+    ReplayError,
     ReplayRequest,
     ReplayResponse,
     ReplayTruncated,
@@ -36,6 +37,8 @@ from .streams import Stream
 from .subscription_state import ESTABLISHED, Phase, Trigger, next_phase
 
 __all__ = [
+    "BUSY_RETRY_FIRST",
+    "BUSY_RETRY_MAX",
     "REPLAY_ATTEMPTS",
     "Alive",
     "EpochChanged",
@@ -52,6 +55,11 @@ __all__ = [
 #: How many times a request is sent in all when its answer stops coming (see
 #: :meth:`LogSubscription.replay_unanswered`) before it is reported as failed.
 REPLAY_ATTEMPTS = 3
+#: How long to wait before asking again a nanny that answered "busy" (all its replay slots
+#: taken): the first time, and at most. The pause doubles with each busy answer in a row, so
+#: a nanny whose slots stay taken (its readers are slow) is not asked twenty times a second.
+BUSY_RETRY_FIRST = 0.05
+BUSY_RETRY_MAX = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +218,7 @@ class LogSubscription:
         self._target_epoch: str | None = None
         self._outstanding: dict[str, _Pending] = {}
         self._retry: _Pending | None = None  # a request the nanny was too busy to answer
+        self._busy = 0  # "busy" answers in a row
         self._queue: list[ReplayRequest] = []
         self._n = _Counters()
 
@@ -269,9 +278,15 @@ class LogSubscription:
 
     @property
     def retry_pending(self) -> bool:
-        """The nanny answered "busy": call :meth:`retry` after a short pause (the caller
-        has the clock). Nothing is lost meanwhile: live records wait in order."""
+        """The nanny answered "busy": call :meth:`retry` after :attr:`retry_delay` (the
+        caller has the clock). Nothing is lost meanwhile: live records wait in order."""
         return self._retry is not None
+
+    @property
+    def retry_delay(self) -> float:
+        """Seconds to wait before :meth:`retry`: ``BUSY_RETRY_FIRST``, doubled for each
+        further "busy" answer in a row, at most ``BUSY_RETRY_MAX``."""
+        return min(BUSY_RETRY_MAX, BUSY_RETRY_FIRST * (1 << min(max(0, self._busy - 1), 16)))
 
     def retry(self) -> None:
         """Ask again for what the nanny was too busy to answer (see ``retry_pending``)."""
@@ -373,6 +388,8 @@ class LogSubscription:
         if pend is None or rid is None:
             self._n.stale += 1
             return events
+        if not isinstance(item, ReplayError) or item.code != "busy":
+            self._busy = 0  # the nanny serves again
         if isinstance(item, (ReplayBatch, ReplayEnd)) and not self._answer_epoch(
             item.epoch, pend, events
         ):
@@ -422,6 +439,7 @@ class LogSubscription:
         elif item.code == "busy":  # all replay slots taken: the same request, a bit later
             del self._outstanding[rid]
             self._retry = pend
+            self._busy += 1
         else:  # ReplayError
             del self._outstanding[rid]
             self._refused(pend, item.code, item.message, events)

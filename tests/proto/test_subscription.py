@@ -31,6 +31,7 @@ from nanny_io_proto.replay import (
 )
 from nanny_io_proto.signing import DigestHistory, Signer
 from nanny_io_proto.subscription import (
+    BUSY_RETRY_FIRST,
     Alive,
     EpochChanged,
     Event,
@@ -473,6 +474,27 @@ def test_a_busy_nanny_at_start_is_asked_again_for_the_same_history() -> None:
     client.sub.retry()
     (again,) = client.sub.requests_to_send()
     assert (again.last, again.since_seq) == (3, None) and again.request_id != first.request_id
+
+
+def test_busy_answers_in_a_row_double_the_pause_until_the_nanny_serves_again() -> None:
+    nanny = Nanny()
+    nanny.produce(Stream.STDOUT, 5)
+    client = Client(nanny, last=3)
+    request = client.sub.start()
+    delays = []
+    for _ in range(8):
+        busy = ReplayError(request.request_id, "busy", "full")
+        client.replay = [encode_replay_response(busy, KEY)]
+        client.feed_replay()
+        assert client.sub.retry_pending
+        delays.append(client.sub.retry_delay)
+        client.sub.retry()
+        (request,) = client.sub.requests_to_send()
+    assert delays == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
+    client._send(request)  # answered this time
+    client.drain()
+    assert client.seqs() == [3, 4, 5] and not client.sub.retry_pending
+    assert client.sub.retry_delay == BUSY_RETRY_FIRST  # the next busy starts short again
 
 
 def test_replay_error_on_start_falls_back_to_live_only() -> None:
