@@ -42,10 +42,13 @@ log = logging.getLogger("nanny_io")
 
 # The status messages of every kernel that packs JSON as jupyter_client does (ipykernel and
 # most others), recognised without parsing their header and content; other spellings are
-# parsed.
-_STATUS_HEADER = b'"msg_type": "status"'
+# parsed. jupyter_client packs with json (", " and ": ") or, when orjson is installed in the
+# kernel's environment, with orjson (compact): both are recognised.
+_STATUS_HEADERS = (b'"msg_type": "status"', b'"msg_type":"status"')
 _STATES = {
-    json.dumps({"execution_state": state}).encode(): state for state in ("busy", "idle", "starting")
+    json.dumps({"execution_state": state}, separators=separators).encode(): state
+    for state in ("busy", "idle", "starting")
+    for separators in ((", ", ": "), (",", ":"))
 }
 
 
@@ -219,7 +222,8 @@ class Proxy:
         attribution = self.attribution
         # Most messages only pass through: parse a header only when it can matter.
         if len(rest) >= 5 and (b"status" in rest[1] or b"iopub_welcome" in rest[1]):
-            if _STATUS_HEADER in rest[1]:  # (quotes inside a JSON string are escaped)
+            header = rest[1]  # (quotes inside a JSON string are escaped)
+            if _STATUS_HEADERS[0] in header or _STATUS_HEADERS[1] in header:
                 kind = "status"
             else:
                 try:
