@@ -47,9 +47,19 @@ def install_managed(workdir: Path) -> None:
     """``nanny-io install --capture`` of the capture kernelspec, under the private JUPYTER_PATH."""
     prefix = workdir / "prefix"
     subprocess.run(
-        [sys.executable, "-m", "nanny_io", "install", capture.CAPTURE_SPEC, "--capture",
-         "--prefix", str(prefix)],
-        check=True, capture_output=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "nanny_io",
+            "install",
+            capture.CAPTURE_SPEC,
+            "--capture",
+            "--prefix",
+            str(prefix),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     os.environ["JUPYTER_PATH"] += os.pathsep + str(prefix / "share" / "jupyter")
 
@@ -72,8 +82,9 @@ class Side:
     """One nanny and a ready client: ``managed`` (a KernelManager with the provisioner) or
     ``start`` (``nanny-io start`` on the capture kernelspec)."""
 
-    def __init__(self, name: str, workdir: Path, tracker: ProcessTracker,
-                 stack: contextlib.ExitStack) -> None:
+    def __init__(
+        self, name: str, workdir: Path, tracker: ProcessTracker, stack: contextlib.ExitStack
+    ) -> None:
         self.name = name
         if name == "managed":
             from jupyter_client import KernelManager
@@ -133,8 +144,7 @@ def measure(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker) ->
     with contextlib.ExitStack() as stack:
         sides = {name: Side(name, workdir, tracker, stack) for name in ("managed", "start")}
         results: dict[str, dict[str, list[float]]] = {
-            name: {"fd_mb_s": [], "fd_cpu": [], "log_lines_s": [], "log_cpu": []}
-            for name in sides
+            name: {"fd_mb_s": [], "fd_cpu": [], "log_lines_s": [], "log_cpu": []} for name in sides
         }
         for rep in range(args.reps):
             order = ["managed", "start"] if rep % 2 == 0 else ["start", "managed"]
@@ -147,13 +157,21 @@ def measure(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker) ->
                 out["fd_cpu"].append(cpu)
                 out["log_lines_s"].append(lines_s)
                 out["log_cpu"].append(log_cpu)
-                capture.say(args, f"round {rep + 1} {name}: stdout {rate:.0f} MB/s, "
-                                  f"{cpu:.2f} ms/MB; log {lines_s:,.0f} lines/s, "
-                                  f"{log_cpu:.2f} ms/MB")
+                capture.say(
+                    args,
+                    f"round {rep + 1} {name}: stdout {rate:.0f} MB/s, "
+                    f"{cpu:.2f} ms/MB; log {lines_s:,.0f} lines/s, "
+                    f"{log_cpu:.2f} ms/MB",
+                )
         echoed = (workdir / "server.log").stat().st_size
-    summary: dict[str, Any] = {"benchmark": "managed", "fd_mib": args.fd_mib,
-                               "log_lines": args.log_lines, "reps": args.reps,
-                               "server_log_bytes": echoed, "load_avg": os.getloadavg()}
+    summary: dict[str, Any] = {
+        "benchmark": "managed",
+        "fd_mib": args.fd_mib,
+        "log_lines": args.log_lines,
+        "reps": args.reps,
+        "server_log_bytes": echoed,
+        "load_avg": os.getloadavg(),
+    }
     for name, out in results.items():
         for key, values in out.items():
             summary[f"{name}_{key}"] = statistics.median(values)
@@ -161,22 +179,29 @@ def measure(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker) ->
 
 
 def print_table(s: dict[str, Any]) -> None:
-    print(f"\nmedians of {s['reps']} interleaved rounds; load average "
-          f"{s['load_avg'][0]:.2f} at the end; the managed nanny's echo wrote "
-          f"{s['server_log_bytes'] / MB:,.0f} MB to the server's log")
+    print(
+        f"\nmedians of {s['reps']} interleaved rounds; load average "
+        f"{s['load_avg'][0]:.2f} at the end; the managed nanny's echo wrote "
+        f"{s['server_log_bytes'] / MB:,.0f} MB to the server's log"
+    )
     print(f"{'measurement':<52}{'managed':>12}{'start':>12}{'managed / start':>17}")
     print("-" * 93)
     rows = [
         (f"stdout to a frontend, MB/s ({s['fd_mib']} MiB of 1 KiB lines)", "fd_mb_s", "{:.0f}"),
         ("  nanny CPU ms per MB", "fd_cpu", "{:.2f}"),
-        (f"log FIFO, lines/s ({s['log_lines']:,} lines, live subscriber)", "log_lines_s",
-         "{:,.0f}"),
+        (
+            f"log FIFO, lines/s ({s['log_lines']:,} lines, live subscriber)",
+            "log_lines_s",
+            "{:,.0f}",
+        ),
         ("  nanny CPU ms per MB", "log_cpu", "{:.2f}"),
     ]
     for label, key, fmt in rows:
         managed, start = s[f"managed_{key}"], s[f"start_{key}"]
-        print(f"{label:<52}{fmt.format(managed):>12}{fmt.format(start):>12}"
-              f"{'x%.2f' % (managed / start):>17}")
+        print(
+            f"{label:<52}{fmt.format(managed):>12}{fmt.format(start):>12}"
+            f"{'x%.2f' % (managed / start):>17}"
+        )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -185,8 +210,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--fd-mib", type=int, default=64, help="MiB of stdout per round (64)")
     add("--log-lines", type=int, default=1_000_000, help="log FIFO lines per round (1,000,000)")
     add("--reps", type=int, default=4, help="interleaved rounds (4)")
+    add("--quick", action="store_true", help="CI-sized: 1 round of 2 MiB and 20,000 lines")
     add("--json-only", action="store_true", help="print only the JSON line")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.fd_mib, args.log_lines, args.reps = 2, 20_000, 1
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -356,7 +356,7 @@ def measure_hop(n: int, warmup: int = 200) -> dict[str, float]:
 
 def _versions() -> dict[str, str]:
     found = {}
-    for name in ("nanny-io", "ipykernel", "jupyter_client", "pyzmq"):
+    for name in ("nanny-io", "ipykernel", "jupyter_client", "pyzmq", "orjson", "isal"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[name] = importlib.metadata.version(name)
     return found
@@ -586,6 +586,9 @@ def print_report(s: dict[str, Any]) -> None:
           "KernelManager; for fd output, ipykernel's own capture_fd_output.")
     print("ceiling = ready-made signed stream messages from a bare publisher process to the "
           "same client loop (an unmodified BlockingKernelClient).")
+    packer = "orjson" if "orjson" in v else "the json module (orjson is not installed)"
+    print(f"jupyter_client packs and parses messages with {packer}, in the client and the "
+          "kernels alike: the ceiling depends on it.")
 
     _table("Captured fd output vs volume (1 KiB lines, 64 KiB writes)",
            [("output", "ipykernel MB/s", "nanny MB/s", "ceiling MB/s", "nanny/ceiling",

@@ -188,7 +188,12 @@ def test_bench_capture_quick_json(tmp_path: Path) -> None:
     assert [written for written, _ in curve] == sorted(written for written, _ in curve)
     assert report["leaked_processes"] == 0
     assert set(report["targets_met"]) == {
-        "fd_of_ceiling", "cpu_stdout", "cpu_log", "ingest_lines_s", "replay_s", "rss",
+        "fd_of_ceiling",
+        "cpu_stdout",
+        "cpu_log",
+        "ingest_lines_s",
+        "replay_s",
+        "rss",
         "unwatched_mb_s",
     }
     assert all(isinstance(v, bool) for v in report["targets_met"].values())
@@ -230,4 +235,17 @@ def test_bench_replay_quick_json(tmp_path: Path) -> None:
     for count in report["records"]:
         for key in ("seconds", "cpu", "nanny_cpu"):
             _positive(report[f"this_{count}_{key}"], f"this_{count}_{key}")
+    assert report["leaked_processes"] == 0
+
+
+@pytest.mark.timeout(240)
+def test_bench_managed_quick_json(tmp_path: Path) -> None:
+    report = _run("bench_managed.py", tmp_path, 230)
+    assert report["benchmark"] == "managed"
+    assert report["reps"] == 1
+    for side in ("managed", "start"):
+        for key in ("fd_mb_s", "fd_cpu", "log_lines_s", "log_cpu"):
+            _positive(report[f"{side}_{key}"], f"{side}_{key}")
+    # the managed nanny echoed the log FIFO's lines, tagged, into the server's log
+    assert report["server_log_bytes"] > report["log_lines"] * 100
     assert report["leaked_processes"] == 0
