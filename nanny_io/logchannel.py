@@ -106,11 +106,7 @@ class LogChannel:
         """Publish records ``first_seq..last_seq`` (one stream) just appended to the store."""
         for frames in self.publisher.stored(stream, first_seq, last_seq, self.store):
             with contextlib.suppress(zmq.Again):
-                # Without a copy: a batch body of up to 1 MiB of data would otherwise be
-                # copied into a fresh allocation of libzmq's (mapped and faulted in anew each
-                # time: about 0.25 ms per MB here, against 0.01 ms per message for handing the
-                # bytes over). pyzmq still copies frames under zmq.COPY_THRESHOLD (64 KiB).
-                self.pub.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                self.pub.send_multipart(frames, flags=zmq.NOBLOCK)
             self.stats["published_batches"] += 1
 
     def tick(self) -> None:
