@@ -440,7 +440,12 @@ def measure_fd(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker)
 
 
 class SeqWatcher:
-    """A raw SUB to the log channel reading only headers: the store's last log seq, live."""
+    """A raw SUB to the log channel reading only headers: the store's last log seq, live.
+
+    It subscribes as the project's LogClient does: to the signed ``log`` topic, then, when a
+    tick says the nanny offers unsigned batches on its CurveZMQ channel, to ``curve.log``
+    instead (specs/log-channel.md 4.3), so the nanny does the work a real subscriber costs.
+    """
 
     def __init__(self, ctx: zmq.Context[Any], info: Any) -> None:
         self.sock: zmq.Socket[Any] = ctx.socket(zmq.SUB)
@@ -452,6 +457,7 @@ class SeqWatcher:
         self.sock.connect(info.url("log"))
         self.last = -1
         self.batches = 0
+        self.curve = False  # following the unsigned curve.log topic
 
     def _take(self, timeout_ms: int) -> bool:
         if not self.sock.poll(timeout_ms):
@@ -460,6 +466,10 @@ class SeqWatcher:
         header = json.loads(frames[2])
         if header["type"] == "tick":
             self.last = max(self.last, header["last_seqs"]["log"])
+            if header.get("curve_batches") and not self.curve:
+                self.curve = True
+                self.sock.subscribe(b"curve.log")
+                self.sock.unsubscribe(b"log")
         else:
             self.last = max(self.last, header["last_seq"])
             self.batches += 1

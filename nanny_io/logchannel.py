@@ -82,7 +82,10 @@ class LogChannel:
         self.signer = signer
         self.epoch = store.epoch
         self.history = DigestHistory()
-        self.publisher = LogPublisher(store.epoch, signer)
+        # A CurveZMQ PUB authenticates every message it sends: batches are also offered
+        # unsigned to the subscribers that ask for them (specs/log-channel.md 4.3).
+        curve = pub.getsockopt(zmq.MECHANISM) == zmq.CURVE
+        self.publisher = LogPublisher(store.epoch, signer, curve=curve)
         self._replays: set[asyncio.Task[Any]] = set()  # answers holding a slot
         self._parked: dict[asyncio.Task[Any], None] = {}  # stalled answers, oldest first
         self.stats = {

@@ -49,7 +49,7 @@ from nanny_io_proto.subscription import (
 )
 
 from .errors import NannyIOError
-from .zap import secure_client
+from .zap import log_keypair, secure_client
 
 __all__ = [
     "Alive",
@@ -65,6 +65,7 @@ __all__ = [
     "connect",
     "replay",
 ]
+
 
 @dataclass(frozen=True, slots=True)
 class NannySilent:
@@ -167,12 +168,16 @@ class LogClient:
     ) -> None:
         self.info = info
         self.signer = info.make_signer()
+        # With a key, the log channel is CurveZMQ (every message authenticated by it), and
+        # a nanny that offers unsigned batches is followed on those (spec 4.3).
+        self.curve = log_keypair(info) is not None
         self.subscription = LogSubscription(
             make_nonce=lambda: uuid.uuid4().hex,
             streams=streams,
             since_seq=since_seq,
             last=last,
             attempts=replay_attempts,
+            curve=self.curve,
         )
         self._own_context = context is None
         self.context = context or zmq.asyncio.Context()
@@ -233,7 +238,9 @@ class LogClient:
             yield NannySilent(self.silent_after)
             return
         await self._send([state.start()])
-        for event in state.receive_live(first):
+        greeted = state.receive_live(first)
+        self._retopic()
+        for event in greeted:
             yield event
         poller = zmq.asyncio.Poller()
         poller.register(sub, zmq.POLLIN)
@@ -289,9 +296,11 @@ class LogClient:
             if sub in ready:
                 for frames in _recv_all(sub):
                     try:
-                        events += state.receive_live(decode_log_message(frames, self.signer))
+                        item = decode_log_message(frames, self.signer, curve=self.curve)
+                        events += state.receive_live(item)
                     except RemoteProtocolError:
                         self.rejected += 1
+                self._retopic()
             await self._send(state.requests_to_send())
             for event in events:
                 yield event
@@ -303,7 +312,8 @@ class LogClient:
             if not await self.sub.poll(int(left * 1000) + 1):
                 break
             try:
-                item = decode_log_message(await self.sub.recv_multipart(), self.signer)
+                frames = await self.sub.recv_multipart()
+                item = decode_log_message(frames, self.signer, curve=self.curve)
             except RemoteProtocolError:
                 self.rejected += 1
                 continue
@@ -311,6 +321,15 @@ class LogClient:
             # the history answer repairs whatever preceded it.
             return item
         return None
+
+    def _retopic(self) -> None:
+        """Apply the topic changes the subscription asks for (subscribe, then unsubscribe)."""
+        assert self.sub is not None
+        for subscribe, unsubscribe in self.subscription.take_topic_changes():
+            for topic in subscribe:
+                self.sub.subscribe(topic)
+            for topic in unsubscribe:
+                self.sub.unsubscribe(topic)
 
     async def records(self, *, follow: bool = False) -> AsyncIterator[LogRecord]:
         """Just the records (gaps are skipped silently; use events() to see them)."""

@@ -17,12 +17,13 @@ from itertools import accumulate
 from operator import attrgetter, itemgetter, lt
 from typing import Any, cast
 
-from .errors import LocalProtocolError, MalformedMessage, UnsupportedVersion
+from .errors import BadSignature, LocalProtocolError, MalformedMessage, UnsupportedVersion
 from .signing import Signer
 from .streams import FLAG_NO_EOL, Stream
 from .version import LOG_FORMAT_VERSION
 
 __all__ = [
+    "CURVE_TOPIC_PREFIX",
     "FLAG_NO_EOL",
     "KERNEL_STATES",
     "MAX_BATCH_BYTES",
@@ -77,10 +78,13 @@ _STREAM_BY_CODE: tuple[Stream, ...] = tuple(sorted(STREAM_CODES, key=STREAM_CODE
 #: untracked by the garbage collector; :func:`pack_entries` packs them without building one.
 Entry = tuple[int, int, int, int, int, bytes]
 
-#: SUB topic of the heartbeat tick. Record batches use the stream's name as their topic.
-#: The five topics are prefix-free: no topic is a prefix of another.
+#: SUB topic of the heartbeat tick. Record batches use the stream's name as their topic,
+#: or ``curve.`` and the name for the unsigned batches of a CurveZMQ channel (spec 4.3).
+#: The nine topics are prefix-free: no topic is a prefix of another.
 TICK_TOPIC = b"tick"
+CURVE_TOPIC_PREFIX = b"curve."
 _TOPICS: dict[bytes, Stream] = {s.value.encode("ascii"): s for s in Stream}
+_CURVE_TOPICS: dict[bytes, Stream] = {CURVE_TOPIC_PREFIX + t: s for t, s in _TOPICS.items()}
 
 #: The nanny publishes a tick about this often (seconds) ...
 TICK_INTERVAL = 1.0
@@ -107,9 +111,11 @@ def check_epoch(epoch: object) -> str:
     return epoch
 
 
-def topic_for(stream: Stream) -> bytes:
-    """The SUB topic of a stream's record batches (its name, ASCII)."""
-    return stream.value.encode("ascii")
+def topic_for(stream: Stream, curve: bool = False) -> bytes:
+    """The SUB topic of a stream's record batches: its name (ASCII), signed batches; with
+    ``curve``, ``curve.`` and its name, the unsigned batches of a CurveZMQ channel."""
+    topic = stream.value.encode("ascii")
+    return CURVE_TOPIC_PREFIX + topic if curve else topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,9 +242,13 @@ class Tick:
     incarnation: int
     kernel_state: str  # one of KERNEL_STATES
     last_seqs: StreamSeqs  # the latest seq published per stream; last_seq is their maximum
+    #: The nanny publishes unsigned batches on the ``curve.`` topics (spec 4.3).
+    curve_batches: bool = False
 
     def __post_init__(self) -> None:
         check_epoch(self.epoch)
+        if type(self.curve_batches) is not bool:
+            raise LocalProtocolError(f"curve_batches must be a bool, got {self.curve_batches!r}")
         if not _is_uint(self.last_seq, U64):
             raise LocalProtocolError(f"last_seq must be a u64, got {self.last_seq!r}")
         if not _is_uint(self.time_ns, U64):
@@ -455,11 +465,14 @@ def encode_packed_batch(
     prev_seqs: StreamSeqs,
     body: bytes,
     signer: Signer,
+    *,
+    curve: bool = False,
 ) -> list[bytes]:
     """Frames of a live batch whose body is already packed (see pack_records).
 
     Lets the nanny publish straight from its store; the caller vouches that ``body`` holds
-    ``count`` records of ``stream`` from ``first_seq`` to ``last_seq``.
+    ``count`` records of ``stream`` from ``first_seq`` to ``last_seq``. ``curve``: the
+    unsigned form, on the stream's ``curve.`` topic, for a CurveZMQ channel (spec 4.3).
     """
     header = json_header(
         {
@@ -472,6 +485,8 @@ def encode_packed_batch(
             "prev_seqs": prev_seqs.to_json(),
         }
     )
+    if curve:
+        return [topic_for(stream, curve=True), b"", header, body]
     return [topic_for(stream), signer.sign((header, body)), header, body]
 
 
@@ -486,20 +501,31 @@ def encode_tick(tick: Tick, signer: Signer) -> list[bytes]:
             "time_ns": tick.time_ns,
             "incarnation": tick.incarnation,
             "kernel_state": tick.kernel_state,
+            **({"curve_batches": True} if tick.curve_batches else {}),
         }
     )
     return [TICK_TOPIC, signer.sign((header, b"")), header, b""]
 
 
-def decode_log_message(frames: Sequence[bytes], signer: Signer) -> RecordBatch | Tick:
+def decode_log_message(
+    frames: Sequence[bytes], signer: Signer, *, curve: bool = False
+) -> RecordBatch | Tick:
     """Verify and decode one log-channel message; only RemoteProtocolError subclasses escape.
 
-    The signature is checked before any JSON is parsed.
+    The signature is checked before any JSON is parsed. ``curve``: the message came over a
+    CurveZMQ connection to the nanny's key, which authenticated it; only then is an
+    unsigned batch of a ``curve.`` topic accepted (spec 4.3).
     """
     if len(frames) != 4:
         raise MalformedMessage(f"a log message has 4 frames, got {len(frames)!r}")
     topic, signature, header_frame, body = frames
-    signer.verify(signature, (header_frame, body))
+    curve_stream = _CURVE_TOPICS.get(topic)
+    if curve_stream is None:
+        signer.verify(signature, (header_frame, body))
+    elif not curve:
+        raise BadSignature(f"unsigned {topic!r} batch on a connection without CurveZMQ")
+    elif signature:
+        raise MalformedMessage(f"a {topic!r} batch has an empty signature frame")
     header = parse_header(header_frame)
     kind = header.get("type")
     epoch = get_epoch(header)
@@ -516,12 +542,13 @@ def decode_log_message(frames: Sequence[bytes], signer: Signer) -> RecordBatch |
                 incarnation=get_uint(header, "incarnation", U32),
                 kernel_state=state,
                 last_seqs=last_seqs,
+                curve_batches=header.get("curve_batches", False),
             )
         except LocalProtocolError as exc:
             raise MalformedMessage(str(exc)) from exc
     if kind != "records":
         raise MalformedMessage(f"unknown log message type {kind!r}")
-    stream = _TOPICS.get(topic)
+    stream = _TOPICS.get(topic) if curve_stream is None else curve_stream
     if stream is None or header.get("stream") != stream.value:
         raise MalformedMessage(
             f"topic {topic!r} does not match the header stream {header.get('stream')!r}"

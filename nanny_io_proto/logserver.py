@@ -24,6 +24,7 @@ from typing import Protocol
 
 from .errors import LocalProtocolError
 from .logrecords import (
+    CURVE_TOPIC_PREFIX,
     MAX_BATCH_BYTES,
     MAX_BATCH_RECORDS,
     RECORD_HEADER,
@@ -214,11 +215,15 @@ class LogPublisher:
         epoch: str,
         signer: Signer,
         *,
+        curve: bool = False,
         max_records: int = MAX_BATCH_RECORDS,
         max_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self.epoch = check_epoch(epoch)
         self.signer = signer
+        #: The PUB socket is a CurveZMQ server: batches are also offered unsigned, on the
+        #: ``curve.`` topics, to the subscribers that ask for those (spec 4.3).
+        self.curve = curve
         self.max_records = max_records
         self.max_bytes = max_bytes
         self._last: dict[Stream, int] = dict.fromkeys(Stream, 0)
@@ -251,10 +256,18 @@ class LogPublisher:
             self._topics.discard(topic)
         return False
 
-    def wants(self, stream: Stream) -> bool:
-        """Whether some live subscriber's topic (a prefix filter) matches ``stream``."""
-        topic = topic_for(stream)
-        return any(topic.startswith(t) for t in self._topics)
+    def wants(self, stream: Stream, curve: bool = False) -> bool:
+        """Whether some live subscriber's topic (a prefix filter) matches ``stream``'s signed
+        batches, or with ``curve`` its unsigned ones (only offered on a CurveZMQ channel)."""
+        if not curve:
+            topic = topic_for(stream)
+            return any(topic.startswith(t) for t in self._topics)
+        if not self.curve:
+            return False
+        # Only a subscription to the curve. topics themselves asks for them: an empty one
+        # (everything) would otherwise have every batch sent twice for nobody.
+        topic = topic_for(stream, curve=True)
+        return any(t.startswith(CURVE_TOPIC_PREFIX) and topic.startswith(t) for t in self._topics)
 
     def stored(
         self, stream: Stream, first_seq: int, last_seq: int, source: EntrySource
@@ -271,44 +284,36 @@ class LogPublisher:
                 f"records from seq {first_seq!r} are not above the last stored {self.last_seq!r}"
             )
         messages: list[list[bytes]] = []
-        if self.wants(stream):
+        forms = [curve for curve in (False, True) if self.wants(stream, curve)]
+        if forms:
             prev = self.last_seqs
             body = self._whole_body(first_seq, last_seq, source)
-            if body is not None:  # the usual append: one message, no entry built
-                messages.append(
-                    encode_packed_batch(
-                        self.epoch,
-                        stream,
-                        last_seq - first_seq + 1,
-                        first_seq,
-                        last_seq,
-                        prev,
-                        body,
-                        self.signer,
+            if body is not None:  # the usual append: one body, no entry built
+                runs = [(last_seq - first_seq + 1, first_seq, last_seq, body)]
+            else:
+                entries = source.entries(first_seq, last_seq)
+                cut = cut_entries(entries, self.max_records, self.max_bytes)
+                packed = getattr(source, "packed", None)  # a body the source already packed
+                runs = []
+                for run in cut:
+                    first, last = run[0][0], run[-1][0]
+                    whole = packed(first, last) if len(cut) == 1 and packed is not None else None
+                    runs.append((len(run), first, last, whole or pack_entries(run)))
+            for count, first, last, packed_body in runs:
+                for curve in forms:
+                    messages.append(
+                        encode_packed_batch(
+                            self.epoch,
+                            stream,
+                            count,
+                            first,
+                            last,
+                            prev,
+                            packed_body,
+                            self.signer,
+                            curve=curve,
+                        )
                     )
-                )
-                self._last[stream] = last_seq
-                return messages
-            entries = source.entries(first_seq, last_seq)
-            runs = cut_entries(entries, self.max_records, self.max_bytes)
-            packed = getattr(source, "packed", None)  # a body the source already packed
-            for run in runs:
-                first, last = run[0][0], run[-1][0]
-                body = None
-                if len(runs) == 1 and packed is not None:
-                    body = packed(first, last)
-                messages.append(
-                    encode_packed_batch(
-                        self.epoch,
-                        stream,
-                        len(run),
-                        first,
-                        last,
-                        prev,
-                        pack_entries(run) if body is None else body,
-                        self.signer,
-                    )
-                )
                 prev = prev.advanced(stream, last)
         self._last[stream] = last_seq
         return messages
@@ -336,6 +341,7 @@ class LogPublisher:
             incarnation=incarnation,
             kernel_state=kernel_state,
             last_seqs=seqs,
+            curve_batches=self.curve,
         )
         return encode_tick(tick, self.signer)
 

@@ -186,6 +186,7 @@ class LogSubscription:
         last: int | None = None,
         request_prefix: str = "r",
         attempts: int = REPLAY_ATTEMPTS,
+        curve: bool = False,
     ) -> None:
         if since_seq is not None and last is not None:
             raise LocalProtocolError("give since_seq or last, not both")
@@ -219,6 +220,9 @@ class LogSubscription:
         self._outstanding: dict[str, _Pending] = {}
         self._retry: _Pending | None = None  # a request the nanny was too busy to answer
         self._busy = 0  # "busy" answers in a row
+        self._curve = curve  # our SUB socket is a CurveZMQ client of the nanny's key
+        self._on_curve = False  # subscribed to the unsigned curve. topics, not the signed
+        self._topic_changes: list[tuple[tuple[bytes, ...], tuple[bytes, ...]]] = []
         self._queue: list[ReplayRequest] = []
         self._n = _Counters()
 
@@ -226,9 +230,30 @@ class LogSubscription:
 
     @property
     def topics(self) -> tuple[bytes, ...]:
-        """SUB topics to subscribe to: our streams' topics and the tick."""
+        """SUB topics to subscribe to first: our streams' topics and the tick. A tick may
+        then ask for others (see :meth:`take_topic_changes`)."""
+        return (*self._stream_topics(False), TICK_TOPIC)
+
+    def _stream_topics(self, curve: bool) -> tuple[bytes, ...]:
         streams = tuple(Stream) if self._streams is None else self._streams
-        return (*(topic_for(s) for s in streams), TICK_TOPIC)
+        return tuple(topic_for(s, curve) for s in streams)
+
+    @property
+    def on_curve(self) -> bool:
+        """Whether live batches are followed on the unsigned ``curve.`` topics."""
+        return self._on_curve
+
+    def take_topic_changes(self) -> list[tuple[tuple[bytes, ...], tuple[bytes, ...]]]:
+        """``(subscribe, unsubscribe)`` topic pairs to apply to the SUB socket, in order, each
+        subscribe before its unsubscribe (so no batch falls between; one that comes twice
+        is dropped as a duplicate).
+
+        On a CurveZMQ connection (``curve``), a tick that says the nanny offers unsigned
+        batches (spec 4.3) moves the subscription to the ``curve.`` topics, and one from a
+        nanny that does not (a new epoch: another nanny) moves it back.
+        """
+        changes, self._topic_changes = self._topic_changes, []
+        return changes
 
     @property
     def streams(self) -> tuple[Stream, ...] | None:
@@ -357,6 +382,12 @@ class LogSubscription:
             self._n.stale += 1
             return events
         if isinstance(item, Tick):
+            on_curve = self._curve and item.curve_batches
+            if on_curve != self._on_curve:
+                self._on_curve = on_curve
+                self._topic_changes.append(
+                    (self._stream_topics(on_curve), self._stream_topics(not on_curve))
+                )
             return self._receive_tick(item, events)
         if self._streams is not None and item.stream not in self._streams:
             self._n.stale += 1

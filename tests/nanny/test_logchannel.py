@@ -378,6 +378,52 @@ def test_plain_sub_gets_signed_batches_and_ticks(nanny_factory: NannyFactory) ->
 # ---------------------------------------------------------------------------------- replay
 
 
+def test_a_log_client_follows_unsigned_batches_while_an_older_one_gets_signed_ones(
+    nanny_factory: NannyFactory,
+) -> None:
+    """Spec 4.3: on the CurveZMQ log channel the client moves to the curve. topics, where
+    batches carry no HMAC; a subscriber that knows only the signed topics still gets those."""
+    _, kc, info = _start(nanny_factory)
+    signer = info.make_signer()
+    ctx = zmq.Context()
+    older = ctx.socket(zmq.SUB)
+    older.linger = 0
+    for topic in (b"log", b"tick"):
+        older.subscribe(topic)
+    secure_client(older, info, "log")
+    older.connect(info.url("log"))
+    try:
+        assert older.poll(5000), "no greeting tick"
+        with BlockingLogClient(info, last=0, streams=[Stream.LOG]) as client:
+            sub = client._client.subscription  # type: ignore[union-attr]
+            events = client.events(follow=True)
+            for _ in events:  # Alive on every tick: the first one moves it
+                if sub.on_curve and sub.caught_up:
+                    break
+            _cell(kc, "burst(5000, 'both')")
+            recs: list[LogRecord] = []
+            for event in events:
+                assert isinstance(event, (Records, Alive)), event
+                if isinstance(event, Records):
+                    recs.extend(event.records)
+                if len(_log_lines(recs, "both")) == 5000:
+                    break
+            assert client._client.rejected == 0  # type: ignore[union-attr]
+        assert _log_lines(recs, "both") == list(range(5000))
+        _contiguous(recs, first=recs[0].seq)
+        signed: list[int] = []
+        while older.poll(2000) and len(signed) < 5000:
+            frames = older.recv_multipart()
+            assert frames[0] in (b"log", b"tick") and frames[1], frames[:2]
+            item = decode_log_message(frames, signer)  # verified with the key
+            if isinstance(item, RecordBatch):
+                signed += [r.seq for r in item.records]
+        assert signed[-5000:] == [r.seq for r in recs[-5000:]]
+    finally:
+        older.close()
+        ctx.term()
+
+
 def test_late_joiner_gets_everything_once_while_output_continues(
     nanny_factory: NannyFactory,
 ) -> None:

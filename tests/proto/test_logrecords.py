@@ -28,6 +28,7 @@ from nanny_io_proto.logrecords import (
     Tick,
     decode_log_message,
     encode_batch,
+    encode_packed_batch,
     encode_tick,
     nanny_event_data,
     pack_records,
@@ -81,6 +82,7 @@ def ticks(draw: st.DrawFn) -> Tick:
         incarnation=draw(st.integers(0, 2**32 - 1)),
         kernel_state=draw(st.sampled_from(["starting", "running", "dead", "restarting"])),
         last_seqs=seqs,
+        curve_batches=draw(st.booleans()),
     )
 
 
@@ -200,6 +202,9 @@ def test_flags_and_no_eol_pieces_concatenate_to_the_original_bytes() -> None:
 def test_topics_are_stream_names_and_prefix_free() -> None:
     topics = [topic_for(s) for s in Stream] + [TICK_TOPIC]
     assert topics == [b"stdout", b"stderr", b"log", b"nanny", b"tick"]
+    curve = [topic_for(s, curve=True) for s in Stream]
+    assert curve == [b"curve.stdout", b"curve.stderr", b"curve.log", b"curve.nanny"]
+    topics += curve
     for a in topics:
         for b in topics:
             assert a == b or not b.startswith(a)
@@ -228,6 +233,45 @@ def test_log_message_round_trip(item: RecordBatch | Tick, signer: Signer) -> Non
     )
     assert len(frames) == 4
     assert decode_log_message(frames, signer) == item
+
+
+@EXAMPLES
+@given(batches(), st.booleans())
+def test_an_unsigned_batch_is_taken_only_from_a_curve_connection(
+    batch: RecordBatch, signed_too: bool
+) -> None:
+    """Spec 4.3: the curve. topics carry batches with an empty signature frame, which a
+    receiver accepts only when CurveZMQ authenticated the connection they came over."""
+    body = pack_records(list(batch.records))
+    first, last = batch.records[0].seq, batch.records[-1].seq
+    args = (batch.epoch, batch.stream, len(batch.records), first, last, batch.prev_seqs, body, KEY)
+    frames = encode_packed_batch(*args, curve=True)
+    assert frames[0] == topic_for(batch.stream, curve=True) and frames[1] == b""
+    assert decode_log_message(frames, KEY, curve=True) == batch
+    with pytest.raises(BadSignature):
+        decode_log_message(frames, KEY)
+    with pytest.raises(MalformedMessage):  # a signature where none belongs
+        decode_log_message([frames[0], KEY.sign(frames[2:]), *frames[2:]], KEY, curve=True)
+    if signed_too:  # the signed form is the same message, on the stream's topic
+        signed = encode_packed_batch(*args)
+        assert signed[2:] == frames[2:] and decode_log_message(signed, KEY, curve=True) == batch
+    other = next(s for s in Stream if s is not batch.stream)
+    with pytest.raises(MalformedMessage):  # the topic names another stream
+        decode_log_message([topic_for(other, curve=True), *frames[1:]], KEY, curve=True)
+
+
+def test_a_tick_says_whether_unsigned_batches_are_offered() -> None:
+    tick = Tick("ep", 0, 1, 1, "running", StreamSeqs(), curve_batches=True)
+    frames = encode_tick(tick, KEY)
+    assert json.loads(frames[2])["curve_batches"] is True
+    assert decode_log_message(frames, KEY) == tick
+    plain = encode_tick(Tick("ep", 0, 1, 1, "running", StreamSeqs()), KEY)
+    assert "curve_batches" not in json.loads(plain[2])  # as older nannies write it
+    header = json.loads(plain[2])
+    header["curve_batches"] = "yes"
+    forged = json.dumps(header).encode()
+    with pytest.raises(MalformedMessage):
+        decode_log_message([b"tick", KEY.sign([forged, b""]), forged, b""], KEY)
 
 
 def test_batch_frames_and_header() -> None:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from memstore import MemoryStore, entry
 
-from nanny_io_proto.errors import LocalProtocolError
+from nanny_io_proto.errors import BadSignature, LocalProtocolError
 from nanny_io_proto.logrecords import (
     Entry,
     LogRecord,
@@ -92,10 +92,10 @@ def test_cut_entries_keeps_everything_within_limits(
 # -- live publishing ---------------------------------------------------------------------------
 
 
-def _batches(messages: list[list[bytes]]) -> list[RecordBatch]:
+def _batches(messages: list[list[bytes]], curve: bool = False) -> list[RecordBatch]:
     out = []
     for frames in messages:
-        item = decode_log_message(frames, KEY)
+        item = decode_log_message(frames, KEY, curve=curve)
         assert isinstance(item, RecordBatch)
         out.append(item)
     return out
@@ -144,6 +144,47 @@ def test_unwanted_streams_are_not_published_but_still_linked() -> None:
     pub.subscription(b"\x00stderr")
     assert not pub.wants(ERR) and not pub.wants(OUT)
     assert not pub.subscription(b"") and not pub.subscription(b"\x02x")
+
+
+# -- unsigned batches on a CurveZMQ channel (spec 4.3) ----------------------------------------
+
+
+def test_a_curve_publisher_sends_each_form_to_whoever_asked_for_it() -> None:
+    store = MemoryStore()
+    pub = LogPublisher("ep", KEY, curve=True)
+    pub.subscription(b"\x01curve.log")  # a client on the unsigned topic
+    (unsigned,) = pub.stored(LOG, *store.add(LOG, 3), store)
+    assert unsigned[:2] == [b"curve.log", b""]
+    with pytest.raises(BadSignature):  # only a CurveZMQ connection vouches for it
+        decode_log_message(unsigned, KEY)
+    (batch,) = _batches([unsigned], curve=True)
+    assert [r.seq for r in batch.records] == [1, 2, 3]
+    pub.subscription(b"\x01log")  # and an older client on the signed one: both forms
+    signed, unsigned = pub.stored(LOG, *store.add(LOG, 2), store)
+    assert signed[0] == b"log" and unsigned[0] == b"curve.log"
+    assert signed[2:] == unsigned[2:]  # the same header and body
+    assert _batches([signed]) == _batches([unsigned], curve=True)
+    pub.subscription(b"\x00curve.log")
+    assert [m[0] for m in pub.stored(LOG, *store.add(LOG, 1), store)] == [b"log"]
+    tick = decode_log_message(pub.tick(time_ns=1, incarnation=1, kernel_state="running"), KEY)
+    assert isinstance(tick, Tick) and tick.curve_batches
+
+
+def test_only_a_curve_subscription_asks_for_unsigned_batches() -> None:
+    store = MemoryStore()
+    curve = LogPublisher("ep", KEY, curve=True)
+    curve.subscription(SUBSCRIBE_ALL)  # everything, but nobody asked for the curve. topics
+    assert [m[0] for m in curve.stored(OUT, *store.add(OUT, 1), store)] == [b"stdout"]
+    curve.subscription(b"\x01curve.std")  # a prefix of the two std topics
+    assert curve.wants(OUT, curve=True) and curve.wants(ERR, curve=True)
+    assert not curve.wants(LOG, curve=True)
+    plain = LogPublisher("ep", KEY)  # a NULL-mechanism channel never sends them
+    plain.subscription(b"\x01curve.stdout")
+    assert not plain.wants(OUT, curve=True)
+    other = MemoryStore()
+    assert plain.stored(OUT, *other.add(OUT, 1), other) == []
+    tick = decode_log_message(plain.tick(time_ns=1, incarnation=1, kernel_state="running"), KEY)
+    assert isinstance(tick, Tick) and not tick.curve_batches
 
 
 def test_publisher_skips_records_evicted_again_and_refuses_old_seqs() -> None:

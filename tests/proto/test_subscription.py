@@ -121,8 +121,9 @@ class Client:
         for req in self.sub.requests_to_send():
             self._send(req)
 
-    def feed_live(self, index: int = 0) -> None:
-        self._after(self.sub.receive_live(decode_log_message(self.live.pop(index), KEY)))
+    def feed_live(self, index: int = 0, curve: bool = False) -> None:
+        item = decode_log_message(self.live.pop(index), KEY, curve=curve)
+        self._after(self.sub.receive_live(item))
 
     def feed_replay(self) -> None:
         self._after(self.sub.receive_replay(decode_replay_response(self.replay.pop(0), KEY)))
@@ -474,6 +475,45 @@ def test_a_busy_nanny_at_start_is_asked_again_for_the_same_history() -> None:
     client.sub.retry()
     (again,) = client.sub.requests_to_send()
     assert (again.last, again.since_seq) == (3, None) and again.request_id != first.request_id
+
+
+def test_on_a_curve_channel_a_tick_moves_the_subscription_to_the_unsigned_topics() -> None:
+    nanny = Nanny(topics=())
+    nanny.pub = LogPublisher(nanny.epoch, KEY, curve=True)
+    client = Client(nanny, streams=[Stream.LOG], curve=True)
+    assert client.sub.topics == (b"log", b"tick")  # first the signed topics, as always
+    for topic in client.sub.topics:
+        nanny.pub.subscription(b"\x01" + topic)
+    client.start()
+    client.drain()
+    client.live.append(nanny.tick())
+    client.feed_live()
+    ((subscribe, unsubscribe),) = client.sub.take_topic_changes()
+    assert (subscribe, unsubscribe) == ((b"curve.log",), (b"log",))
+    for topic in subscribe:  # as the SUB socket sends them: subscribe first
+        nanny.pub.subscription(b"\x01" + topic)
+    for topic in unsubscribe:
+        nanny.pub.subscription(b"\x00" + topic)
+    client.live += nanny.produce(Stream.LOG, 3)
+    assert [frames[:2] for frames in client.live] == [[b"curve.log", b""]]  # nothing signed
+    client.feed_live(curve=True)
+    assert client.seqs() == [1, 2, 3]
+    client.live.append(nanny.tick())
+    client.feed_live()
+    assert client.sub.take_topic_changes() == []  # already there
+    older = Nanny(epoch="ep2")  # another nanny, which offers no unsigned batches
+    client.live.append(older.tick())
+    client.feed_live()
+    assert client.sub.take_topic_changes() == [((b"log",), (b"curve.log",))]
+
+
+def test_without_curve_the_subscription_stays_on_the_signed_topics() -> None:
+    nanny = Nanny()
+    nanny.pub = LogPublisher(nanny.epoch, KEY, curve=True)
+    client = Client(nanny)  # a connection without CurveZMQ: unsigned batches are refused
+    client.live.append(nanny.tick())
+    client.feed_live()
+    assert client.sub.take_topic_changes() == []
 
 
 def test_busy_answers_in_a_row_double_the_pause_until_the_nanny_serves_again() -> None:
