@@ -55,7 +55,7 @@ def _numpy() -> ModuleType | None:
 @cache  # a failed import is remembered, never retried
 def _import_numpy() -> ModuleType | None:
     """Import numpy, the first time a block of short lines asks for it, not at start-up: it
-    takes some 90 ms and 19 MiB, which most nannies never need to spend.
+    takes 50 to 90 ms and some 20 MiB, which most nannies never need to spend.
 
     Its thread variables are set only meanwhile and then put back as they were (or
     removed): the nanny starts the kernel later with a copy of its own environment, and a
@@ -239,7 +239,7 @@ class LineAssembler:
         if min(size, _SAMPLE) > head.count(_NL, 0, _SAMPLE) * _FIND_LINES:
             lengths = _find_lengths(head)
         elif size >= _NUMPY_BLOCK and (np := _numpy()) is not None:
-            return _numpy_lengths(np, head, self._max)
+            return _numpy_lengths(np, head, self._max)  # with its longest line, no windows
         else:
             # (through a list: filling the array from the iterator is slower at short lines)
             lengths = array("I", list(map(len, head.splitlines(keepends=True))))
