@@ -356,7 +356,7 @@ def measure_hop(n: int, warmup: int = 200) -> dict[str, float]:
 
 def _versions() -> dict[str, str]:
     found = {}
-    for name in ("nanny-io", "ipykernel", "jupyter_client", "pyzmq", "orjson", "isal"):
+    for name in ("nanny-io", "ipykernel", "jupyter_client", "pyzmq", "orjson", "isal", "numpy"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[name] = importlib.metadata.version(name)
     return found

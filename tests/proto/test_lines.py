@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import itertools
-from collections.abc import Iterable, Sequence
+import json
+import os
+import subprocess
+import sys
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nanny_io_proto import lines as lines_module
 from nanny_io_proto.errors import LocalProtocolError
 from nanny_io_proto.lines import FLAG_NO_EOL, LineAssembler, LineBlock
 
@@ -246,3 +256,150 @@ def test_flush_midway_keeps_concatenation(case: tuple[bytes, list[bytes]], max_l
         records.extend(asm.flush())  # a timer firing after every read
     assert b"".join(d for d, _ in records) == data
     assert all(0 < len(d) <= max_line for d, _ in records)
+
+
+# --- the lengths of short lines: numpy's or splitlines' -----------------------------------
+
+#: Both ways of measuring a large block of short lines: numpy's newline positions (when it
+#: is installed) and ``splitlines``, which stands in for it without numpy.
+LENGTHS = [
+    pytest.param(
+        "numpy",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("numpy") is None, reason="numpy is not installed"
+        ),
+    ),
+    "splitlines",
+]
+needs_numpy = pytest.mark.skipif(
+    importlib.util.find_spec("numpy") is None, reason="numpy is not installed"
+)
+
+
+@contextlib.contextmanager
+def lengths_by(how: str) -> Iterator[list[int]]:
+    """Measure short lines with ``how`` meanwhile (not a fixture: hypothesis runs many
+    examples); yields the sizes of the blocks numpy measured."""
+    saved_use, saved_lengths = lines_module._use_numpy, lines_module._numpy_lengths
+    measured: list[int] = []
+
+    def counted(np: ModuleType, data: bytes, max_line: int) -> array[int] | None:
+        measured.append(len(data))
+        return saved_lengths(np, data, max_line)
+
+    lines_module._use_numpy = how == "numpy"
+    lines_module._numpy_lengths = counted
+    try:
+        yield measured
+    finally:
+        lines_module._use_numpy, lines_module._numpy_lengths = saved_use, saved_lengths
+
+
+@st.composite
+def short_line_blocks(draw: st.DrawFn) -> tuple[int, bytes, list[int]]:
+    """``(max_line, data, line lengths)``: whole lines of at most 253 bytes (so the block
+    counts as short lines), some at and over ``max_line``, in blocks tiny to some 64 KiB."""
+    max_line = draw(st.integers(4, 250))
+    # with the newline: empty lines, lines at max_line and just over it, anything between
+    length = st.sampled_from([1, max_line, max_line + 1]) | st.integers(1, max_line + 2)
+    pattern = draw(st.lists(length, min_size=1, max_size=40))
+    at_least = -(-lines_module._NUMPY_BLOCK // sum(pattern))  # the smallest large block
+    repeat = draw(
+        st.sampled_from([1, 2, at_least - 1, at_least, 4 * at_least]) | st.integers(1, 4 * at_least)
+    )
+    lengths = pattern * repeat
+    if draw(st.booleans()):  # one line apart, anywhere
+        lengths.insert(draw(st.integers(0, len(lengths))), draw(length))
+    fill = draw(st.sampled_from([b"x", b"\0", b"\xe2", b"\x0b"]))
+    return max_line, b"".join(fill * (n - 1) + b"\n" for n in lengths), lengths
+
+
+@pytest.mark.parametrize("how", LENGTHS)
+@settings(max_examples=200, deadline=None)
+@given(short_line_blocks())
+def test_lengths_of_short_lines(how: str, case: tuple[int, bytes, list[int]]) -> None:
+    max_line, data, lengths = case
+    with lengths_by(how) as measured:
+        got = LineAssembler(max_line).feed_block(data)
+    if max(lengths) <= max_line:
+        assert isinstance(got, LineBlock) and got.data == data
+        assert got.lengths == array("I", lengths)
+    else:
+        assert got == LineAssembler(max_line).feed(data)
+    large = len(data) >= lines_module._NUMPY_BLOCK
+    assert measured == ([len(data)] if how == "numpy" and large else [])
+
+
+@needs_numpy
+@pytest.mark.parametrize("max_line", [4, 100, 65536])
+def test_numpy_lengths_at_the_edges(max_line: int) -> None:
+    np = lines_module._numpy()
+    assert np is not None
+    for lengths in (
+        [1],
+        [1] * 5000,
+        [max_line],
+        [max_line + 1],
+        [max_line, 1, 1],
+        [1, 1, max_line + 1],
+        [3, max_line + 1, 3],
+        [max_line] * 50 + [max_line + 1],
+    ):
+        data = b"".join(b"y" * (n - 1) + b"\n" for n in lengths)
+        got = lines_module._numpy_lengths(np, data, max_line)
+        assert got == (array("I", lengths) if max(lengths) <= max_line else None), lengths
+
+
+#: Run in a fresh interpreter: imports nanny_io_proto.lines, feeds one large block of short
+#: lines, and reports what it saw.
+FEED_SHORT_LINES = """
+import json, os, sys
+before = dict(os.environ)
+from nanny_io_proto import lines
+imported_early = "numpy" in sys.modules
+asm = lines.LineAssembler()
+blocks = [asm.feed_block((b"x" * 99 + b"\\n") * 1000) for _ in range(2)]
+print(json.dumps({
+    "imported_early": imported_early,
+    "numpy": sys.modules.get("numpy") is not None,
+    "lengths": [list(set(b.lengths)) for b in blocks if isinstance(b, lines.LineBlock)],
+    "tries": lines._import_numpy.cache_info().misses,
+    "changed": {k: [before.get(k), os.environ.get(k)] for k in before.keys() | os.environ.keys()
+                if before.get(k) != os.environ.get(k)},
+    "threads": len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1,
+}))
+"""
+
+
+def feed_short_lines(prelude: str = "", **env: str) -> dict[str, object]:
+    root = Path(lines_module.__file__).resolve().parents[1]
+    environ = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    environ |= {"PYTHONPATH": str(root), **env}
+    done = subprocess.run(
+        [sys.executable, "-c", prelude + FEED_SHORT_LINES],
+        env=environ,
+        capture_output=True,
+        check=True,
+        text=True,
+        timeout=60,
+    )
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+@needs_numpy
+def test_numpy_is_imported_late_and_leaves_the_environment_as_it_was() -> None:
+    seen = feed_short_lines(OMP_NUM_THREADS="3")  # one set, two absent: both are restored
+    assert seen["imported_early"] is False
+    assert seen["numpy"] is True and seen["tries"] == 1
+    assert seen["lengths"] == [[100], [100]]
+    assert seen["changed"] == {}
+    # OPENBLAS_NUM_THREADS=1 meanwhile: OpenBLAS started no thread (one per core without it)
+    assert seen["threads"] == 1
+
+
+def test_without_numpy_the_lengths_come_from_splitlines() -> None:
+    seen = feed_short_lines("import sys; sys.modules['numpy'] = None\n")  # import fails
+    assert seen["numpy"] is False
+    assert seen["tries"] == 1  # the failure is remembered, not retried on the second block
+    assert seen["lengths"] == [[100], [100]]
+    assert seen["changed"] == {}
