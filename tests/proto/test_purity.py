@@ -62,3 +62,7 @@ def test_module_imports_no_io(path: Path) -> None:
                 assert isinstance(use, ast.Attribute) and use.attr in attributes, (
                     f"{path.name} uses {module} beyond {sorted(attributes)} (line {node.lineno})"
                 )
+
+
+def test_every_module_is_checked() -> None:
+    assert len(list(PACKAGE.glob("*.py"))) >= 12
