@@ -261,15 +261,13 @@ def main() -> int:
         parser.error(f"{args.baseline!r} is not a nanny-io checkout")
     benchkit.compile_checkout()
     benchkit.compile_checkout(Path(args.baseline))
-    summary, status, leaked = benchkit.run_measurement(
+    return benchkit.run_and_report(
         "bench_compare",
         lambda workdir, tracker: measure(args, workdir, tracker),
+        json_only=args.json_only,
+        table=print_table,
         setup=lambda workdir: make_jupyter_env(workdir, delimiters=False),
     )
-    if summary is None:
-        return status
-    summary["leaked_processes"] = leaked
-    return benchkit.finish(summary, args.json_only, lambda: print_table(summary))
 
 
 if __name__ == "__main__":

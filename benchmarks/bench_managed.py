@@ -221,13 +221,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     benchkit.compile_checkout()
-    summary, status, leaked = benchkit.run_measurement(
-        "bench_managed", lambda workdir, tracker: measure(args, workdir, tracker)
+    return benchkit.run_and_report(
+        "bench_managed",
+        lambda workdir, tracker: measure(args, workdir, tracker),
+        json_only=args.json_only,
+        table=print_table,
     )
-    if summary is None:
-        return status
-    summary["leaked_processes"] = leaked
-    return benchkit.finish(summary, args.json_only, lambda: print_table(summary))
 
 
 if __name__ == "__main__":

@@ -220,16 +220,14 @@ def main() -> int:
         parser.error("--records takes counts separated by commas, e.g. 10000,1000000")
     if not args.records or min(args.records) < 1 or args.reps < 1:
         parser.error("--records and --reps must be >= 1")
-    summary, status, leaked = benchkit.run_measurement(
+    sides = ["baseline", "this"] if args.baseline else ["this"]
+    return benchkit.run_and_report(
         "bench_replay",
         lambda workdir, tracker: measure(args, workdir, tracker),
+        json_only=args.json_only,
+        table=lambda summary: print_table(summary, sides),
         setup=lambda workdir: make_jupyter_env(workdir, delimiters=False),
     )
-    if summary is None:
-        return status
-    summary["leaked_processes"] = leaked
-    sides = ["baseline", "this"] if args.baseline else ["this"]
-    return benchkit.finish(summary, args.json_only, lambda: print_table(summary, sides))
 
 
 if __name__ == "__main__":

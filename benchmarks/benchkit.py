@@ -136,6 +136,23 @@ def run_measurement(
     return result, status, leaked
 
 
+def run_and_report(
+    name: str,
+    measure: Callable[[Path, ProcessTracker], dict[str, Any]],
+    *,
+    json_only: bool,
+    table: Callable[[dict[str, Any]], None],
+    setup: Callable[[Path], None] | None = None,
+) -> int:
+    """:func:`run_measurement`, then its table and JSON line (:func:`finish`), with the
+    processes it had to kill in ``leaked_processes``; returns the exit status."""
+    summary, status, leaked = run_measurement(name, measure, setup)
+    if summary is None:
+        return status
+    summary["leaked_processes"] = leaked
+    return finish(summary, json_only, lambda: table(summary))
+
+
 def finish(summary: dict[str, Any], json_only: bool, table: Callable[[], None]) -> int:
     """Print the table (unless ``json_only``) and the JSON line; exit status 2 when a
     process had to be killed (``summary["leaked_processes"]``), else 0."""
