@@ -127,13 +127,16 @@ def make_jupyter_env(workdir: Path, delimiters: bool) -> None:
 
 
 def start_nanny(options: Sequence[str], workdir: Path, tracker: ProcessTracker,
-                stack: contextlib.ExitStack) -> tuple[NannyProcess, Any]:
-    """A nanny running the capture kernelspec, and a ready BlockingKernelClient to it."""
+                stack: contextlib.ExitStack,
+                checkout: str | Path | None = None) -> tuple[NannyProcess, Any]:
+    """A nanny running the capture kernelspec (from ``checkout``, else this process's
+    nanny-io), and a ready BlockingKernelClient to it."""
     from jupyter_client.blocking.client import BlockingKernelClient
 
     connection_file = workdir / f"nanny-{uuid.uuid4().hex[:8]}.json"
     nanny = benchkit.start_nanny(
-        [CAPTURE_SPEC, "--connection-file", str(connection_file), *options], tracker, stack)
+        [CAPTURE_SPEC, "--connection-file", str(connection_file), *options], tracker, stack,
+        checkout=checkout)
     kc = BlockingKernelClient()
     kc.load_connection_file(str(nanny.connection_file))
     kc.start_channels()

@@ -28,16 +28,13 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import benchkit
 import zmq
 from bench_capture import (
-    CAPTURE_SPEC,
     LOG_LINE,
-    READY_TIMEOUT,
     BarePublisher,
     ReplayProbe,
     SeqWatcher,
@@ -45,6 +42,7 @@ from bench_capture import (
     ingest_published,
     make_jupyter_env,
     run_counting,
+    start_nanny,
     timed_fd_cell,
 )
 from benchkit import BenchmarkError, ProcessTracker
@@ -55,33 +53,11 @@ from nanny_io.testing import NannyProcess
 MiB = 1 << 20
 MB = 1e6
 CEILING_MESSAGE = 256 << 10
-#: The checkout this script belongs to: the "this" side of the comparison.
-THIS_CHECKOUT = Path(__file__).resolve().parent.parent
-
-
 def start(path: str | None, workdir: Path, tracker: ProcessTracker,
           stack: contextlib.ExitStack) -> tuple[NannyProcess, Any]:
     """A nanny (from checkout ``path``, or this one) and a ready client to it."""
-    from jupyter_client.blocking.client import BlockingKernelClient
-
-    env = dict(os.environ)
-    checkout = path if path is not None else str(THIS_CHECKOUT)
-    env["PYTHONPATH"] = os.pathsep.join([checkout, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    connection_file = workdir / f"nanny-{uuid.uuid4().hex[:8]}.json"
-    # -P: "python -m" would put the current directory first on sys.path, ahead of
-    # PYTHONPATH, and run that checkout's nanny on both sides when started from one.
-    nanny = NannyProcess(CAPTURE_SPEC, "--connection-file", str(connection_file),
-                         env=env, new_session=True,
-                         command=[sys.executable, "-P", "-m", "nanny_io"])
-    stack.callback(benchkit.stop_nanny, nanny, tracker)
-    nanny.wait_announced(60)
-    tracker.add_tree(nanny.pid)
-    kc = BlockingKernelClient()
-    kc.load_connection_file(str(nanny.connection_file))
-    kc.start_channels()
-    stack.callback(kc.stop_channels)
-    kc.wait_for_ready(timeout=READY_TIMEOUT)
-    return nanny, kc
+    checkout = path if path is not None else benchkit.THIS_CHECKOUT
+    return start_nanny([], workdir, tracker, stack, checkout=checkout)
 
 
 LATENCY_CELL = (
@@ -208,27 +184,33 @@ def measure(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker) ->
     return s
 
 
+def _ratio(this: float, baseline: float) -> str:
+    """``this / baseline`` as ``x1.23``; a dash when the baseline read 0 (a CPU time under
+    psutil's 10 ms resolution, in a tiny run)."""
+    return f"x{this / baseline:.2f}" if baseline else "-"
+
+
 def print_table(s: dict[str, Any]) -> None:
     rows = [
         ("measurement", "baseline", "this", "this / baseline"),
         (f"fd output to a frontend, MB/s ({s['fd_mib']} MiB)", f"{s['baseline_fd_mb_s']:.1f}",
-         f"{s['this_fd_mb_s']:.1f}", f"x{s['this_fd_mb_s'] / s['baseline_fd_mb_s']:.2f}"),
+         f"{s['this_fd_mb_s']:.1f}", _ratio(s['this_fd_mb_s'], s['baseline_fd_mb_s'])),
         ("  of the frontend's ceiling "
          f"({s['fd_ceiling_mb_s']:.0f} MB/s, 256 KiB messages)",
          f"{100 * s['baseline_fd_of_ceiling']:.0f} %", f"{100 * s['this_fd_of_ceiling']:.0f} %",
          ""),
         ("  nanny CPU ms per MB", f"{s['baseline_fd_cpu_ms_per_mb']:.2f}",
          f"{s['this_fd_cpu_ms_per_mb']:.2f}",
-         f"x{s['this_fd_cpu_ms_per_mb'] / s['baseline_fd_cpu_ms_per_mb']:.2f}"),
+         _ratio(s['this_fd_cpu_ms_per_mb'], s['baseline_fd_cpu_ms_per_mb'])),
         (f"log FIFO ingest, lines/s ({s['log_lines']:,} lines, live subscriber)",
          f"{s['baseline_log_lines_s']:,.0f}", f"{s['this_log_lines_s']:,.0f}",
-         f"x{s['this_log_lines_s'] / s['baseline_log_lines_s']:.2f}"),
+         _ratio(s['this_log_lines_s'], s['baseline_log_lines_s'])),
         ("  nanny CPU ms per MB", f"{s['baseline_log_cpu_ms_per_mb']:.2f}",
          f"{s['this_log_cpu_ms_per_mb']:.2f}",
-         f"x{s['this_log_cpu_ms_per_mb'] / s['baseline_log_cpu_ms_per_mb']:.2f}"),
+         _ratio(s['this_log_cpu_ms_per_mb'], s['baseline_log_cpu_ms_per_mb'])),
         ("stdout with nobody watching, kernel's MB/s", f"{s['baseline_unwatched_mb_s']:.0f}",
          f"{s['this_unwatched_mb_s']:.0f}",
-         f"x{s['this_unwatched_mb_s'] / s['baseline_unwatched_mb_s']:.2f}"),
+         _ratio(s['this_unwatched_mb_s'], s['baseline_unwatched_mb_s'])),
         ("  nanny CPU ms per MB", f"{s['baseline_unwatched_cpu_ms_per_mb']:.2f}",
          f"{s['this_unwatched_cpu_ms_per_mb']:.2f}", ""),
         ("one small os.write to the frontend, ms: median",

@@ -22,62 +22,29 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import benchkit
 import zmq
 from bench_capture import (
-    CAPTURE_SPEC,
-    READY_TIMEOUT,
     ReplayProbe,
     SeqWatcher,
     ingest_published,
     make_jupyter_env,
+    start_nanny,
 )
 from benchkit import BenchmarkError, ProcessTracker
 
 from nanny_io.discovery import load_connection_info
 from nanny_io.testing import NannyProcess
 
-#: The checkout this script belongs to: the "this" side of the comparison.
-THIS_CHECKOUT = Path(__file__).resolve().parent.parent
-
-
-def _env(checkout: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([checkout, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
 
 def start(
     checkout: str, workdir: Path, ring: str, tracker: ProcessTracker, stack: contextlib.ExitStack
 ) -> tuple[NannyProcess, Any]:
     """A nanny from ``checkout`` and a ready kernel client to it."""
-    from jupyter_client.blocking.client import BlockingKernelClient
-
-    connection_file = workdir / f"nanny-{uuid.uuid4().hex[:8]}.json"
-    # -P: "python -m" would put the current directory first on sys.path, ahead of PYTHONPATH.
-    nanny = NannyProcess(
-        CAPTURE_SPEC,
-        "--connection-file",
-        str(connection_file),
-        "--ring-size",
-        ring,
-        env=_env(checkout),
-        new_session=True,
-        command=[sys.executable, "-P", "-m", "nanny_io"],
-    )
-    stack.callback(benchkit.stop_nanny, nanny, tracker)
-    nanny.wait_announced(benchkit.NANNY_START_TIMEOUT)
-    tracker.add_tree(nanny.pid)
-    kc = BlockingKernelClient()
-    kc.load_connection_file(str(nanny.connection_file))
-    kc.start_channels()
-    stack.callback(kc.stop_channels)
-    kc.wait_for_ready(timeout=READY_TIMEOUT)
-    return nanny, kc
+    return start_nanny(["--ring-size", ring], workdir, tracker, stack, checkout=checkout)
 
 
 def client_main(connection_file: str, since_seq: int, profile: str | None) -> int:
@@ -120,7 +87,8 @@ def run_client(
     ]
     if profile:
         cmd += ["--profile", profile]
-    out = subprocess.run(cmd, env=_env(checkout), capture_output=True, timeout=300, check=False)
+    env = benchkit.checkout_env(checkout)
+    out = subprocess.run(cmd, env=env, capture_output=True, timeout=300, check=False)
     if out.returncode != 0:
         raise BenchmarkError(f"client of {checkout} failed: {out.stderr.decode()[-2000:]}")
     result: dict[str, float] = json.loads(out.stdout.decode().strip().splitlines()[-1])
@@ -128,7 +96,7 @@ def run_client(
 
 
 def measure(args: argparse.Namespace, workdir: Path, tracker: ProcessTracker) -> dict[str, Any]:
-    paths = {"this": str(THIS_CHECKOUT)}
+    paths = {"this": str(benchkit.THIS_CHECKOUT)}
     if args.baseline:
         paths = {"baseline": args.baseline, **paths}
     rows: dict[tuple[str, int], list[dict[str, float]]] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -22,6 +23,8 @@ import psutil
 
 from nanny_io.testing import NannyProcess, NannyStartFailed
 
+#: The checkout these benchmarks belong to.
+THIS_CHECKOUT = Path(__file__).resolve().parent.parent
 #: Seconds for a nanny to announce its kernel.
 NANNY_START_TIMEOUT = 60.0
 #: Seconds after SIGTERM before a nanny's tree is SIGKILLed.
@@ -162,6 +165,16 @@ def finish(summary: dict[str, Any], json_only: bool, table: Callable[[], None]) 
     return 2 if summary.get("leaked_processes") else 0
 
 
+def checkout_env(checkout: str | Path) -> dict[str, str]:
+    """This process's environment with ``checkout`` first on PYTHONPATH: a Python started
+    with it (and ``-P``) imports that checkout's nanny-io."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(checkout), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
+    return env
+
+
 def start_nanny(
     args: Sequence[str],
     tracker: ProcessTracker,
@@ -169,11 +182,19 @@ def start_nanny(
     *,
     command: Sequence[str] | None = None,
     wait: bool = True,
+    checkout: str | Path | None = None,
 ) -> NannyProcess:
     """``nanny-io start ARGS`` in a session of its own, tracked, and stopped by ``stack``
     (SIGTERM, then its tree is killed if it hangs). With ``wait``, it returns once the nanny
-    announced its kernel; without, at once (the caller times the start-up)."""
-    nanny = NannyProcess(*args, command=command, new_session=True)
+    announced its kernel; without, at once (the caller times the start-up). With
+    ``checkout``, the nanny-io of that checkout runs (before and after comparisons)."""
+    env = None
+    if checkout is not None:
+        env = checkout_env(checkout)
+        # -P: "python -m" would put the current directory first on sys.path, ahead of
+        # PYTHONPATH, and run that checkout's nanny on both sides when started from one.
+        command = command or [sys.executable, "-P", "-m", "nanny_io"]
+    nanny = NannyProcess(*args, command=command, env=env, new_session=True)
     stack.callback(stop_nanny, nanny, tracker)  # which tracks its tree before stopping it
     if wait:  # (not before: scanning /proc would compete with a start-up being timed)
         try:
