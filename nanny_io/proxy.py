@@ -227,7 +227,7 @@ class Proxy:
                 kind = "status"
             else:
                 try:
-                    kind = json.loads(rest[1]).get("msg_type")
+                    kind = json.loads(header).get("msg_type")
                 except (ValueError, AttributeError):
                     kind = None
             if kind == "iopub_welcome":

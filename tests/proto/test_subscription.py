@@ -438,15 +438,22 @@ def test_replay_error_on_repair_reports_a_gap_and_moves_on() -> None:
     assert client.seqs() == [1, 3]
 
 
-def test_a_busy_nanny_is_asked_again_and_nothing_is_lost() -> None:
+def _losing_record_2(**kwargs: object) -> Client:
+    """A client that got live records 1 and 3 (2 was dropped on the way): it has sent a
+    repair request for 2 and holds 3 back."""
     nanny = Nanny(batch_records=1)
-    client = Client(nanny)
+    client = Client(nanny, **kwargs)
     client.start()
     client.drain()
     out = nanny.produce(Stream.STDOUT, 3)
-    client.live += [out[0], out[2]]  # 2 was dropped on the way: a repair is asked for
+    client.live += [out[0], out[2]]
     client.feed_live()
     client.feed_live()
+    return client
+
+
+def test_a_busy_nanny_is_asked_again_and_nothing_is_lost() -> None:
+    client = _losing_record_2()
     repair = client.sent[-1]
     client.replay = [
         encode_replay_response(ReplayError(repair.request_id, "busy", "try later"), KEY)
@@ -670,14 +677,7 @@ def test_an_answer_that_stops_midway_is_asked_for_the_rest() -> None:
 
 
 def test_an_unanswered_repair_ends_in_a_gap() -> None:
-    nanny = Nanny(batch_records=1)
-    client = Client(nanny, attempts=2)
-    client.start()
-    client.drain()
-    out = nanny.produce(Stream.STDOUT, 3)
-    client.live += [out[0], out[2]]  # 2 was dropped on the way: a repair is asked for
-    client.feed_live()
-    client.feed_live()
+    client = _losing_record_2(attempts=2)
     client.replay = []  # and never answered
     client._after(client.sub.replay_unanswered())
     assert (client.sent[-1].since_seq, client.sent[-1].until_seq) == (2, 2)
